@@ -1,0 +1,224 @@
+//! Segment-shaped events (`track`, `identify`, `page`) and their validation.
+//!
+//! Parsing happens at the edge (HTTP ingest, log files, Kafka records); the state machine only
+//! ever sees a validated [`Event`].
+
+use crate::time::{Ts, parse_rfc3339};
+use crate::value::{Map, json_object_to_map};
+use serde::{Deserialize, Serialize};
+
+/// Name given to `page` calls so that workflows can filter them like any tracked event.
+pub const PAGE_VIEWED: &str = "Page Viewed";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    Track,
+    Identify,
+    Page,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub user_id: String,
+    pub message_id: String,
+    /// The sender's own timestamp, kept for templates and reports. Processing uses the input
+    /// time (receive time) instead, so a client with a wrong clock cannot reorder a contact.
+    pub timestamp: Option<Ts>,
+    /// Track: the event name; page: [`PAGE_VIEWED`]; identify: empty.
+    pub name: String,
+    pub properties: Map,
+    pub traits: Map,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("not valid JSON: {0}")]
+    Json(String),
+    #[error("an event must be a JSON object")]
+    NotObject,
+    #[error("missing or empty `{0}`")]
+    Missing(&'static str),
+    #[error("`{0}` must be {1}")]
+    WrongType(&'static str, &'static str),
+    #[error("unknown event type `{0}` (expected track, identify or page)")]
+    UnknownType(String),
+    #[error("`timestamp` is not RFC 3339: {0}")]
+    BadTimestamp(String),
+}
+
+impl Event {
+    pub fn track(user_id: &str, message_id: &str, name: &str, properties: Map) -> Self {
+        Event {
+            kind: EventKind::Track,
+            user_id: user_id.into(),
+            message_id: message_id.into(),
+            timestamp: None,
+            name: name.into(),
+            properties,
+            traits: Map::new(),
+        }
+    }
+
+    pub fn identify(user_id: &str, message_id: &str, traits: Map) -> Self {
+        Event {
+            kind: EventKind::Identify,
+            user_id: user_id.into(),
+            message_id: message_id.into(),
+            timestamp: None,
+            name: String::new(),
+            properties: Map::new(),
+            traits,
+        }
+    }
+
+    pub fn page(user_id: &str, message_id: &str, properties: Map) -> Self {
+        Event {
+            kind: EventKind::Page,
+            name: PAGE_VIEWED.into(),
+            ..Event::track(user_id, message_id, PAGE_VIEWED, properties)
+        }
+    }
+
+    pub fn parse(bytes: &[u8]) -> Result<Self, EventError> {
+        let v: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| EventError::Json(e.to_string()))?;
+        Self::from_json(&v, None)
+    }
+
+    /// Validates one Segment-shaped JSON object. `kind_hint` is the type implied by the
+    /// endpoint (`/v1/track`), used when the body has no `type`.
+    pub fn from_json(
+        v: &serde_json::Value,
+        kind_hint: Option<EventKind>,
+    ) -> Result<Self, EventError> {
+        let o = v.as_object().ok_or(EventError::NotObject)?;
+        let kind = match o.get("type") {
+            None => kind_hint.ok_or(EventError::Missing("type"))?,
+            Some(serde_json::Value::String(t)) => match t.as_str() {
+                "track" => EventKind::Track,
+                "identify" => EventKind::Identify,
+                "page" => EventKind::Page,
+                other => return Err(EventError::UnknownType(other.into())),
+            },
+            Some(_) => return Err(EventError::WrongType("type", "a string")),
+        };
+        let user_id = match o.get("userId") {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            Some(serde_json::Value::String(_)) | None => return Err(EventError::Missing("userId")),
+            Some(_) => return Err(EventError::WrongType("userId", "a string")),
+        };
+        let message_id = match o.get("messageId") {
+            Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+            Some(serde_json::Value::String(_)) | None => {
+                return Err(EventError::Missing("messageId"));
+            }
+            Some(_) => return Err(EventError::WrongType("messageId", "a string")),
+        };
+        let timestamp = match o.get("timestamp") {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => {
+                Some(parse_rfc3339(s).ok_or_else(|| EventError::BadTimestamp(s.clone()))?)
+            }
+            Some(_) => return Err(EventError::WrongType("timestamp", "an RFC 3339 string")),
+        };
+        let object = |key: &'static str| match o.get(key) {
+            None | Some(serde_json::Value::Null) => Ok(Map::new()),
+            Some(serde_json::Value::Object(m)) => Ok(json_object_to_map(m)),
+            Some(_) => Err(EventError::WrongType(key, "an object")),
+        };
+        let properties = object("properties")?;
+        let traits = object("traits")?;
+        let name = match kind {
+            EventKind::Track => match o.get("event") {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+                Some(serde_json::Value::String(_)) | None => {
+                    return Err(EventError::Missing("event"));
+                }
+                Some(_) => return Err(EventError::WrongType("event", "a string")),
+            },
+            EventKind::Page => PAGE_VIEWED.into(),
+            EventKind::Identify => String::new(),
+        };
+        let mut properties = properties;
+        if kind == EventKind::Page {
+            if let Some(serde_json::Value::String(n)) = o.get("name") {
+                properties
+                    .entry("name".into())
+                    .or_insert_with(|| n.clone().into());
+            }
+        }
+        Ok(Event {
+            kind,
+            user_id,
+            message_id,
+            timestamp,
+            name,
+            properties,
+            traits,
+        })
+    }
+
+    /// Whether this event shows the contact doing something (for inactivity triggers): not an
+    /// identify from a CRM sync, and not delivery news about an email we sent.
+    pub fn is_activity(&self) -> bool {
+        self.kind != EventKind::Identify
+            && !matches!(
+                self.name.as_str(),
+                "Email Delivered"
+                    | "Email Deferred"
+                    | "Email Bounced"
+                    | "Email Soft Bounced"
+                    | "Email Complained"
+                    | "Unsubscribed"
+            )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_track_page_identify() {
+        let t = Event::parse(br#"{"type":"track","userId":"u1","messageId":"m1","event":"Product Added","properties":{"sku":"A","price":9.5},"timestamp":"2026-01-01T10:00:00Z"}"#).unwrap();
+        assert_eq!(t.name, "Product Added");
+        assert_eq!(t.timestamp, parse_rfc3339("2026-01-01T10:00:00Z"));
+        let p = Event::parse(br#"{"type":"page","userId":"u1","messageId":"m2","name":"Pricing","properties":{"path":"/pricing"}}"#).unwrap();
+        assert_eq!(p.name, PAGE_VIEWED);
+        assert_eq!(p.properties["name"], "Pricing".into());
+        let i = Event::parse(
+            br#"{"type":"identify","userId":"u1","messageId":"m3","traits":{"email":"a@b.c"}}"#,
+        )
+        .unwrap();
+        assert_eq!(i.traits["email"], "a@b.c".into());
+    }
+
+    #[test]
+    fn rejects_with_a_reason() {
+        let e = |s: &str| Event::parse(s.as_bytes()).unwrap_err().to_string();
+        assert!(e("{").starts_with("not valid JSON"));
+        assert_eq!(
+            e(r#"{"type":"track","messageId":"m","event":"x"}"#),
+            "missing or empty `userId`"
+        );
+        assert_eq!(
+            e(r#"{"type":"track","userId":"u","event":"x"}"#),
+            "missing or empty `messageId`"
+        );
+        assert_eq!(
+            e(r#"{"type":"track","userId":"u","messageId":"m"}"#),
+            "missing or empty `event`"
+        );
+        assert_eq!(
+            e(r#"{"type":"alias","userId":"u","messageId":"m"}"#),
+            "unknown event type `alias` (expected track, identify or page)"
+        );
+        assert_eq!(
+            e(r#"{"type":"track","userId":"u","messageId":"m","event":"x","properties":[1]}"#),
+            "`properties` must be an object"
+        );
+        assert!(e(r#"{"type":"track","userId":"u","messageId":"m","event":"x","timestamp":"yesterday"}"#).contains("RFC 3339"));
+    }
+}

@@ -1,0 +1,12 @@
+//! dripline: behaviour-triggered email workflows as deterministic per-contact state machines.
+//!
+//! The pipeline, in folder order: events come in (`sources`), each contact's state machine
+//! (`machine`) decides, using the workflow definitions (`workflow`), what to send and when;
+//! state, timers and the outbox are committed together (`storage`); the mailer (`sinks`)
+//! delivers.
+
+pub mod event;
+pub mod machine;
+pub mod time;
+pub mod value;
+pub mod workflow;

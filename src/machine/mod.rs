@@ -1,0 +1,814 @@
+//! The contact state machine: one pure function from (state, input, time) to (state, effects).
+//!
+//! No I/O, no clock, no randomness: the same inputs at the same times always give the same
+//! state and effects, which is what makes replay, tests and what-if runs exact.
+
+pub mod calendar;
+pub mod effect;
+mod eval;
+pub mod input;
+pub mod sim;
+pub mod state;
+
+pub use effect::{Effect, Metric, SendCommand, StepCount, WebhookCommand};
+pub use input::{Feedback, FeedbackKind, Input};
+pub use state::{ContactState, Enrollment, SendId};
+
+use crate::event::{Event, EventKind};
+use crate::time::Ts;
+use crate::value::{Map, Value};
+use crate::workflow::{
+    Action, MailKind, Next, Recipient, Registry, StepIdx, StepKind, Trigger, Workflow,
+};
+use crate::workflow::{FieldRef, SCORE_TRAIT};
+use eval::{Scope, all, eval};
+use state::{EntryRecord, Purpose, SentRecord, Timer};
+use std::sync::Arc;
+
+/// Most recent sends kept per enrollment for `opened:`/`clicked:` conditions.
+const MAX_SENDS_KEPT: usize = 32;
+
+/// Applies one input at time `now` to a contact's state, appending the effects to `out`.
+///
+/// `now` is the input's time: the log's receive time for events, the due time for timers.
+pub fn handle(
+    contact: &str,
+    st: &mut ContactState,
+    input: &Input,
+    now: Ts,
+    reg: &Registry,
+    out: &mut Vec<Effect>,
+) {
+    let mut cx = Cx {
+        contact,
+        st,
+        now,
+        reg,
+        out,
+        before: Vec::new(),
+    };
+    match input {
+        Input::Event(ev) => cx.on_event(ev),
+        Input::Timer { id } => cx.on_timer(*id),
+        Input::Feedback(fb) => cx.on_event(&feedback_event(contact, fb)),
+        Input::Enroll {
+            workflow,
+            properties,
+        } => {
+            if let Some(wf) = reg.latest_of(workflow) {
+                cx.try_enroll(wf.clone(), Arc::new(properties.clone()));
+            }
+        }
+    }
+    cx.settle();
+}
+
+/// Feedback becomes an ordinary tracked event in the contact's stream.
+pub fn feedback_event(contact: &str, fb: &Feedback) -> Event {
+    let mut props = Map::new();
+    props.insert("message_id".into(), fb.message_id.clone().into());
+    if let Some(w) = &fb.workflow {
+        props.insert("workflow".into(), w.clone().into());
+    }
+    if fb.kind == FeedbackKind::Bounced {
+        props.insert("type".into(), "hard".into());
+    }
+    let name = fb.kind.event_name();
+    Event::track(
+        contact,
+        &format!("feedback:{}:{name}", fb.message_id),
+        name,
+        props,
+    )
+}
+
+fn send_id(
+    contact: &str,
+    wf: &str,
+    version: u32,
+    enrollment: u64,
+    step: StepIdx,
+    seq: u32,
+) -> SendId {
+    let mut buf = Vec::with_capacity(contact.len() + wf.len() + 24);
+    buf.extend_from_slice(contact.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(wf.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(&version.to_le_bytes());
+    buf.extend_from_slice(&enrollment.to_le_bytes());
+    buf.extend_from_slice(&step.to_le_bytes());
+    buf.extend_from_slice(&seq.to_le_bytes());
+    SendId(xxhash_rust::xxh3::xxh3_128(&buf))
+}
+
+/// Deterministic bucket in 0..10000 for splits: same contact and workflow, same variant.
+pub fn split_bucket(contact: &str, workflow: &str) -> u32 {
+    let mut buf = Vec::with_capacity(contact.len() + workflow.len() + 1);
+    buf.extend_from_slice(contact.as_bytes());
+    buf.push(0);
+    buf.extend_from_slice(workflow.as_bytes());
+    (xxhash_rust::xxh3::xxh3_64(&buf) % 10_000) as u32
+}
+
+struct Cx<'a> {
+    contact: &'a str,
+    st: &'a mut ContactState,
+    now: Ts,
+    reg: &'a Registry,
+    out: &'a mut Vec<Effect>,
+    /// Condition triggers whose inputs this input touched, with their value before the touch:
+    /// a false→true transition after processing is a crossing.
+    before: Vec<(usize, bool)>,
+}
+
+impl Cx<'_> {
+    fn scope<'s>(&'s self, props: &'s Map, enrollment: Option<&'s Enrollment>) -> Scope<'s> {
+        Scope {
+            st: self.st,
+            reg: self.reg,
+            now: self.now,
+            props,
+            enrollment,
+        }
+    }
+
+    fn count(&mut self, wf: &Workflow, step: StepIdx, metric: Metric, delta: i64) {
+        self.out.push(Effect::Count(StepCount {
+            workflow: wf.id.clone(),
+            version: wf.version,
+            step,
+            metric,
+            delta,
+        }));
+    }
+
+    // ---- change tracking for condition triggers -------------------------------------------
+
+    fn record_before(&mut self, ids: Option<&Vec<usize>>) {
+        let Some(ids) = ids else { return };
+        let empty = Map::new();
+        for &i in ids {
+            if !self.before.iter().any(|(j, _)| *j == i) {
+                let v = eval(&self.reg.index.cond[i].cond, &self.scope(&empty, None));
+                self.before.push((i, v));
+            }
+        }
+    }
+
+    fn set_trait(&mut self, key: &str, value: Value) -> bool {
+        let same = match self.st.traits.get(key) {
+            Some(old) => *old == value,
+            None => value.is_null(),
+        };
+        if same {
+            return false;
+        }
+        self.record_before(self.reg.index.cond_by_trait.get(key));
+        let traits = Arc::make_mut(&mut self.st.traits);
+        if value.is_null() {
+            traits.remove(key);
+        } else {
+            traits.insert(key.to_owned(), value);
+        }
+        true
+    }
+
+    fn apply(&mut self, action: &Action) {
+        match action {
+            Action::Set(k, v) => {
+                self.set_trait(k, v.clone());
+            }
+            Action::Unset(k) => {
+                self.set_trait(k, Value::Null);
+            }
+            Action::AddScore(n) => {
+                let next = match self.st.traits.get(SCORE_TRAIT) {
+                    Some(Value::Float(f)) => Value::Float(f + *n as f64),
+                    Some(v) => Value::Int(v.as_f64().unwrap_or(0.0) as i64 + n),
+                    None => Value::Int(*n),
+                };
+                self.set_trait(SCORE_TRAIT, next);
+            }
+            Action::Tag(t) | Action::Untag(t) => {
+                let add = matches!(action, Action::Tag(_));
+                if self.st.tags.contains(t) != add {
+                    self.record_before(self.reg.index.cond_by_tag.get(t));
+                    if add {
+                        self.st.tags.insert(t.clone())
+                    } else {
+                        self.st.tags.remove(t)
+                    };
+                }
+            }
+            Action::AddToList(l) | Action::RemoveFromList(l) => {
+                let add = matches!(action, Action::AddToList(_));
+                if self.st.lists.contains(l) != add {
+                    self.record_before(self.reg.index.cond_by_list.get(l));
+                    if add {
+                        self.st.lists.insert(l.clone())
+                    } else {
+                        self.st.lists.remove(l)
+                    };
+                }
+            }
+        }
+    }
+
+    // ---- timers --------------------------------------------------------------------------
+
+    fn schedule(&mut self, due: Ts, purpose: Purpose) -> u64 {
+        let id = self.st.next_timer;
+        self.st.next_timer += 1;
+        self.st.timers.push(Timer { id, due, purpose });
+        self.out.push(Effect::ScheduleTimer { id, due });
+        id
+    }
+
+    fn cancel(&mut self, id: u64) {
+        if let Some(pos) = self.st.timers.iter().position(|t| t.id == id) {
+            let t = self.st.timers.remove(pos);
+            self.out.push(Effect::CancelTimer { id, due: t.due });
+        }
+    }
+
+    fn tz(&self, wf: &Workflow) -> chrono_tz::Tz {
+        self.st
+            .traits
+            .get("timezone")
+            .and_then(Value::as_str)
+            .and_then(|s| s.parse().ok())
+            .or(wf.timezone)
+            .unwrap_or(self.reg.policy.default_timezone)
+    }
+
+    // ---- inputs --------------------------------------------------------------------------
+
+    fn on_event(&mut self, ev: &Event) {
+        if ev.is_activity() {
+            self.st.last_activity = Some(self.now);
+            self.ensure_inactivity_timers();
+        }
+        let mut changed: Vec<&str> = vec![];
+        for (k, v) in &ev.traits {
+            if self.set_trait(k, v.clone()) {
+                changed.push(k);
+            }
+        }
+        if ev.kind == EventKind::Track {
+            self.special_event(ev);
+        }
+        if let Some(keys) = self.reg.index.counters_by_event.get(&ev.name) {
+            for key in keys {
+                let def = &self.reg.counters[key];
+                if all(&def.filter, &self.scope(&ev.properties, None)) {
+                    self.record_before(self.reg.index.cond_by_counter.get(key));
+                    self.st.bump_counter(*key, self.now, def.retention_days);
+                }
+            }
+        }
+        if self.reg.index.enrollment_events.contains(&ev.name) {
+            self.enrollments_on_event(ev);
+        }
+        if let Some(list) = self.reg.index.by_event.get(&ev.name) {
+            for (wf, ti) in list {
+                let Trigger::Event { filter, .. } = &wf.triggers[*ti] else {
+                    continue;
+                };
+                if all(filter, &self.scope(&ev.properties, None)) {
+                    self.try_enroll(wf.clone(), Arc::new(ev.properties.clone()));
+                }
+            }
+        }
+        for k in changed {
+            if let Some(wfs) = self.reg.index.trait_changed.get(k) {
+                for wf in wfs {
+                    let mut props = Map::new();
+                    props.insert("trait".into(), k.into());
+                    props.insert("value".into(), ev.traits[k].clone());
+                    self.try_enroll(wf.clone(), Arc::new(props));
+                }
+            }
+            if let Some(dates) = self.reg.index.date.get(k) {
+                for (wf, ti) in dates {
+                    self.schedule_date(wf, *ti);
+                }
+            }
+        }
+    }
+
+    /// Events with a meaning of their own: unsubscribes, bounces, complaints, engagement.
+    fn special_event(&mut self, ev: &Event) {
+        let prop = |k: &str| ev.properties.get(k).and_then(Value::as_str);
+        match ev.name.as_str() {
+            "Unsubscribed" => match prop("workflow") {
+                Some(w) => {
+                    self.st.unsubscribed_from.insert(w.to_owned());
+                }
+                None => self.st.unsubscribed = true,
+            },
+            "Email Bounced" if prop("type") != Some("soft") => self.st.suppressed = true,
+            "Email Complained" => {
+                self.st.suppressed = true;
+                self.st.unsubscribed = true;
+            }
+            "Email Opened" | "Email Clicked" => {
+                let Some(id) = prop("message_id").and_then(|m| m.parse::<SendId>().ok()) else {
+                    return;
+                };
+                let clicked = ev.name == "Email Clicked";
+                let mut counts = vec![];
+                for e in &mut self.st.enrollments {
+                    for r in e.sends.iter_mut().filter(|r| r.id == id) {
+                        if !r.opened {
+                            r.opened = true;
+                            counts.push((e.workflow.clone(), e.version, r.step, Metric::Opened));
+                        }
+                        if clicked && !r.clicked {
+                            r.clicked = true;
+                            counts.push((e.workflow.clone(), e.version, r.step, Metric::Clicked));
+                        }
+                    }
+                }
+                for (workflow, version, step, metric) in counts {
+                    self.out.push(Effect::Count(StepCount {
+                        workflow,
+                        version,
+                        step,
+                        metric,
+                        delta: 1,
+                    }));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn ensure_inactivity_timers(&mut self) {
+        let reg = self.reg;
+        for (wf, ms) in &reg.index.inactivity {
+            let has = self
+                .st
+                .timers
+                .iter()
+                .any(|t| matches!(&t.purpose, Purpose::Inactivity(w) if *w == wf.id));
+            if !has {
+                self.schedule(self.now + ms, Purpose::Inactivity(wf.id.clone()));
+            }
+        }
+    }
+
+    /// (Re)schedules a date trigger from the current trait value.
+    fn schedule_date(&mut self, wf: &Arc<Workflow>, ti: usize) {
+        let Trigger::Date(spec) = &wf.triggers[ti] else {
+            return;
+        };
+        let purpose = Purpose::Date(wf.id.clone(), ti as u16);
+        if let Some(t) = self.st.timers.iter().find(|t| t.purpose == purpose) {
+            self.cancel(t.id);
+        }
+        let Some(value) = self
+            .st
+            .traits
+            .get(&spec.trait_name)
+            .and_then(Value::as_str)
+            .and_then(calendar::parse_date_value)
+        else {
+            return;
+        };
+        let tz = self.tz(wf);
+        let due = if spec.yearly {
+            let date = match value {
+                calendar::DateValue::Date(d) => d,
+                calendar::DateValue::Instant(t) => calendar::to_local(tz, t).date(),
+            };
+            calendar::next_yearly(tz, date, spec.offset, spec.at, self.now)
+        } else {
+            calendar::resolve(tz, value, spec.offset, Some(spec.at))
+        };
+        if due > self.now && due != i64::MAX {
+            self.schedule(due, purpose);
+        }
+    }
+
+    fn on_timer(&mut self, id: u64) {
+        let Some(pos) = self.st.timers.iter().position(|t| t.id == id) else {
+            return;
+        };
+        let timer = self.st.timers.remove(pos);
+        match timer.purpose {
+            Purpose::Enrollment(eid) => {
+                let mut list = std::mem::take(&mut self.st.enrollments);
+                if let Some(e) = list.iter_mut().find(|e| e.id == eid && e.timer == Some(id)) {
+                    e.timer = None;
+                    match self.reg.get(&e.workflow, e.version).cloned() {
+                        Some(wf) => {
+                            self.count(&wf, e.step, Metric::Waiting, -1);
+                            let step = &wf.steps[e.step as usize];
+                            let (next, resume) = match &step.kind {
+                                StepKind::WaitFor { on_timeout, .. } => (*on_timeout, false),
+                                // A deferred send runs its step again, now outside quiet hours.
+                                StepKind::Send { .. } => (Next::Step(e.step), true),
+                                _ => (step.next, false),
+                            };
+                            self.advance(e, &wf, next, resume);
+                        }
+                        None => e.done = true,
+                    }
+                }
+                self.restore(list);
+            }
+            Purpose::Inactivity(wf_id) => {
+                let found = self
+                    .reg
+                    .index
+                    .inactivity
+                    .iter()
+                    .find(|(w, _)| w.id == wf_id)
+                    .cloned();
+                if let Some((wf, ms)) = found {
+                    let last = self.st.last_activity.unwrap_or(self.now);
+                    if self.now >= last + ms {
+                        let mut props = Map::new();
+                        props.insert(
+                            "inactive_days".into(),
+                            Value::Int((self.now - last) / crate::time::DAY),
+                        );
+                        self.try_enroll(wf, Arc::new(props));
+                    } else {
+                        self.schedule(last + ms, Purpose::Inactivity(wf_id));
+                    }
+                }
+            }
+            Purpose::Date(wf_id, ti) => {
+                let Some(wf) = self.reg.latest_of(&wf_id).cloned() else {
+                    return;
+                };
+                let Some(Trigger::Date(spec)) = wf.triggers.get(ti as usize) else {
+                    return;
+                };
+                let mut props = Map::new();
+                props.insert("trait".into(), spec.trait_name.clone().into());
+                self.try_enroll(wf.clone(), Arc::new(props));
+                if spec.yearly {
+                    self.schedule_date(&wf, ti as usize);
+                }
+            }
+        }
+    }
+
+    /// Goals and `wait_for` steps of active enrollments react to the event.
+    fn enrollments_on_event(&mut self, ev: &Event) {
+        let mut list = std::mem::take(&mut self.st.enrollments);
+        for e in list.iter_mut() {
+            let Some(wf) = self.reg.get(&e.workflow, e.version).cloned() else {
+                continue;
+            };
+            if let Some((name, filter)) = wf.goal.as_ref().and_then(|g| g.event.as_ref()) {
+                if *name == ev.name && all(filter, &self.scope(&ev.properties, Some(e))) {
+                    self.finish(e, &wf, Metric::Converted);
+                    continue;
+                }
+            }
+            if e.timer.is_none() {
+                continue;
+            }
+            if let StepKind::WaitFor {
+                event,
+                filter,
+                on_event,
+                ..
+            } = &wf.steps[e.step as usize].kind
+            {
+                if *event == ev.name && all(filter, &self.scope(&ev.properties, Some(e))) {
+                    self.end_wait(e, &wf);
+                    self.advance(e, &wf, *on_event, false);
+                }
+            }
+        }
+        self.restore(list);
+    }
+
+    fn restore(&mut self, mut list: Vec<Enrollment>) {
+        list.retain(|e| !e.done);
+        list.append(&mut self.st.enrollments);
+        self.st.enrollments = list;
+    }
+
+    /// Condition triggers and condition goals after everything this input changed.
+    fn settle(&mut self) {
+        self.check_cond_goals();
+        // Each round can only start workflows not already active, so this ends; the bound is
+        // a guard against a mis-indexed condition, not a behaviour.
+        for _ in 0..64 {
+            if self.before.is_empty() {
+                break;
+            }
+            let before = std::mem::take(&mut self.before);
+            let empty = Arc::new(Map::new());
+            for (i, was) in before {
+                let ct = &self.reg.index.cond[i];
+                if !was && eval(&ct.cond, &self.scope(&empty, None)) {
+                    self.try_enroll(ct.wf.clone(), empty.clone());
+                }
+            }
+            self.check_cond_goals();
+        }
+    }
+
+    fn check_cond_goals(&mut self) {
+        if !self.reg.index.has_cond_goals || self.st.enrollments.is_empty() {
+            return;
+        }
+        let mut list = std::mem::take(&mut self.st.enrollments);
+        for e in list.iter_mut() {
+            let Some(wf) = self.reg.get(&e.workflow, e.version).cloned() else {
+                continue;
+            };
+            if let Some(c) = wf.goal.as_ref().and_then(|g| g.when.as_ref()) {
+                if eval(c, &self.scope(&e.event, Some(e))) {
+                    self.finish(e, &wf, Metric::Converted);
+                }
+            }
+        }
+        self.restore(list);
+    }
+
+    // ---- enrollments ---------------------------------------------------------------------
+
+    fn try_enroll(&mut self, wf: Arc<Workflow>, event: Arc<Map>) {
+        if self.st.enrollments.iter().any(|e| e.workflow == wf.id) {
+            return;
+        }
+        let now = self.now;
+        if let Some(r) = self.st.history.iter().find(|h| h.workflow == wf.id) {
+            let allowed = match wf.entry {
+                crate::workflow::Entry::Once => false,
+                crate::workflow::Entry::Always => true,
+                crate::workflow::Entry::Cooldown(d) => now - r.last_entered >= d,
+            };
+            if !allowed {
+                return;
+            }
+        }
+        // Already converted: a contact who meets the goal is not enrolled.
+        if let Some(c) = wf.goal.as_ref().and_then(|g| g.when.as_ref()) {
+            if eval(c, &self.scope(&event, None)) {
+                return;
+            }
+        }
+        match self.st.history.iter_mut().find(|h| h.workflow == wf.id) {
+            Some(r) => {
+                r.last_entered = now;
+                r.count += 1;
+            }
+            None => self.st.history.push(EntryRecord {
+                workflow: wf.id.clone(),
+                last_entered: now,
+                count: 1,
+            }),
+        }
+        let id = self.st.next_enrollment;
+        self.st.next_enrollment += 1;
+        let mut e = Enrollment {
+            id,
+            workflow: wf.id.clone(),
+            version: wf.version,
+            step: 0,
+            timer: None,
+            entered_at: now,
+            event,
+            sends: vec![],
+            send_seq: 0,
+            done: false,
+        };
+        self.advance(&mut e, &wf, Next::Step(0), false);
+        if !e.done {
+            self.st.enrollments.push(e);
+        }
+    }
+
+    fn finish(&mut self, e: &mut Enrollment, wf: &Workflow, metric: Metric) {
+        self.end_wait(e, wf);
+        self.count(wf, e.step, metric, 1);
+        e.done = true;
+    }
+
+    fn end_wait(&mut self, e: &mut Enrollment, wf: &Workflow) {
+        if let Some(t) = e.timer.take() {
+            self.cancel(t);
+            self.count(wf, e.step, Metric::Waiting, -1);
+        }
+    }
+
+    fn wait(&mut self, e: &mut Enrollment, wf: &Workflow, due: Ts) {
+        e.timer = Some(self.schedule(due, Purpose::Enrollment(e.id)));
+        self.count(wf, e.step, Metric::Waiting, 1);
+    }
+
+    /// Runs steps from `next` until the enrollment waits or ends. `resume` re-runs a step
+    /// without counting a second entry (a deferred send).
+    fn advance(&mut self, e: &mut Enrollment, wf: &Workflow, mut next: Next, resume: bool) {
+        let mut first = true;
+        // Validation rejects loops without waits; this bound only guards the invariant.
+        let mut hops = 0;
+        loop {
+            let Next::Step(i) = next else {
+                self.finish(e, wf, Metric::Exited);
+                return;
+            };
+            hops += 1;
+            if hops > 4 * wf.steps.len() + 8 {
+                self.finish(e, wf, Metric::Exited);
+                return;
+            }
+            e.step = i;
+            if !(resume && first) {
+                self.count(wf, i, Metric::Entered, 1);
+            }
+            first = false;
+            let step = &wf.steps[i as usize];
+            next = step.next;
+            match &step.kind {
+                StepKind::Send { template, to, kind } => {
+                    if let Some(due) = self.send(e, wf, i, template, to, *kind) {
+                        self.wait(e, wf, due);
+                        return;
+                    }
+                }
+                StepKind::Wait(d) => {
+                    self.wait(e, wf, self.now + d);
+                    return;
+                }
+                StepKind::WaitUntil {
+                    date,
+                    offset,
+                    at,
+                    if_past,
+                } => match self.wait_until_target(e, wf, date.as_ref(), *offset, *at) {
+                    Some(t) if t > self.now => {
+                        self.wait(e, wf, t);
+                        return;
+                    }
+                    _ => next = if_past.unwrap_or(step.next),
+                },
+                StepKind::WaitFor { timeout, .. } => {
+                    self.wait(e, wf, self.now + timeout);
+                    return;
+                }
+                StepKind::Branch { cases, otherwise } => {
+                    let scope = self.scope(&e.event, Some(e));
+                    next = cases
+                        .iter()
+                        .find(|(c, _)| eval(c, &scope))
+                        .map_or(*otherwise, |(_, n)| *n);
+                }
+                StepKind::Split { variants, holdout } => {
+                    let b = split_bucket(self.contact, &wf.id);
+                    if b < *holdout {
+                        self.finish(e, wf, Metric::Holdout);
+                        return;
+                    }
+                    next = variants
+                        .iter()
+                        .find(|v| b < v.1)
+                        .or(variants.last())
+                        .map_or(Next::Exit, |v| v.2);
+                }
+                StepKind::Update(actions) => actions.iter().for_each(|a| self.apply(a)),
+                StepKind::Webhook { url, .. } => {
+                    let id = send_id(self.contact, &wf.id, wf.version, e.id, i, e.send_seq);
+                    e.send_seq += 1;
+                    self.out.push(Effect::Webhook(WebhookCommand {
+                        id,
+                        workflow: wf.id.clone(),
+                        version: wf.version,
+                        step: i,
+                        url: url.clone(),
+                        traits: self.st.traits.clone(),
+                        event: e.event.clone(),
+                    }));
+                }
+                StepKind::Exit => {
+                    self.finish(e, wf, Metric::Exited);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn wait_until_target(
+        &self,
+        e: &Enrollment,
+        wf: &Workflow,
+        date: Option<&FieldRef>,
+        offset: i64,
+        at: Option<(u32, u32)>,
+    ) -> Option<Ts> {
+        let tz = self.tz(wf);
+        match date {
+            None => Some(match at {
+                Some(hm) => calendar::next_time_of_day(tz, self.now, offset, hm),
+                None => self.now + offset,
+            }),
+            Some(f) => {
+                let v = match f {
+                    FieldRef::Trait(n) => self.st.traits.get(n),
+                    FieldRef::Event(p) => e.event.get(p),
+                };
+                let d = v
+                    .and_then(Value::as_str)
+                    .and_then(calendar::parse_date_value)?;
+                Some(calendar::resolve(tz, d, offset, at))
+            }
+        }
+    }
+
+    /// Applies suppression, quiet hours and the frequency cap, then emits the send. Returns
+    /// the time to try again when the send must wait.
+    fn send(
+        &mut self,
+        e: &mut Enrollment,
+        wf: &Workflow,
+        i: StepIdx,
+        template: &str,
+        to: &Recipient,
+        kind: MailKind,
+    ) -> Option<Ts> {
+        let address = match to {
+            Recipient::Contact => self.st.traits.get("email").and_then(Value::as_str),
+            Recipient::Trait { name, fallback } => self
+                .st
+                .traits
+                .get(name)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+                .or(fallback.as_deref()),
+            Recipient::Fixed(a) => Some(a.as_str()),
+        };
+        let Some(address) = address.filter(|a| a.contains('@')).map(str::to_owned) else {
+            self.count(wf, i, Metric::NoAddress, 1);
+            return None;
+        };
+        match kind {
+            MailKind::Marketing => {
+                if self.st.suppressed
+                    || self.st.unsubscribed
+                    || self.st.unsubscribed_from.contains(&*wf.id)
+                {
+                    self.count(wf, i, Metric::Suppressed, 1);
+                    return None;
+                }
+                if let Some(q) = self.reg.policy.quiet_hours {
+                    if let Some(until) = calendar::quiet_until(self.tz(wf), self.now, q) {
+                        return Some(until);
+                    }
+                }
+                if let Some(cap) = self.reg.policy.frequency_cap {
+                    let now = self.now;
+                    self.st.marketing_sends.retain(|t| *t > now - cap.window);
+                    if self.st.marketing_sends.len() >= cap.max as usize {
+                        if cap.defer {
+                            return Some(self.st.marketing_sends[0] + cap.window);
+                        }
+                        self.count(wf, i, Metric::Capped, 1);
+                        return None;
+                    }
+                    self.st.marketing_sends.push(now);
+                }
+            }
+            MailKind::Transactional => {
+                if self.st.suppressed {
+                    self.count(wf, i, Metric::Suppressed, 1);
+                    return None;
+                }
+            }
+            MailKind::Internal => {}
+        }
+        let id = send_id(self.contact, &wf.id, wf.version, e.id, i, e.send_seq);
+        e.send_seq += 1;
+        if e.sends.len() >= MAX_SENDS_KEPT {
+            e.sends.remove(0);
+        }
+        e.sends.push(SentRecord {
+            step: i,
+            id,
+            opened: false,
+            clicked: false,
+        });
+        self.out.push(Effect::Send(SendCommand {
+            id,
+            workflow: wf.id.clone(),
+            version: wf.version,
+            step: i,
+            enrollment: e.id,
+            template: template.to_owned(),
+            to: address,
+            kind,
+            traits: self.st.traits.clone(),
+            event: e.event.clone(),
+        }));
+        self.count(wf, i, Metric::Sent, 1);
+        None
+    }
+}

@@ -1,0 +1,167 @@
+//! A compact, storable JSON-like value for traits, event properties and enrollment variables.
+//!
+//! `serde_json::Value` cannot be stored with postcard (it needs `deserialize_any`), so state uses
+//! this enum with a derived, tagged encoding and converts at the edges (JSON in, templates out).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Ordered map so that encoding and iteration are deterministic.
+pub type Map = BTreeMap<String, Value>;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub enum Value {
+    #[default]
+    Null,
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+    List(Vec<Value>),
+    Map(Map),
+}
+
+impl Value {
+    pub fn as_f64(&self) -> Option<f64> {
+        match self {
+            Value::Int(i) => Some(*i as f64),
+            Value::Float(f) => Some(*f),
+            Value::Str(s) => s.trim().parse().ok(),
+            Value::Bool(_) | Value::Null | Value::List(_) | Value::Map(_) => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn is_null(&self) -> bool {
+        matches!(self, Value::Null)
+    }
+
+    /// Loose equality used by filters: numbers compare numerically, everything else structurally,
+    /// and a number compares equal to its decimal string (`"5"` = `5`) because event producers
+    /// are inconsistent about quoting.
+    pub fn loose_eq(&self, other: &Value) -> bool {
+        match (self, other) {
+            (Value::Str(a), Value::Str(b)) => a == b,
+            (Value::Int(a), Value::Int(b)) => a == b,
+            (a, b) => match (a.as_f64(), b.as_f64()) {
+                (Some(x), Some(y)) => x == y,
+                _ => a == b,
+            },
+        }
+    }
+
+    /// `contains`: substring for strings, element for lists, key for maps.
+    pub fn contains(&self, needle: &Value) -> bool {
+        match self {
+            Value::Str(s) => needle.as_str().is_some_and(|n| s.contains(n)),
+            Value::List(items) => items.iter().any(|i| i.loose_eq(needle)),
+            Value::Map(m) => needle.as_str().is_some_and(|k| m.contains_key(k)),
+            _ => false,
+        }
+    }
+
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Value::Null => serde_json::Value::Null,
+            Value::Bool(b) => (*b).into(),
+            Value::Int(i) => (*i).into(),
+            Value::Float(f) => serde_json::Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Value::Str(s) => s.clone().into(),
+            Value::List(l) => l.iter().map(Value::to_json).collect(),
+            Value::Map(m) => m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect(),
+        }
+    }
+
+    pub fn to_template(&self) -> minijinja::Value {
+        match self {
+            Value::Null => minijinja::Value::from(()),
+            Value::Bool(b) => (*b).into(),
+            Value::Int(i) => (*i).into(),
+            Value::Float(f) => (*f).into(),
+            Value::Str(s) => s.as_str().into(),
+            Value::List(l) => l.iter().map(Value::to_template).collect(),
+            Value::Map(m) => map_to_template(m),
+        }
+    }
+}
+
+pub fn map_to_template(m: &Map) -> minijinja::Value {
+    m.iter()
+        .map(|(k, v)| (k.clone(), v.to_template()))
+        .collect::<BTreeMap<String, minijinja::Value>>()
+        .into()
+}
+
+impl From<&serde_json::Value> for Value {
+    fn from(v: &serde_json::Value) -> Self {
+        match v {
+            serde_json::Value::Null => Value::Null,
+            serde_json::Value::Bool(b) => Value::Bool(*b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Float(n.as_f64().unwrap_or(0.0)),
+            },
+            serde_json::Value::String(s) => Value::Str(s.clone()),
+            serde_json::Value::Array(a) => Value::List(a.iter().map(Value::from).collect()),
+            serde_json::Value::Object(o) => Value::Map(json_object_to_map(o)),
+        }
+    }
+}
+
+pub fn json_object_to_map(o: &serde_json::Map<String, serde_json::Value>) -> Map {
+    o.iter().map(|(k, v)| (k.clone(), Value::from(v))).collect()
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::Str(s.to_owned())
+    }
+}
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::Str(s)
+    }
+}
+impl From<i64> for Value {
+    fn from(i: i64) -> Self {
+        Value::Int(i)
+    }
+}
+impl From<f64> for Value {
+    fn from(f: f64) -> Self {
+        Value::Float(f)
+    }
+}
+impl From<bool> for Value {
+    fn from(b: bool) -> Self {
+        Value::Bool(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_compare_across_representations() {
+        assert!(Value::Int(5).loose_eq(&Value::Float(5.0)));
+        assert!(Value::Str("5".into()).loose_eq(&Value::Int(5)));
+        assert!(!Value::Str("five".into()).loose_eq(&Value::Int(5)));
+        assert!(Value::List(vec!["a".into(), "b".into()]).contains(&"b".into()));
+        assert!(Value::Str("/pricing/team".into()).contains(&"pricing".into()));
+    }
+
+    #[test]
+    fn json_round_trip_keeps_integers() {
+        let j = serde_json::json!({"a": 1, "b": [1.5, "x", null], "c": {"d": true}});
+        assert_eq!(Value::from(&j).to_json(), j);
+    }
+}

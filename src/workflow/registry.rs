@@ -1,0 +1,564 @@
+//! The set of workflow versions the engine runs, indexed for the hot path, with their templates
+//! compiled once at load.
+
+use super::compile::{
+    CondUse, LoadError, LoadErrors, Scope, compile_cond_in_scope, compile_workflow,
+};
+use super::model::*;
+use super::raw::{RawDirectory, RawWorkflow};
+use crate::value::Map;
+use rustc_hash::FxHashMap;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+
+/// Rules applied before any marketing send, whatever the workflow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    pub frequency_cap: Option<FrequencyCap>,
+    /// Local minutes of day `[start, end)` during which marketing mail waits; may wrap midnight.
+    pub quiet_hours: Option<(u32, u32)>,
+    pub default_timezone: chrono_tz::Tz,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FrequencyCap {
+    pub max: u32,
+    pub window: i64,
+    /// Whether a send over the cap is skipped (the enrollment goes on) or waits for room.
+    pub defer: bool,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            frequency_cap: None,
+            quiet_hours: None,
+            default_timezone: chrono_tz::UTC,
+        }
+    }
+}
+
+/// A workflow version as persisted by the runtime, so that contacts inside an old version can
+/// finish on it after the file changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredVersion {
+    pub id: String,
+    pub version: u32,
+    pub file: String,
+    pub source: String,
+}
+
+/// What a contact-data change can affect: indexes condition triggers by their inputs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Dep {
+    Trait(String),
+    Counter(u64),
+    Tag(String),
+    List(String),
+}
+
+pub struct CondTrigger {
+    pub wf: Arc<Workflow>,
+    pub cond: Cond,
+}
+
+#[derive(Default)]
+pub struct Index {
+    pub by_event: FxHashMap<String, Vec<(Arc<Workflow>, usize)>>,
+    pub trait_changed: FxHashMap<String, Vec<Arc<Workflow>>>,
+    pub inactivity: Vec<(Arc<Workflow>, i64)>,
+    pub date: FxHashMap<String, Vec<(Arc<Workflow>, usize)>>,
+    pub cond: Vec<CondTrigger>,
+    pub cond_by_trait: FxHashMap<String, Vec<usize>>,
+    pub cond_by_counter: FxHashMap<u64, Vec<usize>>,
+    pub cond_by_tag: FxHashMap<String, Vec<usize>>,
+    pub cond_by_list: FxHashMap<String, Vec<usize>>,
+    pub counters_by_event: FxHashMap<String, Vec<u64>>,
+    /// Event names any enrollment may react to (goals, wait_for): cheap skip for the rest.
+    pub enrollment_events: rustc_hash::FxHashSet<String>,
+    pub has_cond_goals: bool,
+}
+
+pub struct Registry {
+    versions: FxHashMap<Arc<str>, BTreeMap<u32, Arc<Workflow>>>,
+    latest: Vec<Arc<Workflow>>,
+    pub index: Index,
+    pub lists: BTreeMap<String, Cond>,
+    pub traits: BTreeMap<String, TraitType>,
+    pub counters: BTreeMap<u64, CounterDef>,
+    templates: minijinja::Environment<'static>,
+    pub policy: Policy,
+    stored: Vec<StoredVersion>,
+}
+
+/// A rendered email, before transport headers are added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rendered {
+    pub subject: String,
+    pub html: Option<String>,
+    pub text: Option<String>,
+}
+
+pub const DIRECTORY_FILE: &str = "dripline.yaml";
+
+fn parse_yaml<T: serde::de::DeserializeOwned>(file: &str, src: &str) -> Result<T, LoadError> {
+    let de = serde_norway::Deserializer::from_str(src);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let reason = e.into_inner().to_string();
+        // The YAML library already prefixes the path; keep it once, in `path`.
+        let reason = reason
+            .strip_prefix(&format!("{path}: "))
+            .map(str::to_owned)
+            .unwrap_or(reason);
+        LoadError {
+            file: file.into(),
+            path: if path == "." { "(top)".into() } else { path },
+            reason,
+        }
+    })
+}
+
+impl Registry {
+    /// Reads every `*.yaml`/`*.yml` workflow in `dir` (and `dripline.yaml` for trait types and
+    /// lists). `history` holds versions stored earlier; an unchanged file keeps its version, a
+    /// changed one becomes the next version.
+    pub fn load_dir(
+        dir: &Path,
+        history: &[StoredVersion],
+        policy: Policy,
+    ) -> Result<Registry, LoadErrors> {
+        let io_err = |file: &Path, e: std::io::Error| {
+            LoadErrors(vec![LoadError {
+                file: file.display().to_string(),
+                path: "(file)".into(),
+                reason: e.to_string(),
+            }])
+        };
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| io_err(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "yaml" || x == "yml"))
+            .collect();
+        files.sort();
+        let mut directory = None;
+        let mut sources = vec![];
+        for p in files {
+            let src = std::fs::read_to_string(&p).map_err(|e| io_err(&p, e))?;
+            let name = p.display().to_string();
+            if p.file_name().is_some_and(|n| n == DIRECTORY_FILE) {
+                directory = Some((name, src));
+            } else {
+                sources.push((name, src));
+            }
+        }
+        Self::build(directory, sources, history, policy)
+    }
+
+    /// Builds from in-memory sources (tests, benchmarks).
+    pub fn from_sources(
+        directory: Option<&str>,
+        sources: &[(&str, &str)],
+        policy: Policy,
+    ) -> Result<Registry, LoadErrors> {
+        Self::build(
+            directory.map(|d| (DIRECTORY_FILE.to_string(), d.to_string())),
+            sources
+                .iter()
+                .map(|(f, s)| (f.to_string(), s.to_string()))
+                .collect(),
+            &[],
+            policy,
+        )
+    }
+
+    pub fn build(
+        directory: Option<(String, String)>,
+        sources: Vec<(String, String)>,
+        history: &[StoredVersion],
+        policy: Policy,
+    ) -> Result<Registry, LoadErrors> {
+        let mut errors = vec![];
+        let raw_dir: RawDirectory = match &directory {
+            Some((file, src)) => parse_yaml(file, src).unwrap_or_else(|e| {
+                errors.push(e);
+                RawDirectory::default()
+            }),
+            None => RawDirectory::default(),
+        };
+        let dir_file = directory
+            .as_ref()
+            .map_or(DIRECTORY_FILE.to_string(), |d| d.0.clone());
+        let mut traits = BTreeMap::new();
+        for (name, ty) in &raw_dir.traits {
+            match TraitType::parse(ty) {
+                Some(t) => {
+                    traits.insert(name.clone(), t);
+                }
+                None => errors.push(LoadError {
+                    file: dir_file.clone(),
+                    path: format!("traits.{name}"),
+                    reason: format!(
+                        "unknown trait type `{ty}` (expected one of {})",
+                        TraitType::NAMES
+                    ),
+                }),
+            }
+        }
+        let list_names: BTreeSet<String> = raw_dir.lists.keys().cloned().collect();
+        let mut counters = BTreeMap::new();
+        let mut scope = Scope {
+            traits: &traits,
+            lists: &list_names,
+            counters: &mut counters,
+        };
+        let mut lists = BTreeMap::new();
+        for (name, raw) in &raw_dir.lists {
+            match compile_cond_in_scope(
+                &dir_file,
+                &format!("lists.{name}"),
+                raw,
+                &mut scope,
+                CondUse::List,
+            ) {
+                Ok(c) => {
+                    lists.insert(name.clone(), c);
+                }
+                Err(e) => errors.extend(e),
+            }
+        }
+
+        // Versions: history first (oldest first), then the current files.
+        let mut versions: FxHashMap<Arc<str>, BTreeMap<u32, Arc<Workflow>>> = FxHashMap::default();
+        let mut stored: Vec<StoredVersion> = vec![];
+        let mut latest_ids = BTreeMap::new();
+        let mut raws = vec![];
+        for h in history {
+            match parse_yaml::<RawWorkflow>(&h.file, &h.source) {
+                Ok(raw) => raws.push((h.file.clone(), h.source.clone(), raw, Some(h.version))),
+                Err(e) => errors.push(e),
+            }
+        }
+        for (file, src) in &sources {
+            match parse_yaml::<RawWorkflow>(file, src) {
+                Ok(raw) => {
+                    if let Some(other) = latest_ids.insert(raw.id.clone(), file.clone()) {
+                        errors.push(LoadError {
+                            file: file.clone(),
+                            path: "id".into(),
+                            reason: format!("workflow id `{}` is also defined in {other}", raw.id),
+                        });
+                    }
+                    raws.push((file.clone(), src.clone(), raw, None));
+                }
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut templates = minijinja::Environment::new();
+        templates.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+        templates.set_auto_escape_callback(|name| {
+            if name.ends_with(".html") {
+                minijinja::AutoEscape::Html
+            } else {
+                minijinja::AutoEscape::None
+            }
+        });
+        let mut latest: BTreeMap<Arc<str>, Arc<Workflow>> = BTreeMap::new();
+        for (file, src, raw, stored_version) in raws {
+            let per_id = versions.entry(raw.id.as_str().into()).or_default();
+            let hash = xxhash_rust::xxh3::xxh3_64(src.as_bytes());
+            let version = match stored_version {
+                Some(v) => v,
+                None => match per_id.values().next_back() {
+                    Some(last) if last.source_hash == hash => {
+                        latest.insert(last.id.clone(), last.clone());
+                        continue;
+                    }
+                    Some(last) => last.version + 1,
+                    None => 1,
+                },
+            };
+            let mut scope = Scope {
+                traits: &traits,
+                lists: &list_names,
+                counters: &mut counters,
+            };
+            match compile_workflow(&file, &raw, version, src.as_str().into(), &mut scope) {
+                Ok(wf) => {
+                    let before = errors.len();
+                    add_templates(&mut templates, &file, &raw, &wf, &mut errors);
+                    if errors.len() > before {
+                        continue;
+                    }
+                    let wf = Arc::new(wf);
+                    stored.push(StoredVersion {
+                        id: raw.id.clone(),
+                        version,
+                        file: file.clone(),
+                        source: src.clone(),
+                    });
+                    per_id.insert(version, wf.clone());
+                    if stored_version.is_none() {
+                        latest.insert(wf.id.clone(), wf);
+                    }
+                }
+                Err(e) => errors.extend(e),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(LoadErrors(errors));
+        }
+        let latest: Vec<Arc<Workflow>> = latest.into_values().collect();
+        let index = build_index(&latest, &lists, &counters);
+        Ok(Registry {
+            versions,
+            latest,
+            index,
+            lists,
+            traits,
+            counters,
+            templates,
+            policy,
+            stored,
+        })
+    }
+
+    /// The newest version of every workflow that currently has a file.
+    pub fn latest(&self) -> &[Arc<Workflow>] {
+        &self.latest
+    }
+
+    pub fn get(&self, id: &str, version: u32) -> Option<&Arc<Workflow>> {
+        self.versions.get(id).and_then(|v| v.get(&version))
+    }
+
+    pub fn latest_of(&self, id: &str) -> Option<&Arc<Workflow>> {
+        self.latest.iter().find(|w| &*w.id == id)
+    }
+
+    /// Every version known, for the runtime to persist.
+    pub fn stored_versions(&self) -> &[StoredVersion] {
+        &self.stored
+    }
+
+    pub fn render(
+        &self,
+        wf: &Workflow,
+        template: &str,
+        ctx: &minijinja::Value,
+    ) -> Result<Rendered, minijinja::Error> {
+        let part = |p: TemplatePart| -> Result<Option<String>, minijinja::Error> {
+            match self.templates.get_template(&wf.template_name(template, p)) {
+                Ok(t) => t.render(ctx).map(Some),
+                Err(e) if e.kind() == minijinja::ErrorKind::TemplateNotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        Ok(Rendered {
+            subject: part(TemplatePart::Subject)?.unwrap_or_default(),
+            html: part(TemplatePart::Html)?,
+            text: part(TemplatePart::Text)?,
+        })
+    }
+
+    pub fn render_webhook(
+        &self,
+        wf: &Workflow,
+        step: &str,
+        ctx: &minijinja::Value,
+    ) -> Result<Option<String>, minijinja::Error> {
+        match self
+            .templates
+            .get_template(&wf.template_name(step, TemplatePart::Webhook))
+        {
+            Ok(t) => t.render(ctx).map(Some),
+            Err(e) if e.kind() == minijinja::ErrorKind::TemplateNotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// The context a template sees: the contact's traits at the top level (`{{ first_name }}`),
+/// `contact` (traits plus `id`), `event` (the properties of the event that started the
+/// enrollment) and `extra` (transport additions such as the unsubscribe URL).
+pub fn template_context(
+    contact_id: &str,
+    traits: &Map,
+    event: &Map,
+    extra: &[(&str, minijinja::Value)],
+) -> minijinja::Value {
+    let mut top: BTreeMap<String, minijinja::Value> = traits
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_template()))
+        .collect();
+    let mut contact = top.clone();
+    contact.insert("id".into(), contact_id.into());
+    top.insert("contact".into(), contact.into());
+    top.insert("event".into(), crate::value::map_to_template(event));
+    for (k, v) in extra {
+        top.insert((*k).to_string(), v.clone());
+    }
+    top.into()
+}
+
+fn add_templates(
+    env: &mut minijinja::Environment<'static>,
+    file: &str,
+    raw: &RawWorkflow,
+    wf: &Workflow,
+    errors: &mut Vec<LoadError>,
+) {
+    let mut found = vec![];
+    let mut add = |name: String, src: &str, path: String| {
+        if let Err(e) = env.add_template_owned(name, src.to_owned()) {
+            found.push(LoadError {
+                file: file.into(),
+                path,
+                reason: format!("template does not compile: {e}"),
+            });
+        }
+    };
+    for (tname, t) in &raw.templates {
+        add(
+            wf.template_name(tname, TemplatePart::Subject),
+            &t.subject,
+            format!("templates.{tname}.subject"),
+        );
+        if let Some(h) = &t.html {
+            add(
+                wf.template_name(tname, TemplatePart::Html),
+                h,
+                format!("templates.{tname}.html"),
+            );
+        }
+        if let Some(x) = &t.text {
+            add(
+                wf.template_name(tname, TemplatePart::Text),
+                x,
+                format!("templates.{tname}.text"),
+            );
+        }
+    }
+    for (i, s) in raw.steps.iter().enumerate() {
+        if let Some(body) = s.webhook.as_ref().and_then(|w| w.body.as_ref()) {
+            add(
+                wf.template_name(&s.id, TemplatePart::Webhook),
+                body,
+                format!("steps[{i}].webhook.body"),
+            );
+        }
+    }
+    errors.extend(found);
+    for (tname, t) in &raw.templates {
+        let err = |reason: &str| LoadError {
+            file: file.into(),
+            path: format!("templates.{tname}"),
+            reason: reason.into(),
+        };
+        if t.subject.contains(['\r', '\n']) {
+            errors.push(err("a subject must be one line"));
+        }
+        if t.html.is_none() && t.text.is_none() {
+            errors.push(err("needs `html` or `text`"));
+        }
+    }
+}
+
+pub fn cond_deps(c: &Cond, lists: &BTreeMap<String, Cond>, out: &mut Vec<Dep>) {
+    match c {
+        Cond::All(cs) | Cond::Any(cs) => cs.iter().for_each(|c| cond_deps(c, lists, out)),
+        Cond::Not(c) => cond_deps(c, lists, out),
+        Cond::Trait(t, _) => out.push(Dep::Trait(t.clone())),
+        Cond::Count { counter, .. } => out.push(Dep::Counter(*counter)),
+        Cond::Tag(t) => out.push(Dep::Tag(t.clone())),
+        Cond::InList(l) => {
+            out.push(Dep::List(l.clone()));
+            if let Some(def) = lists.get(l) {
+                cond_deps(def, lists, out);
+            }
+        }
+        Cond::Prop(..) | Cond::Opened(_) | Cond::Clicked(_) => {}
+    }
+}
+
+fn build_index(
+    latest: &[Arc<Workflow>],
+    lists: &BTreeMap<String, Cond>,
+    counters: &BTreeMap<u64, CounterDef>,
+) -> Index {
+    let mut ix = Index::default();
+    for wf in latest {
+        for (ti, t) in wf.triggers.iter().enumerate() {
+            let cond = match t {
+                Trigger::Event { name, .. } => {
+                    ix.by_event
+                        .entry(name.clone())
+                        .or_default()
+                        .push((wf.clone(), ti));
+                    None
+                }
+                Trigger::TraitChanged(name) => {
+                    ix.trait_changed
+                        .entry(name.clone())
+                        .or_default()
+                        .push(wf.clone());
+                    None
+                }
+                Trigger::Inactive(ms) => {
+                    ix.inactivity.push((wf.clone(), *ms));
+                    None
+                }
+                Trigger::Date(d) => {
+                    ix.date
+                        .entry(d.trait_name.clone())
+                        .or_default()
+                        .push((wf.clone(), ti));
+                    None
+                }
+                Trigger::Becomes(c) => Some(c.clone()),
+                Trigger::List(l) => Some(Cond::InList(l.clone())),
+                Trigger::Api => None,
+            };
+            if let Some(cond) = cond {
+                let mut deps = vec![];
+                cond_deps(&cond, lists, &mut deps);
+                let i = ix.cond.len();
+                for d in deps {
+                    let v = match d {
+                        Dep::Trait(t) => ix.cond_by_trait.entry(t).or_default(),
+                        Dep::Counter(c) => ix.cond_by_counter.entry(c).or_default(),
+                        Dep::Tag(t) => ix.cond_by_tag.entry(t).or_default(),
+                        Dep::List(l) => ix.cond_by_list.entry(l).or_default(),
+                    };
+                    if v.last() != Some(&i) {
+                        v.push(i);
+                    }
+                }
+                ix.cond.push(CondTrigger {
+                    wf: wf.clone(),
+                    cond,
+                });
+            }
+        }
+        if let Some(g) = &wf.goal {
+            if let Some((e, _)) = &g.event {
+                ix.enrollment_events.insert(e.clone());
+            }
+            ix.has_cond_goals |= g.when.is_some();
+        }
+        for s in &wf.steps {
+            if let StepKind::WaitFor { event, .. } = &s.kind {
+                ix.enrollment_events.insert(event.clone());
+            }
+        }
+    }
+    for c in counters.values() {
+        ix.counters_by_event
+            .entry(c.event.clone())
+            .or_default()
+            .push(c.key);
+    }
+    ix
+}
