@@ -46,6 +46,7 @@ pub fn handle(
         reg,
         out,
         before: Vec::new(),
+        touched: false,
     };
     match input {
         Input::Event(ev) => cx.on_event(ev),
@@ -56,7 +57,7 @@ pub fn handle(
             properties,
         } => {
             if let Some(wf) = reg.latest_of(workflow) {
-                cx.try_enroll(wf.clone(), Arc::new(properties.clone()));
+                cx.try_enroll(wf.clone(), properties);
             }
         }
     }
@@ -111,6 +112,11 @@ pub fn split_bucket(contact: &str, workflow: &str) -> u32 {
     (xxhash_rust::xxh3::xxh3_64(&buf) % 10_000) as u32
 }
 
+/// Workflow ids in state usually share the registry's allocation: compare pointers first.
+fn same_id(a: &Arc<str>, b: &Arc<str>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
 struct Cx<'a> {
     contact: &'a str,
     st: &'a mut ContactState,
@@ -120,6 +126,9 @@ struct Cx<'a> {
     /// Condition triggers whose inputs this input touched, with their value before the touch:
     /// a false→true transition after processing is a crossing.
     before: Vec<(usize, bool)>,
+    /// Whether traits, tags, lists, counters or engagement changed: only then can a
+    /// condition goal have become true.
+    touched: bool,
 }
 
 impl Cx<'_> {
@@ -146,6 +155,7 @@ impl Cx<'_> {
     // ---- change tracking for condition triggers -------------------------------------------
 
     fn record_before(&mut self, ids: Option<&Vec<usize>>) {
+        self.touched = true;
         let Some(ids) = ids else { return };
         let empty = Map::new();
         for &i in ids {
@@ -276,7 +286,7 @@ impl Cx<'_> {
                     continue;
                 };
                 if all(filter, &self.scope(&ev.properties, None)) {
-                    self.try_enroll(wf.clone(), Arc::new(ev.properties.clone()));
+                    self.try_enroll(wf.clone(), &ev.properties);
                 }
             }
         }
@@ -286,7 +296,7 @@ impl Cx<'_> {
                     let mut props = Map::new();
                     props.insert("trait".into(), k.into());
                     props.insert("value".into(), ev.traits[k].clone());
-                    self.try_enroll(wf.clone(), Arc::new(props));
+                    self.try_enroll(wf.clone(), &props);
                 }
             }
             if let Some(dates) = self.reg.index.date.get(k) {
@@ -318,10 +328,12 @@ impl Cx<'_> {
                 };
                 let clicked = ev.name == "Email Clicked";
                 let mut counts = vec![];
+                let mut touched = false;
                 for e in &mut self.st.enrollments {
                     for r in e.sends.iter_mut().filter(|r| r.id == id) {
                         if !r.opened {
                             r.opened = true;
+                            touched = true;
                             counts.push((e.workflow.clone(), e.version, r.step, Metric::Opened));
                         }
                         if clicked && !r.clicked {
@@ -330,6 +342,7 @@ impl Cx<'_> {
                         }
                     }
                 }
+                self.touched |= touched;
                 for (workflow, version, step, metric) in counts {
                     self.out.push(Effect::Count(StepCount {
                         workflow,
@@ -351,7 +364,7 @@ impl Cx<'_> {
                 .st
                 .timers
                 .iter()
-                .any(|t| matches!(&t.purpose, Purpose::Inactivity(w) if *w == wf.id));
+                .any(|t| matches!(&t.purpose, Purpose::Inactivity(w) if same_id(w, &wf.id)));
             if !has {
                 self.schedule(self.now + ms, Purpose::Inactivity(wf.id.clone()));
             }
@@ -424,7 +437,7 @@ impl Cx<'_> {
                     .index
                     .inactivity
                     .iter()
-                    .find(|(w, _)| w.id == wf_id)
+                    .find(|(w, _)| same_id(&w.id, &wf_id))
                     .cloned();
                 if let Some((wf, ms)) = found {
                     let last = self.st.last_activity.unwrap_or(self.now);
@@ -434,7 +447,7 @@ impl Cx<'_> {
                             "inactive_days".into(),
                             Value::Int((self.now - last) / crate::time::DAY),
                         );
-                        self.try_enroll(wf, Arc::new(props));
+                        self.try_enroll(wf, &props);
                     } else {
                         self.schedule(last + ms, Purpose::Inactivity(wf_id));
                     }
@@ -449,7 +462,7 @@ impl Cx<'_> {
                 };
                 let mut props = Map::new();
                 props.insert("trait".into(), spec.trait_name.clone().into());
-                self.try_enroll(wf.clone(), Arc::new(props));
+                self.try_enroll(wf.clone(), &props);
                 if spec.yearly {
                     self.schedule_date(&wf, ti as usize);
                 }
@@ -505,11 +518,11 @@ impl Cx<'_> {
                 break;
             }
             let before = std::mem::take(&mut self.before);
-            let empty = Arc::new(Map::new());
+            let empty = Map::new();
             for (i, was) in before {
                 let ct = &self.reg.index.cond[i];
                 if !was && eval(&ct.cond, &self.scope(&empty, None)) {
-                    self.try_enroll(ct.wf.clone(), empty.clone());
+                    self.try_enroll(ct.wf.clone(), &empty);
                 }
             }
             self.check_cond_goals();
@@ -517,7 +530,10 @@ impl Cx<'_> {
     }
 
     fn check_cond_goals(&mut self) {
-        if !self.reg.index.has_cond_goals || self.st.enrollments.is_empty() {
+        if !std::mem::take(&mut self.touched)
+            || !self.reg.index.has_cond_goals
+            || self.st.enrollments.is_empty()
+        {
             return;
         }
         let mut list = std::mem::take(&mut self.st.enrollments);
@@ -536,12 +552,23 @@ impl Cx<'_> {
 
     // ---- enrollments ---------------------------------------------------------------------
 
-    fn try_enroll(&mut self, wf: Arc<Workflow>, event: Arc<Map>) {
-        if self.st.enrollments.iter().any(|e| e.workflow == wf.id) {
+    /// Starts `wf` for this contact if the entry rules allow; `event` is copied only then.
+    fn try_enroll(&mut self, wf: Arc<Workflow>, event: &Map) {
+        if self
+            .st
+            .enrollments
+            .iter()
+            .any(|e| same_id(&e.workflow, &wf.id))
+        {
             return;
         }
         let now = self.now;
-        if let Some(r) = self.st.history.iter().find(|h| h.workflow == wf.id) {
+        if let Some(r) = self
+            .st
+            .history
+            .iter()
+            .find(|h| same_id(&h.workflow, &wf.id))
+        {
             let allowed = match wf.entry {
                 crate::workflow::Entry::Once => false,
                 crate::workflow::Entry::Always => true,
@@ -553,11 +580,16 @@ impl Cx<'_> {
         }
         // Already converted: a contact who meets the goal is not enrolled.
         if let Some(c) = wf.goal.as_ref().and_then(|g| g.when.as_ref()) {
-            if eval(c, &self.scope(&event, None)) {
+            if eval(c, &self.scope(event, None)) {
                 return;
             }
         }
-        match self.st.history.iter_mut().find(|h| h.workflow == wf.id) {
+        match self
+            .st
+            .history
+            .iter_mut()
+            .find(|h| same_id(&h.workflow, &wf.id))
+        {
             Some(r) => {
                 r.last_entered = now;
                 r.count += 1;
@@ -577,7 +609,7 @@ impl Cx<'_> {
             step: 0,
             timer: None,
             entered_at: now,
-            event,
+            event: Arc::new(event.clone()),
             sends: vec![],
             send_seq: 0,
             done: false,

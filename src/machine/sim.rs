@@ -28,6 +28,8 @@ pub struct Sim {
     pub webhooks: Vec<(Ts, String, WebhookCommand)>,
     /// (workflow, version, step id, metric) → value.
     pub counts: BTreeMap<(String, u32, String, Metric), i64>,
+    /// Bookkeeping violations seen (a cancel of a timer that was not pending).
+    pub errors: Vec<String>,
     effects: Vec<Effect>,
     seq: u64,
 }
@@ -42,6 +44,7 @@ impl Sim {
             sent: vec![],
             webhooks: vec![],
             counts: BTreeMap::new(),
+            errors: vec![],
             effects: vec![],
             seq: 0,
         }
@@ -81,8 +84,11 @@ impl Sim {
                     self.timers.insert((due, contact.to_owned(), id));
                 }
                 Effect::CancelTimer { id, due } => {
-                    let removed = self.timers.remove(&(due, contact.to_owned(), id));
-                    debug_assert!(removed, "cancelled a timer that was not pending");
+                    if !self.timers.remove(&(due, contact.to_owned(), id)) {
+                        self.errors.push(format!(
+                            "{contact}: cancelled timer {id} that was not pending"
+                        ));
+                    }
                 }
                 Effect::Count(c) => {
                     let wf = self

@@ -109,10 +109,12 @@ fn parse_yaml<T: serde::de::DeserializeOwned>(file: &str, src: &str) -> Result<T
         let path = e.path().to_string();
         let reason = e.into_inner().to_string();
         // The YAML library already prefixes the path; keep it once, in `path`.
-        let reason = reason
-            .strip_prefix(&format!("{path}: "))
-            .map(str::to_owned)
-            .unwrap_or(reason);
+        let reason = match reason.split_once(": ") {
+            Some((prefix, rest)) if !prefix.contains(' ') && path.starts_with(prefix) => {
+                rest.to_owned()
+            }
+            _ => reason,
+        };
         LoadError {
             file: file.into(),
             path: if path == "." { "(top)".into() } else { path },
