@@ -39,10 +39,7 @@ impl Rng {
 }
 
 fn props(pairs: &[(&str, Value)]) -> Map {
-    pairs
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect()
+    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
 }
 
 fn event(rng: &mut Rng, contact: &str, i: usize) -> Event {
@@ -51,13 +48,7 @@ fn event(rng: &mut Rng, contact: &str, i: usize) -> Event {
     let track = |name: &str, p: Map| Event::track(contact, &id, name, p);
     match roll {
         0..=44 => {
-            let path = [
-                "/",
-                "/blog",
-                "/pricing",
-                "/features",
-                "/blog/automation-101",
-            ][rng.below(5) as usize];
+            let path = ["/", "/blog", "/pricing", "/features", "/blog/automation-101"][rng.below(5) as usize];
             let mut p = props(&[("path", path.into())]);
             if path.contains("automation") {
                 p.insert("topic".into(), "automation".into());
@@ -85,10 +76,7 @@ fn event(rng: &mut Rng, contact: &str, i: usize) -> Event {
             contact,
             &id,
             props(&[
-                (
-                    "lifecycle_stage",
-                    ["lead", "customer"][rng.below(2) as usize].into(),
-                ),
+                ("lifecycle_stage", ["lead", "customer"][rng.below(2) as usize].into()),
                 ("nps_score", Value::Int(rng.below(11) as i64)),
             ]),
         ),

@@ -81,17 +81,13 @@ impl Event {
     }
 
     pub fn parse(bytes: &[u8]) -> Result<Self, EventError> {
-        let v: serde_json::Value =
-            serde_json::from_slice(bytes).map_err(|e| EventError::Json(e.to_string()))?;
+        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| EventError::Json(e.to_string()))?;
         Self::from_json(&v, None)
     }
 
     /// Validates one Segment-shaped JSON object. `kind_hint` is the type implied by the
     /// endpoint (`/v1/track`), used when the body has no `type`.
-    pub fn from_json(
-        v: &serde_json::Value,
-        kind_hint: Option<EventKind>,
-    ) -> Result<Self, EventError> {
+    pub fn from_json(v: &serde_json::Value, kind_hint: Option<EventKind>) -> Result<Self, EventError> {
         let o = v.as_object().ok_or(EventError::NotObject)?;
         let kind = match o.get("type") {
             None => kind_hint.ok_or(EventError::Missing("type"))?,
@@ -144,9 +140,7 @@ impl Event {
         let mut properties = properties;
         if kind == EventKind::Page {
             if let Some(serde_json::Value::String(n)) = o.get("name") {
-                properties
-                    .entry("name".into())
-                    .or_insert_with(|| n.clone().into());
+                properties.entry("name".into()).or_insert_with(|| n.clone().into());
             }
         }
         Ok(Event {
@@ -185,13 +179,14 @@ mod tests {
         let t = Event::parse(br#"{"type":"track","userId":"u1","messageId":"m1","event":"Product Added","properties":{"sku":"A","price":9.5},"timestamp":"2026-01-01T10:00:00Z"}"#).unwrap();
         assert_eq!(t.name, "Product Added");
         assert_eq!(t.timestamp, parse_rfc3339("2026-01-01T10:00:00Z"));
-        let p = Event::parse(br#"{"type":"page","userId":"u1","messageId":"m2","name":"Pricing","properties":{"path":"/pricing"}}"#).unwrap();
-        assert_eq!(p.name, PAGE_VIEWED);
-        assert_eq!(p.properties["name"], "Pricing".into());
-        let i = Event::parse(
-            br#"{"type":"identify","userId":"u1","messageId":"m3","traits":{"email":"a@b.c"}}"#,
+        let p = Event::parse(
+            br#"{"type":"page","userId":"u1","messageId":"m2","name":"Pricing","properties":{"path":"/pricing"}}"#,
         )
         .unwrap();
+        assert_eq!(p.name, PAGE_VIEWED);
+        assert_eq!(p.properties["name"], "Pricing".into());
+        let i =
+            Event::parse(br#"{"type":"identify","userId":"u1","messageId":"m3","traits":{"email":"a@b.c"}}"#).unwrap();
         assert_eq!(i.traits["email"], "a@b.c".into());
     }
 
@@ -219,6 +214,9 @@ mod tests {
             e(r#"{"type":"track","userId":"u","messageId":"m","event":"x","properties":[1]}"#),
             "`properties` must be an object"
         );
-        assert!(e(r#"{"type":"track","userId":"u","messageId":"m","event":"x","timestamp":"yesterday"}"#).contains("RFC 3339"));
+        assert!(
+            e(r#"{"type":"track","userId":"u","messageId":"m","event":"x","timestamp":"yesterday"}"#)
+                .contains("RFC 3339")
+        );
     }
 }

@@ -5,8 +5,11 @@
 //! state, timers and the outbox are committed together (`storage`); the mailer (`sinks`)
 //! delivers.
 
+pub mod config;
+pub mod demo;
 pub mod event;
 pub mod machine;
+pub mod sinks;
 pub mod time;
 pub mod value;
 pub mod workflow;

@@ -42,24 +42,15 @@ fn ev() -> impl Strategy<Value = Ev> {
     let tracks = prop::sample::select(vec![
         ("Product Added", json!({"name": "Kettle"})),
         ("Checkout Started", json!({})),
-        (
-            "Order Completed",
-            json!({"order_id": "o", "category": "consumables"}),
-        ),
-        (
-            "Order Completed",
-            json!({"order_id": "o", "category": "books"}),
-        ),
+        ("Order Completed", json!({"order_id": "o", "category": "consumables"})),
+        ("Order Completed", json!({"order_id": "o", "category": "books"})),
         ("Ebook Downloaded", json!({})),
         ("Webinar Attended", json!({})),
         ("Content Downloaded", json!({"topic": "automation"})),
         ("Subscribed", json!({"list": "blog"})),
         ("Newsletter Subscribed", json!({})),
         ("Signed Up", json!({})),
-        (
-            "Trial Started",
-            json!({"trial_ends_at": "2026-03-20T00:00:00Z"}),
-        ),
+        ("Trial Started", json!({"trial_ends_at": "2026-03-20T00:00:00Z"})),
         ("Subscription Started", json!({})),
         (
             "Event Registered",
@@ -124,9 +115,7 @@ fn run(reg: &Arc<Registry>, events: &[(usize, i64, Ev)]) -> Run {
             let n = wfs.len();
             wfs.dedup();
             if wfs.len() != n {
-                violations.push(format!(
-                    "input {i}: {id} has two active enrollments of one workflow"
-                ));
+                violations.push(format!("input {i}: {id} has two active enrollments of one workflow"));
             }
         }
         if let Err(e) = sim.check_timers() {
@@ -148,12 +137,7 @@ fn run(reg: &Arc<Registry>, events: &[(usize, i64, Ev)]) -> Run {
 
 fn marketing_sends(r: &Run) -> BTreeMap<String, Vec<Ts>> {
     let mut by: BTreeMap<String, Vec<Ts>> = BTreeMap::new();
-    for m in r
-        .sim
-        .sent
-        .iter()
-        .filter(|m| m.cmd.kind == MailKind::Marketing)
-    {
+    for m in r.sim.sent.iter().filter(|m| m.cmd.kind == MailKind::Marketing) {
         by.entry(m.contact.clone()).or_default().push(m.at);
     }
     by
@@ -177,12 +161,7 @@ fn check(reg: &Arc<Registry>, events: &[(usize, i64, Ev)]) -> Result<(), TestCas
             );
         }
     }
-    for m in r
-        .sim
-        .sent
-        .iter()
-        .filter(|m| m.cmd.kind == MailKind::Marketing)
-    {
+    for m in r.sim.sent.iter().filter(|m| m.cmd.kind == MailKind::Marketing) {
         let tz: chrono_tz::Tz = m
             .cmd
             .traits
@@ -247,18 +226,11 @@ proptest! {
 fn quiet_hours_defer_to_the_morning_in_the_contact_zone() {
     let mut sim = Sim::new(SKIP.clone(), parse_rfc3339("2026-03-02T00:00:00Z").unwrap());
     let at = parse_rfc3339("2026-03-02T23:30:00Z").unwrap();
-    sim.identify(
-        at - HOUR,
-        "ann",
-        json!({"email": "ann@example.org", "timezone": "UTC"}),
-    );
+    sim.identify(at - HOUR, "ann", json!({"email": "ann@example.org", "timezone": "UTC"}));
     sim.track(at, "ann", "Newsletter Subscribed", json!({}));
     assert!(sim.sent.is_empty());
     sim.advance_to(at + DAY);
-    assert_eq!(
-        sim.sent[0].at,
-        parse_rfc3339("2026-03-03T07:00:00Z").unwrap()
-    );
+    assert_eq!(sim.sent[0].at, parse_rfc3339("2026-03-03T07:00:00Z").unwrap());
 }
 
 #[test]
@@ -268,20 +240,11 @@ fn unsubscribed_contacts_get_marketing_no_more_but_transactional_still() {
     sim.identify(t0, "ann", json!({"email": "ann@example.org"}));
     sim.track(t0, "ann", "Unsubscribed", json!({}));
     sim.track(t0 + HOUR, "ann", "Newsletter Subscribed", json!({}));
-    sim.track(
-        t0 + HOUR,
-        "ann",
-        "Order Completed",
-        json!({"order_id": "A1"}),
-    );
+    sim.track(t0 + HOUR, "ann", "Order Completed", json!({"order_id": "A1"}));
     let templates: Vec<_> = sim.sent.iter().map(|m| m.cmd.template.clone()).collect();
     assert_eq!(templates, vec!["order_confirmation"]);
     assert_eq!(
-        sim.count(
-            "welcome_series",
-            "welcome",
-            dripline::machine::Metric::Suppressed
-        ),
+        sim.count("welcome_series", "welcome", dripline::machine::Metric::Suppressed),
         1
     );
 }

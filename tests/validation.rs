@@ -22,9 +22,7 @@ const HEAD: &str = "id: w\ntriggers: [{ event: X }]\n";
 
 #[test]
 fn a_valid_minimal_workflow_loads() {
-    let src = format!(
-        "{HEAD}steps:\n  - id: a\n    send: t\ntemplates:\n  t: {{ subject: Hi, text: Hello }}\n"
-    );
+    let src = format!("{HEAD}steps:\n  - id: a\n    send: t\ntemplates:\n  t: {{ subject: Hi, text: Hello }}\n");
     Registry::from_sources(None, &[("ok.yaml", &src)], Policy::default()).unwrap();
 }
 
@@ -53,13 +51,9 @@ fn branch_without_else_has_no_way_out() {
 
 #[test]
 fn loop_without_wait_is_rejected_and_with_wait_accepted() {
-    let looping =
-        format!("{HEAD}steps:\n  - id: a\n    tag: x\n  - id: b\n    untag: x\n    next: a\n");
+    let looping = format!("{HEAD}steps:\n  - id: a\n    tag: x\n  - id: b\n    untag: x\n    next: a\n");
     let e = errors(&looping);
-    assert!(
-        e.iter().any(|e| e.reason.contains("has no wait in it")),
-        "{e:?}"
-    );
+    assert!(e.iter().any(|e| e.reason.contains("has no wait in it")), "{e:?}");
     let ok = format!("{HEAD}steps:\n  - id: a\n    tag: x\n  - id: b\n    wait: 1d\n    next: a\n");
     Registry::from_sources(None, &[("ok.yaml", &ok)], Policy::default()).unwrap();
 }
@@ -69,10 +63,7 @@ fn template_that_does_not_compile() {
     let e = errors(&format!(
         "{HEAD}steps:\n  - id: a\n    send: t\ntemplates:\n  t:\n    subject: \"Hi {{{{ name \"\n    text: ok\n"
     ));
-    assert!(
-        has(&e, "templates.t.subject", "template does not compile"),
-        "{e:?}"
-    );
+    assert!(has(&e, "templates.t.subject", "template does not compile"), "{e:?}");
 }
 
 #[test]
@@ -106,17 +97,10 @@ fn unknown_trait_type_and_type_mismatches() {
     );
     assert!(has(&e, "triggers[0].date.trait", "not a date"), "{e:?}");
     assert!(
-        has(
-            &e,
-            "triggers[1].becomes",
-            "numeric comparison on trait `name`"
-        ),
+        has(&e, "triggers[1].becomes", "numeric comparison on trait `name`"),
         "{e:?}"
     );
-    assert!(
-        has(&e, "steps[0].set.score", "does not fit trait type Number"),
-        "{e:?}"
-    );
+    assert!(has(&e, "steps[0].set.score", "does not fit trait type Number"), "{e:?}");
 }
 
 #[test]
@@ -134,17 +118,11 @@ fn typos_in_keys_are_errors_with_a_line() {
 
 #[test]
 fn conditions_need_one_subject_and_one_operator() {
-    let e = errors(&format!(
-        "id: w\ntriggers: [{{ event: X, where: [{{ prop: a, eq: 1, gt: 2 }}, {{ eq: 1 }}] }}]\nsteps:\n  - id: a\n    wait: 1d\n"
-    ));
-    assert!(
-        has(&e, "triggers[0].where[0]", "exactly one operator"),
-        "{e:?}"
+    let e = errors(
+        "id: w\ntriggers: [{ event: X, where: [{ prop: a, eq: 1, gt: 2 }, { eq: 1 }] }]\nsteps:\n  - id: a\n    wait: 1d\n",
     );
-    assert!(
-        has(&e, "triggers[0].where[1]", "exactly one of trait, prop"),
-        "{e:?}"
-    );
+    assert!(has(&e, "triggers[0].where[0]", "exactly one operator"), "{e:?}");
+    assert!(has(&e, "triggers[0].where[1]", "exactly one of trait, prop"), "{e:?}");
 }
 
 #[test]
@@ -161,14 +139,10 @@ fn every_error_is_listed_not_just_the_first() {
 #[test]
 fn duplicate_workflow_ids_across_files() {
     let src = format!("{HEAD}steps:\n  - id: a\n    wait: 1d\n");
-    let e = Registry::from_sources(
-        None,
-        &[("one.yaml", &src), ("two.yaml", &src)],
-        Policy::default(),
-    )
-    .err()
-    .unwrap()
-    .0;
+    let e = Registry::from_sources(None, &[("one.yaml", &src), ("two.yaml", &src)], Policy::default())
+        .err()
+        .unwrap()
+        .0;
     assert!(
         e.iter()
             .any(|e| e.file == "two.yaml" && e.reason.contains("also defined in one.yaml")),

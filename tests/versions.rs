@@ -41,14 +41,7 @@ fn contacts_inside_finish_on_their_version_and_new_entrants_take_the_newest() {
     let got: Vec<_> = sim
         .sent
         .iter()
-        .map(|m| {
-            (
-                m.contact.clone(),
-                m.cmd.version,
-                sim.render(m).subject,
-                m.at - t0,
-            )
-        })
+        .map(|m| (m.contact.clone(), m.cmd.version, sim.render(m).subject, m.at - t0))
         .collect();
     assert_eq!(
         got,

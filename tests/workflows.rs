@@ -14,9 +14,7 @@ fn t(s: &str) -> Ts {
 
 fn registry() -> Arc<Registry> {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows");
-    Arc::new(
-        Registry::load_dir(dir.as_ref(), &[], Policy::default()).unwrap_or_else(|e| panic!("{e}")),
-    )
+    Arc::new(Registry::load_dir(dir.as_ref(), &[], Policy::default()).unwrap_or_else(|e| panic!("{e}")))
 }
 
 const T0: &str = "2026-03-02T10:00:00Z"; // a Monday
@@ -70,11 +68,7 @@ fn w01_topic_nurture_filters_on_topic_and_stops_after_a_download() {
         "bob",
         json!({"path": "/blog/automation-101", "topic": "automation"}),
     );
-    sim.page(
-        t0 + MINUTE,
-        "cat",
-        json!({"path": "/blog/seo", "topic": "seo"}),
-    );
+    sim.page(t0 + MINUTE, "cat", json!({"path": "/blog/seo", "topic": "seo"}));
     sim.track(
         t0 + DAY,
         "bob",
@@ -90,15 +84,8 @@ fn w01_topic_nurture_filters_on_topic_and_stops_after_a_download() {
             s(t0 + MINUTE + 3 * DAY, "ann@example.org", "topic_deep_dive"),
         ]
     );
-    let intro = sim
-        .sent
-        .iter()
-        .find(|m| m.cmd.template == "topic_intro")
-        .unwrap();
-    assert_eq!(
-        sim.render(intro).subject,
-        "ANN, more on marketing automation"
-    );
+    let intro = sim.sent.iter().find(|m| m.cmd.template == "topic_intro").unwrap();
+    assert_eq!(sim.render(intro).subject, "ANN, more on marketing automation");
 }
 
 #[test]
@@ -107,12 +94,7 @@ fn w02_blog_welcome_now_then_preferences_two_days_later() {
     let t0 = t(T0);
     person(&mut sim, t0, "ann", json!({}));
     sim.track(t0 + HOUR, "ann", "Subscribed", json!({"list": "blog"}));
-    sim.track(
-        t0 + HOUR,
-        "ann",
-        "Subscribed",
-        json!({"list": "product-news"}),
-    );
+    sim.track(t0 + HOUR, "ann", "Subscribed", json!({"list": "product-news"}));
     sim.advance_to(t0 + 5 * DAY);
     assert_eq!(
         sends(&sim, "blog_welcome"),
@@ -161,10 +143,7 @@ fn w04_entering_the_engaged_list_sends_top_content_and_tags() {
     for d in 0..4 {
         sim.page(t0 + d * DAY, "ann", json!({"path": "/blog"}));
     }
-    assert!(
-        sends(&sim, "advocates").is_empty(),
-        "four views are not five"
-    );
+    assert!(sends(&sim, "advocates").is_empty(), "four views are not five");
     sim.page(t0 + 4 * DAY, "ann", json!({"path": "/blog"}));
     sim.page(t0 + 4 * DAY + HOUR, "ann", json!({"path": "/blog"}));
     assert_eq!(
@@ -178,11 +157,7 @@ fn w04_entering_the_engaged_list_sends_top_content_and_tags() {
     for d in 0..5 {
         sim.page(t0 + 5 * DAY + d * 10 * DAY, "bob", json!({"path": "/blog"}));
     }
-    assert!(
-        sends(&sim, "advocates")
-            .iter()
-            .all(|m| m.1 != "bob@example.org")
-    );
+    assert!(sends(&sim, "advocates").iter().all(|m| m.1 != "bob@example.org"));
 }
 
 #[test]
@@ -195,12 +170,7 @@ fn w05_lead_scoring_crosses_50_once_makes_mql_notifies_sales_and_ends_nurture() 
         "ann",
         json!({"owner_email": "rep@example.com", "company": "Acme"}),
     );
-    sim.track(
-        t0 + HOUR,
-        "ann",
-        "Ebook Downloaded",
-        json!({"title": "Guide"}),
-    );
+    sim.track(t0 + HOUR, "ann", "Ebook Downloaded", json!({"title": "Guide"}));
     assert_eq!(sim.contacts["ann"].traits["score"], 10i64.into());
     for i in 1..=4 {
         sim.track(t0 + 2 * i * DAY, "ann", "Webinar Attended", json!({}));
@@ -223,11 +193,7 @@ fn w05_lead_scoring_crosses_50_once_makes_mql_notifies_sales_and_ends_nurture() 
         vec![s(t0 + 8 * DAY, "rep@example.com", "mql_alert")]
     );
     assert_eq!(sim.count("lead_nurturing", "wait_5d", Metric::Converted), 1);
-    let alert = sim
-        .sent
-        .iter()
-        .find(|m| m.cmd.template == "mql_alert")
-        .unwrap();
+    let alert = sim.sent.iter().find(|m| m.cmd.template == "mql_alert").unwrap();
     assert_eq!(sim.render(alert).subject, "New MQL: ANN Acme (score 50)");
 }
 
@@ -235,12 +201,7 @@ fn w05_lead_scoring_crosses_50_once_makes_mql_notifies_sales_and_ends_nurture() 
 fn w06_pricing_twice_in_a_week_alerts_the_owner_or_the_default() {
     let mut sim = sim();
     let t0 = t(T0);
-    person(
-        &mut sim,
-        t0,
-        "ann",
-        json!({"owner_email": "rep@example.com"}),
-    );
+    person(&mut sim, t0, "ann", json!({"owner_email": "rep@example.com"}));
     person(&mut sim, t0, "bob", json!({}));
     sim.page(t0, "ann", json!({"path": "/pricing"}));
     sim.page(t0 + HOUR, "ann", json!({"path": "/features"}));
@@ -280,20 +241,8 @@ fn w07_win_back_after_60_quiet_days_falls_back_to_sms_unless_engaged() {
     );
     assert!(sim.contacts["ann"].tags.contains("sleeper"));
     // ann clicks two days later; bob never reacts.
-    let ann_mail = sim
-        .sent
-        .iter()
-        .find(|m| m.contact == "ann")
-        .unwrap()
-        .cmd
-        .id
-        .to_string();
-    sim.track(
-        t0 + 62 * DAY,
-        "ann",
-        "Email Clicked",
-        json!({"message_id": ann_mail}),
-    );
+    let ann_mail = sim.sent.iter().find(|m| m.contact == "ann").unwrap().cmd.id.to_string();
+    sim.track(t0 + 62 * DAY, "ann", "Email Clicked", json!({"message_id": ann_mail}));
     sim.advance_to(t0 + 80 * DAY);
     assert!(!sim.contacts["ann"].tags.contains("sleeper"));
     assert!(sim.contacts["bob"].tags.contains("sleeper"));
@@ -347,42 +296,15 @@ fn w08_event_reminder_day_before_at_nine_local_and_follow_up() {
         vec![
             s(t0, "ann@example.org", "registration_confirmed"),
             s(t0, "bob@example.org", "registration_confirmed"),
-            s(
-                t("2026-03-19T01:00:00Z"),
-                "ann@example.org",
-                "event_reminder"
-            ),
-            s(
-                t("2026-03-19T09:00:00Z"),
-                "bob@example.org",
-                "event_reminder"
-            ),
-            s(
-                t("2026-03-20T08:00:00Z"),
-                "cat@example.org",
-                "registration_confirmed"
-            ),
-            s(
-                t("2026-03-21T02:00:00Z"),
-                "ann@example.org",
-                "event_follow_up"
-            ),
-            s(
-                t("2026-03-21T10:00:00Z"),
-                "bob@example.org",
-                "event_follow_up"
-            ),
-            s(
-                t("2026-03-21T10:00:00Z"),
-                "cat@example.org",
-                "event_follow_up"
-            ),
+            s(t("2026-03-19T01:00:00Z"), "ann@example.org", "event_reminder"),
+            s(t("2026-03-19T09:00:00Z"), "bob@example.org", "event_reminder"),
+            s(t("2026-03-20T08:00:00Z"), "cat@example.org", "registration_confirmed"),
+            s(t("2026-03-21T02:00:00Z"), "ann@example.org", "event_follow_up"),
+            s(t("2026-03-21T10:00:00Z"), "bob@example.org", "event_follow_up"),
+            s(t("2026-03-21T10:00:00Z"), "cat@example.org", "event_follow_up"),
         ]
     );
-    assert_eq!(
-        sim.render(&sim.sent[0]).subject,
-        "You're registered: Growth Summit"
-    );
+    assert_eq!(sim.render(&sim.sent[0]).subject, "You're registered: Growth Summit");
 }
 
 #[test]
@@ -391,18 +313,8 @@ fn w09_abandoned_cart_reminder_after_an_hour_coupon_a_day_later_purchase_convert
     let t0 = t(T0);
     person(&mut sim, t0, "ann", json!({}));
     person(&mut sim, t0, "bob", json!({}));
-    sim.track(
-        t0,
-        "ann",
-        "Product Added",
-        json!({"name": "Blue Kettle", "price": 39}),
-    );
-    sim.track(
-        t0,
-        "bob",
-        "Product Added",
-        json!({"name": "Red Mug", "price": 9}),
-    );
+    sim.track(t0, "ann", "Product Added", json!({"name": "Blue Kettle", "price": 39}));
+    sim.track(t0, "bob", "Product Added", json!({"name": "Red Mug", "price": 9}));
     sim.track(
         t0 + 30 * MINUTE,
         "bob",
@@ -430,12 +342,7 @@ fn w09_abandoned_cart_reminder_after_an_hour_coupon_a_day_later_purchase_convert
         "You left Blue Kettle in your cart"
     );
     // Cooldown: adding again within 7 days does not restart.
-    sim.track(
-        t0 + 4 * DAY,
-        "ann",
-        "Product Added",
-        json!({"name": "Blue Kettle"}),
-    );
+    sim.track(t0 + 4 * DAY, "ann", "Product Added", json!({"name": "Blue Kettle"}));
     sim.advance_to(t0 + 6 * DAY);
     assert_eq!(sends(&sim, "abandoned_cart").len(), 2);
     assert!(
@@ -449,17 +356,18 @@ fn w10_upsell_14_days_after_purchase_uses_the_category() {
     let mut sim = sim();
     let t0 = t(T0);
     person(&mut sim, t0, "ann", json!({}));
-    sim.track(t0, "ann", "Order Completed", json!({"order_id": "o1", "category": "espresso machines", "complements": ["grinder", "tamper"]}));
+    sim.track(
+        t0,
+        "ann",
+        "Order Completed",
+        json!({"order_id": "o1", "category": "espresso machines", "complements": ["grinder", "tamper"]}),
+    );
     sim.advance_to(t0 + 20 * DAY);
     assert_eq!(
         sends(&sim, "upsell"),
         vec![s(t0 + 14 * DAY, "ann@example.org", "complements")]
     );
-    let mail = sim
-        .sent
-        .iter()
-        .find(|m| m.cmd.workflow.as_ref() == "upsell")
-        .unwrap();
+    let mail = sim.sent.iter().find(|m| m.cmd.workflow.as_ref() == "upsell").unwrap();
     let r = sim.render(mail);
     assert_eq!(r.subject, "Goes well with your espresso machines");
     assert!(r.html.unwrap().contains("<li>grinder</li><li>tamper</li>"));
@@ -498,19 +406,10 @@ fn w12_adoption_check_after_14_days_on_counters_and_success_metric() {
         sim.track(t0, id, "Account Activated", json!({}));
     }
     for d in 0..10 {
-        sim.track(
-            t0 + d * DAY,
-            "busy",
-            "Feature Used",
-            json!({"feature": "reports"}),
-        );
+        sim.track(t0 + d * DAY, "busy", "Feature Used", json!({"feature": "reports"}));
     }
     sim.track(t0 + DAY, "low", "Feature Used", json!({}));
-    sim.identify(
-        t0 + 5 * DAY,
-        "star",
-        json!({"success_metric_reached": true}),
-    );
+    sim.identify(t0 + 5 * DAY, "star", json!({"success_metric_reached": true}));
     sim.advance_to(t0 + 20 * DAY);
     assert_eq!(
         sends(&sim, "customer_success"),
@@ -543,18 +442,10 @@ fn w13_repurchase_reminder_25_days_after_the_latest_order() {
     // 25 days after day 10 = 2026-04-06, 10:00 Moscow = 07:00 UTC.
     assert_eq!(
         sends(&sim, "repurchase_reminder"),
-        vec![s(
-            t("2026-04-06T07:00:00Z"),
-            "ann@example.org",
-            "reorder_reminder"
-        )]
+        vec![s(t("2026-04-06T07:00:00Z"), "ann@example.org", "reorder_reminder")]
     );
     assert_eq!(
-        sim.count(
-            "repurchase_reminder",
-            "until_reorder_window",
-            Metric::Converted
-        ),
+        sim.count("repurchase_reminder", "until_reorder_window", Metric::Converted),
         1
     );
 }
@@ -576,12 +467,7 @@ fn w14_support_requests_route_by_category_and_acknowledge() {
         "Support Request",
         json!({"category": "outage", "subject": "Down"}),
     );
-    sim.track(
-        t0 + 2 * HOUR,
-        "ann",
-        "Support Request",
-        json!({"subject": "Question"}),
-    );
+    sim.track(t0 + 2 * HOUR, "ann", "Support Request", json!({"subject": "Question"}));
     assert_eq!(
         sends(&sim, "support_triage"),
         vec![
@@ -607,24 +493,12 @@ fn w15_deal_signed_confirms_and_makes_a_customer_which_starts_onboarding() {
         json!({"lifecycle_stage": "opportunity", "company": "Acme"}),
     );
     sim.track(t0, "ann", "Contract Signed", json!({"contract_id": "C-7"}));
+    assert_eq!(sim.contacts["ann"].traits["lifecycle_stage"], "customer".into());
     assert_eq!(
-        sim.contacts["ann"].traits["lifecycle_stage"],
-        "customer".into()
-    );
-    assert_eq!(
-        sim.outbox()
-            .into_iter()
-            .map(|x| (x.2, x.3))
-            .collect::<Vec<_>>(),
+        sim.outbox().into_iter().map(|x| (x.2, x.3)).collect::<Vec<_>>(),
         vec![
-            (
-                "deal_signed".to_string(),
-                "contract_confirmation".to_string()
-            ),
-            (
-                "customer_onboarding".to_string(),
-                "onboarding_welcome".to_string()
-            )
+            ("deal_signed".to_string(), "contract_confirmation".to_string()),
+            ("customer_onboarding".to_string(), "onboarding_welcome".to_string())
         ]
     );
 }
@@ -658,17 +532,8 @@ fn w17_segment_content_by_role_once_company_and_role_are_known() {
         "mkt",
         json!({"company": "Beta", "role": "Head of Marketing"}),
     );
-    person(
-        &mut sim,
-        t0,
-        "dev",
-        json!({"company": "Gamma", "role": "Engineer"}),
-    );
-    assert!(
-        sends(&sim, "segment_nurture")
-            .iter()
-            .all(|m| m.1 != "ceo@example.org")
-    );
+    person(&mut sim, t0, "dev", json!({"company": "Gamma", "role": "Engineer"}));
+    assert!(sends(&sim, "segment_nurture").iter().all(|m| m.1 != "ceo@example.org"));
     sim.identify(t0 + HOUR, "ceo", json!({"company": "Acme"}));
     assert_eq!(
         sends(&sim, "segment_nurture"),
@@ -689,12 +554,7 @@ fn w18_free_trial_pricing_three_days_before_end_unless_subscribed() {
     let ends = "2026-03-16T10:00:00Z";
     sim.track(t0, "ann", "Trial Started", json!({"trial_ends_at": ends}));
     sim.track(t0, "bob", "Trial Started", json!({"trial_ends_at": ends}));
-    sim.track(
-        t0 + 5 * DAY,
-        "bob",
-        "Subscription Started",
-        json!({"plan": "pro"}),
-    );
+    sim.track(t0 + 5 * DAY, "bob", "Subscription Started", json!({"plan": "pro"}));
     sim.advance_to(t0 + 20 * DAY);
     assert_eq!(
         sends(&sim, "free_trial"),
@@ -703,17 +563,10 @@ fn w18_free_trial_pricing_three_days_before_end_unless_subscribed() {
             s(t0, "bob@example.org", "trial_how_to_1"),
             s(t0 + 2 * DAY, "ann@example.org", "trial_how_to_2"),
             s(t0 + 2 * DAY, "bob@example.org", "trial_how_to_2"),
-            s(
-                t("2026-03-13T10:00:00Z"),
-                "ann@example.org",
-                "trial_pricing"
-            ),
+            s(t("2026-03-13T10:00:00Z"), "ann@example.org", "trial_pricing"),
         ]
     );
-    assert_eq!(
-        sim.count("free_trial", "until_3_days_left", Metric::Converted),
-        1
-    );
+    assert_eq!(sim.count("free_trial", "until_3_days_left", Metric::Converted), 1);
 }
 
 #[test]
@@ -731,35 +584,16 @@ fn w19_birthday_seven_days_before_at_ten_local_every_year() {
     assert_eq!(
         sends(&sim, "birthday"),
         vec![
-            s(
-                t("2026-05-07T03:00:00Z"),
-                "ann@example.org",
-                "birthday_offer"
-            ),
-            s(
-                t("2027-05-07T03:00:00Z"),
-                "ann@example.org",
-                "birthday_offer"
-            ),
-            s(
-                t("2028-05-07T03:00:00Z"),
-                "ann@example.org",
-                "birthday_offer"
-            ),
+            s(t("2026-05-07T03:00:00Z"), "ann@example.org", "birthday_offer"),
+            s(t("2027-05-07T03:00:00Z"), "ann@example.org", "birthday_offer"),
+            s(t("2028-05-07T03:00:00Z"), "ann@example.org", "birthday_offer"),
         ]
     );
     // Changing the birthday moves the timer rather than adding one.
-    sim.identify(
-        t("2029-01-01T00:00:00Z"),
-        "ann",
-        json!({"birthday": "1990-02-01"}),
-    );
+    sim.identify(t("2029-01-01T00:00:00Z"), "ann", json!({"birthday": "1990-02-01"}));
     assert_eq!(sim.contacts["ann"].timers.len(), 1);
     sim.advance_to(t("2029-12-31T00:00:00Z"));
-    assert_eq!(
-        sends(&sim, "birthday").last().unwrap().0,
-        t("2029-01-25T03:00:00Z")
-    );
+    assert_eq!(sends(&sim, "birthday").last().unwrap().0, t("2029-01-25T03:00:00Z"));
 }
 
 #[test]
@@ -775,24 +609,9 @@ fn w20_transactional_confirmation_and_payment_reminder_even_when_unsubscribed() 
         "Order Completed",
         json!({"order_id": "A1", "total": 20}),
     );
-    sim.track(
-        t0 + HOUR,
-        "ann",
-        "Payment Failed",
-        json!({"order_id": "A1"}),
-    );
-    sim.track(
-        t0 + HOUR,
-        "bob",
-        "Payment Failed",
-        json!({"order_id": "B1"}),
-    );
-    sim.track(
-        t0 + 5 * HOUR,
-        "bob",
-        "Payment Succeeded",
-        json!({"order_id": "B1"}),
-    );
+    sim.track(t0 + HOUR, "ann", "Payment Failed", json!({"order_id": "A1"}));
+    sim.track(t0 + HOUR, "bob", "Payment Failed", json!({"order_id": "B1"}));
+    sim.track(t0 + 5 * HOUR, "bob", "Payment Succeeded", json!({"order_id": "B1"}));
     sim.advance_to(t0 + 3 * DAY);
     assert_eq!(
         sends(&sim, "order_confirmation"),
@@ -845,10 +664,7 @@ fn w22_ab_split_is_deterministic_with_a_ten_percent_holdout() {
     let held = sim.count("ab_welcome", "split", Metric::Holdout);
     assert_eq!(a + b + held, 2000);
     assert!((150..=250).contains(&held), "holdout {held}");
-    assert!(
-        (800..=1000).contains(&a) && (800..=1000).contains(&b),
-        "a {a} b {b}"
-    );
+    assert!((800..=1000).contains(&a) && (800..=1000).contains(&b), "a {a} b {b}");
     assert_eq!(
         run().outbox(),
         sim.outbox(),

@@ -28,9 +28,7 @@ pub fn eval(c: &Cond, s: &Scope) -> bool {
             op,
         } => op.test_count(s.st.count(*counter, s.now, *within_days)),
         Cond::Tag(t) => s.st.tags.contains(t),
-        Cond::InList(l) => {
-            s.st.lists.contains(l) || s.reg.lists.get(l).is_some_and(|def| eval(def, s))
-        }
+        Cond::InList(l) => s.st.lists.contains(l) || s.reg.lists.get(l).is_some_and(|def| eval(def, s)),
         Cond::Opened(step) => s
             .enrollment
             .is_some_and(|e| e.sends.iter().any(|r| r.step == *step && r.opened)),

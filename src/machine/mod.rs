@@ -17,9 +17,7 @@ pub use state::{ContactState, Enrollment, SendId};
 use crate::event::{Event, EventKind};
 use crate::time::Ts;
 use crate::value::{Map, Value};
-use crate::workflow::{
-    Action, MailKind, Next, Recipient, Registry, StepIdx, StepKind, Trigger, Workflow,
-};
+use crate::workflow::{Action, MailKind, Next, Recipient, Registry, StepIdx, StepKind, Trigger, Workflow};
 use crate::workflow::{FieldRef, SCORE_TRAIT};
 use eval::{Scope, all, eval};
 use state::{EntryRecord, Purpose, SentRecord, Timer};
@@ -31,14 +29,7 @@ const MAX_SENDS_KEPT: usize = 32;
 /// Applies one input at time `now` to a contact's state, appending the effects to `out`.
 ///
 /// `now` is the input's time: the log's receive time for events, the due time for timers.
-pub fn handle(
-    contact: &str,
-    st: &mut ContactState,
-    input: &Input,
-    now: Ts,
-    reg: &Registry,
-    out: &mut Vec<Effect>,
-) {
+pub fn handle(contact: &str, st: &mut ContactState, input: &Input, now: Ts, reg: &Registry, out: &mut Vec<Effect>) {
     let mut cx = Cx {
         contact,
         st,
@@ -52,10 +43,7 @@ pub fn handle(
         Input::Event(ev) => cx.on_event(ev),
         Input::Timer { id } => cx.on_timer(*id),
         Input::Feedback(fb) => cx.on_event(&feedback_event(contact, fb)),
-        Input::Enroll {
-            workflow,
-            properties,
-        } => {
+        Input::Enroll { workflow, properties } => {
             if let Some(wf) = reg.latest_of(workflow) {
                 cx.try_enroll(wf.clone(), properties);
             }
@@ -75,22 +63,10 @@ pub fn feedback_event(contact: &str, fb: &Feedback) -> Event {
         props.insert("type".into(), "hard".into());
     }
     let name = fb.kind.event_name();
-    Event::track(
-        contact,
-        &format!("feedback:{}:{name}", fb.message_id),
-        name,
-        props,
-    )
+    Event::track(contact, &format!("feedback:{}:{name}", fb.message_id), name, props)
 }
 
-fn send_id(
-    contact: &str,
-    wf: &str,
-    version: u32,
-    enrollment: u64,
-    step: StepIdx,
-    seq: u32,
-) -> SendId {
+fn send_id(contact: &str, wf: &str, version: u32, enrollment: u64, step: StepIdx, seq: u32) -> SendId {
     let mut buf = Vec::with_capacity(contact.len() + wf.len() + 24);
     buf.extend_from_slice(contact.as_bytes());
     buf.push(0);
@@ -443,10 +419,7 @@ impl Cx<'_> {
                     let last = self.st.last_activity.unwrap_or(self.now);
                     if self.now >= last + ms {
                         let mut props = Map::new();
-                        props.insert(
-                            "inactive_days".into(),
-                            Value::Int((self.now - last) / crate::time::DAY),
-                        );
+                        props.insert("inactive_days".into(), Value::Int((self.now - last) / crate::time::DAY));
                         self.try_enroll(wf, &props);
                     } else {
                         self.schedule(last + ms, Purpose::Inactivity(wf_id));
@@ -530,10 +503,7 @@ impl Cx<'_> {
     }
 
     fn check_cond_goals(&mut self) {
-        if !std::mem::take(&mut self.touched)
-            || !self.reg.index.has_cond_goals
-            || self.st.enrollments.is_empty()
-        {
+        if !std::mem::take(&mut self.touched) || !self.reg.index.has_cond_goals || self.st.enrollments.is_empty() {
             return;
         }
         let mut list = std::mem::take(&mut self.st.enrollments);
@@ -554,21 +524,11 @@ impl Cx<'_> {
 
     /// Starts `wf` for this contact if the entry rules allow; `event` is copied only then.
     fn try_enroll(&mut self, wf: Arc<Workflow>, event: &Map) {
-        if self
-            .st
-            .enrollments
-            .iter()
-            .any(|e| same_id(&e.workflow, &wf.id))
-        {
+        if self.st.enrollments.iter().any(|e| same_id(&e.workflow, &wf.id)) {
             return;
         }
         let now = self.now;
-        if let Some(r) = self
-            .st
-            .history
-            .iter()
-            .find(|h| same_id(&h.workflow, &wf.id))
-        {
+        if let Some(r) = self.st.history.iter().find(|h| same_id(&h.workflow, &wf.id)) {
             let allowed = match wf.entry {
                 crate::workflow::Entry::Once => false,
                 crate::workflow::Entry::Always => true,
@@ -584,12 +544,7 @@ impl Cx<'_> {
                 return;
             }
         }
-        match self
-            .st
-            .history
-            .iter_mut()
-            .find(|h| same_id(&h.workflow, &wf.id))
-        {
+        match self.st.history.iter_mut().find(|h| same_id(&h.workflow, &wf.id)) {
             Some(r) => {
                 r.last_entered = now;
                 r.count += 1;
@@ -748,9 +703,7 @@ impl Cx<'_> {
                     FieldRef::Trait(n) => self.st.traits.get(n),
                     FieldRef::Event(p) => e.event.get(p),
                 };
-                let d = v
-                    .and_then(Value::as_str)
-                    .and_then(calendar::parse_date_value)?;
+                let d = v.and_then(Value::as_str).and_then(calendar::parse_date_value)?;
                 Some(calendar::resolve(tz, d, offset, at))
             }
         }
@@ -784,10 +737,7 @@ impl Cx<'_> {
         };
         match kind {
             MailKind::Marketing => {
-                if self.st.suppressed
-                    || self.st.unsubscribed
-                    || self.st.unsubscribed_from.contains(&*wf.id)
-                {
+                if self.st.suppressed || self.st.unsubscribed || self.st.unsubscribed_from.contains(&*wf.id) {
                     self.count(wf, i, Metric::Suppressed, 1);
                     return None;
                 }

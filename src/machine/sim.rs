@@ -85,16 +85,12 @@ impl Sim {
                 }
                 Effect::CancelTimer { id, due } => {
                     if !self.timers.remove(&(due, contact.to_owned(), id)) {
-                        self.errors.push(format!(
-                            "{contact}: cancelled timer {id} that was not pending"
-                        ));
+                        self.errors
+                            .push(format!("{contact}: cancelled timer {id} that was not pending"));
                     }
                 }
                 Effect::Count(c) => {
-                    let wf = self
-                        .reg
-                        .get(&c.workflow, c.version)
-                        .expect("counted workflow exists");
+                    let wf = self.reg.get(&c.workflow, c.version).expect("counted workflow exists");
                     let step = wf.steps[c.step as usize].id.clone();
                     *self
                         .counts
@@ -158,9 +154,7 @@ impl Sim {
             .get(&mail.cmd.workflow, mail.cmd.version)
             .expect("workflow of a send exists");
         let ctx = template_context(&mail.contact, &mail.cmd.traits, &mail.cmd.event, &[]);
-        self.reg
-            .render(wf, &mail.cmd.template, &ctx)
-            .expect("template renders")
+        self.reg.render(wf, &mail.cmd.template, &ctx).expect("template renders")
     }
 
     /// Checks the bookkeeping the property tests rely on: every pending timer in the engine
@@ -171,24 +165,14 @@ impl Sim {
             for t in &st.timers {
                 from_states.insert((t.due, c.clone(), t.id));
                 if let super::state::Purpose::Enrollment(eid) = t.purpose {
-                    if !st
-                        .enrollments
-                        .iter()
-                        .any(|e| e.id == eid && e.timer == Some(t.id))
-                    {
-                        return Err(format!(
-                            "timer {} of {c} belongs to no waiting enrollment",
-                            t.id
-                        ));
+                    if !st.enrollments.iter().any(|e| e.id == eid && e.timer == Some(t.id)) {
+                        return Err(format!("timer {} of {c} belongs to no waiting enrollment", t.id));
                     }
                 }
             }
             for e in &st.enrollments {
                 if e.timer.is_none() {
-                    return Err(format!(
-                        "enrollment {} of {c} is active but waits on nothing",
-                        e.id
-                    ));
+                    return Err(format!("enrollment {} of {c} is active but waits on nothing", e.id));
                 }
             }
         }

@@ -147,13 +147,7 @@ impl ContactState {
         let pos = match self.counters.binary_search_by_key(&key, |c| c.key) {
             Ok(p) => p,
             Err(p) => {
-                self.counters.insert(
-                    p,
-                    CounterState {
-                        key,
-                        buckets: vec![],
-                    },
-                );
+                self.counters.insert(p, CounterState { key, buckets: vec![] });
                 p
             }
         };

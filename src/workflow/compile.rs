@@ -92,11 +92,7 @@ pub(crate) fn compile_cond_in_scope(
         steps: HashMap::new(),
     };
     let c = cond(&mut cx, path, raw, usage);
-    if cx.errors.is_empty() {
-        Ok(c)
-    } else {
-        Err(cx.errors)
-    }
+    if cx.errors.is_empty() { Ok(c) } else { Err(cx.errors) }
 }
 
 fn cond(cx: &mut Cx, path: &str, raw: &RawCondition, usage: CondUse) -> Cond {
@@ -157,20 +153,14 @@ fn cond(cx: &mut Cx, path: &str, raw: &RawCondition, usage: CondUse) -> Cond {
             let op = op(cx, path, raw);
             if let (Some(t), true) = (cx.scope.traits.get(&name), op.is_numeric()) {
                 if !matches!(t, TraitType::Number) {
-                    cx.err(
-                        path,
-                        format!("numeric comparison on trait `{name}` declared as {t:?}"),
-                    );
+                    cx.err(path, format!("numeric comparison on trait `{name}` declared as {t:?}"));
                 }
             }
             Cond::Trait(name, op)
         }
         "prop" => {
             if usage == CondUse::List {
-                cx.err(
-                    path,
-                    "a list is defined over contact data: `prop` has no event here",
-                );
+                cx.err(path, "a list is defined over contact data: `prop` has no event here");
             }
             Cond::Prop(raw.prop.clone().unwrap(), op(cx, path, raw))
         }
@@ -230,7 +220,10 @@ fn cond(cx: &mut Cx, path: &str, raw: &RawCondition, usage: CondUse) -> Cond {
             }
             .unwrap();
             if usage != CondUse::Workflow {
-                cx.err(path, format!("`{which}` refers to this workflow's emails and only works inside a workflow"));
+                cx.err(
+                    path,
+                    format!("`{which}` refers to this workflow's emails and only works inside a workflow"),
+                );
                 return Cond::All(vec![]);
             }
             match cx.steps.get(step) {
@@ -328,23 +321,14 @@ pub fn compile_workflow(
     {
         cx.err(
             "id",
-            format!(
-                "`{}` is not a valid id (letters, digits, `_` and `-`)",
-                raw.id
-            ),
+            format!("`{}` is not a valid id (letters, digits, `_` and `-`)", raw.id),
         );
     }
     for (i, s) in raw.steps.iter().enumerate() {
         if s.id.is_empty() || s.id == "exit" {
-            cx.err(
-                format!("steps[{i}].id"),
-                format!("`{}` cannot be a step id", s.id),
-            );
+            cx.err(format!("steps[{i}].id"), format!("`{}` cannot be a step id", s.id));
         } else if cx.steps.insert(s.id.clone(), i as StepIdx).is_some() {
-            cx.err(
-                format!("steps[{i}].id"),
-                format!("duplicate step id `{}`", s.id),
-            );
+            cx.err(format!("steps[{i}].id"), format!("duplicate step id `{}`", s.id));
         }
     }
     if raw.steps.is_empty() {
@@ -376,32 +360,23 @@ pub fn compile_workflow(
             cx.err("goal", "a goal needs `event` or `when`");
         }
         if g.event.is_none() && !g.filter.is_empty() {
-            cx.err(
-                "goal.where",
-                "`where` filters the goal's `event`, which is missing",
-            );
+            cx.err("goal.where", "`where` filters the goal's `event`, which is missing");
         }
         Goal {
-            event: g
-                .event
-                .clone()
-                .map(|e| (e, filters(&mut cx, "goal", &g.filter))),
+            event: g.event.clone().map(|e| (e, filters(&mut cx, "goal", &g.filter))),
             when: g
                 .when
                 .as_ref()
                 .map(|w| cond(&mut cx, "goal.when", w, CondUse::Workflow)),
         }
     });
-    let timezone = raw
-        .timezone
-        .as_ref()
-        .and_then(|tz| match tz.parse::<chrono_tz::Tz>() {
-            Ok(tz) => Some(tz),
-            Err(_) => {
-                cx.err("timezone", format!("unknown time zone `{tz}`"));
-                None
-            }
-        });
+    let timezone = raw.timezone.as_ref().and_then(|tz| match tz.parse::<chrono_tz::Tz>() {
+        Ok(tz) => Some(tz),
+        Err(_) => {
+            cx.err("timezone", format!("unknown time zone `{tz}`"));
+            None
+        }
+    });
     let n = raw.steps.len();
     let steps: Vec<Step> = raw
         .steps
@@ -458,14 +433,14 @@ fn trigger(cx: &mut Cx, path: &str, t: &RawTrigger) -> Trigger {
     .filter(|b| *b)
     .count();
     if kinds != 1 {
-        cx.err(path, "a trigger needs exactly one of event, becomes, trait_changed, inactive_for, date, list, api");
+        cx.err(
+            path,
+            "a trigger needs exactly one of event, becomes, trait_changed, inactive_for, date, list, api",
+        );
         return Trigger::Api;
     }
     if t.event.is_none() && !t.filter.is_empty() {
-        cx.err(
-            format!("{path}.where"),
-            "`where` filters an `event` trigger",
-        );
+        cx.err(format!("{path}.where"), "`where` filters an `event` trigger");
     }
     if let Some(name) = &t.event {
         return Trigger::Event {
@@ -535,7 +510,10 @@ fn step_kind(cx: &mut Cx, path: &str, s: &RawStep, wf: &RawWorkflow, next: Next)
         ("split", s.split.is_some()),
         ("webhook", s.webhook.is_some()),
         ("exit", s.exit.is_some()),
-        ("an update (set, unset, tag, untag, add_to_list, remove_from_list, lifecycle_stage, add_score)", is_update),
+        (
+            "an update (set, unset, tag, untag, add_to_list, remove_from_list, lifecycle_stage, add_score)",
+            is_update,
+        ),
     ]
     .into_iter()
     .filter_map(|(n, p)| p.then_some(n))
@@ -552,45 +530,24 @@ fn step_kind(cx: &mut Cx, path: &str, s: &RawStep, wf: &RawWorkflow, next: Next)
     }
     let only_with = |cx: &mut Cx, key: &str, present: bool, owner: &str| {
         if present {
-            cx.err(
-                format!("{path}.{key}"),
-                format!("`{key}` belongs to a `{owner}` step"),
-            );
+            cx.err(format!("{path}.{key}"), format!("`{key}` belongs to a `{owner}` step"));
         }
     };
-    only_with(
-        cx,
-        "on_event",
-        s.on_event.is_some() && s.wait_for.is_none(),
-        "wait_for",
-    );
+    only_with(cx, "on_event", s.on_event.is_some() && s.wait_for.is_none(), "wait_for");
     only_with(
         cx,
         "on_timeout",
         s.on_timeout.is_some() && s.wait_for.is_none(),
         "wait_for",
     );
-    only_with(
-        cx,
-        "else",
-        s.otherwise.is_some() && s.branch.is_none(),
-        "branch",
-    );
+    only_with(cx, "else", s.otherwise.is_some() && s.branch.is_none(), "branch");
     if let Some(send) = &s.send {
         let (template, to, fallback, kind) = match send {
             RawSend::Template(t) => (t.clone(), None, None, None),
-            RawSend::Full(f) => (
-                f.template.clone(),
-                f.to.clone(),
-                f.fallback.clone(),
-                f.kind.clone(),
-            ),
+            RawSend::Full(f) => (f.template.clone(), f.to.clone(), f.fallback.clone(), f.kind.clone()),
         };
         if !wf.templates.contains_key(&template) {
-            cx.err(
-                format!("{path}.send"),
-                format!("unknown template `{template}`"),
-            );
+            cx.err(format!("{path}.send"), format!("unknown template `{template}`"));
         }
         let to = match to.as_deref() {
             None | Some("contact") => Recipient::Contact,
@@ -598,9 +555,7 @@ fn step_kind(cx: &mut Cx, path: &str, s: &RawStep, wf: &RawWorkflow, next: Next)
                 name: t["trait:".len()..].into(),
                 fallback,
             },
-            Some(addr) if addr.contains('@') && !addr.contains(['\r', '\n']) => {
-                Recipient::Fixed(addr.into())
-            }
+            Some(addr) if addr.contains('@') && !addr.contains(['\r', '\n']) => Recipient::Fixed(addr.into()),
             Some(other) => {
                 cx.err(
                     format!("{path}.send.to"),
@@ -654,10 +609,7 @@ fn step_kind(cx: &mut Cx, path: &str, s: &RawStep, wf: &RawWorkflow, next: Next)
                 .ok()
         });
         if date.is_none() && at.is_none() && w.offset.is_none() {
-            cx.err(
-                format!("{path}.wait_until"),
-                "needs `date`, `offset` or `at`",
-            );
+            cx.err(format!("{path}.wait_until"), "needs `date`, `offset` or `at`");
         }
         let if_past = w
             .if_past
@@ -724,10 +676,7 @@ fn step_kind(cx: &mut Cx, path: &str, s: &RawStep, wf: &RawWorkflow, next: Next)
             );
         }
         let total: f64 = split.variants.iter().map(|v| v.weight).sum();
-        if split.variants.is_empty()
-            || total <= 0.0
-            || split.variants.iter().any(|v| v.weight < 0.0)
-        {
+        if split.variants.is_empty() || total <= 0.0 || split.variants.iter().any(|v| v.weight < 0.0) {
             cx.err(
                 format!("{path}.split.variants"),
                 "needs variants with non-negative weights summing above 0",
@@ -766,10 +715,7 @@ fn step_kind(cx: &mut Cx, path: &str, s: &RawStep, wf: &RawWorkflow, next: Next)
     }
     if let Some(e) = &s.exit {
         if matches!(e, RawExit::Plain(false)) {
-            cx.err(
-                format!("{path}.exit"),
-                "`exit: false` means nothing; remove the step",
-            );
+            cx.err(format!("{path}.exit"), "`exit: false` means nothing; remove the step");
         }
         return StepKind::Exit;
     }
@@ -790,10 +736,7 @@ fn step_kind(cx: &mut Cx, path: &str, s: &RawStep, wf: &RawWorkflow, next: Next)
         actions.push(Action::Unset(k.clone()));
     }
     if let Some(stage) = &s.lifecycle_stage {
-        actions.push(Action::Set(
-            LIFECYCLE_TRAIT.into(),
-            Value::Str(stage.clone()),
-        ));
+        actions.push(Action::Set(LIFECYCLE_TRAIT.into(), Value::Str(stage.clone())));
     }
     if let Some(t) = &s.tag {
         actions.push(Action::Tag(t.clone()));
@@ -817,9 +760,7 @@ fn value_fits(ty: TraitType, v: &Value) -> bool {
     match ty {
         TraitType::Number => v.as_f64().is_some(),
         TraitType::Bool => matches!(v, Value::Bool(_)),
-        TraitType::Timezone => v
-            .as_str()
-            .is_some_and(|s| s.parse::<chrono_tz::Tz>().is_ok()),
+        TraitType::Timezone => v.as_str().is_some_and(|s| s.parse::<chrono_tz::Tz>().is_ok()),
         TraitType::Email => v.as_str().is_some_and(|s| s.contains('@')),
         TraitType::Date | TraitType::DateTime => v
             .as_str()
@@ -832,9 +773,7 @@ pub(crate) fn edges(step: &Step) -> Vec<Next> {
     let mut out = vec![];
     match &step.kind {
         StepKind::WaitFor {
-            on_event,
-            on_timeout,
-            ..
+            on_event, on_timeout, ..
         } => out.extend([*on_event, *on_timeout]),
         StepKind::Branch { cases, otherwise } => {
             out.extend(cases.iter().map(|c| c.1));
@@ -871,10 +810,7 @@ fn check_graph(cx: &mut Cx, steps: &[Step]) {
     }
     for (i, s) in steps.iter().enumerate() {
         if !seen[i] {
-            cx.err(
-                format!("steps[{i}]"),
-                format!("step `{}` is unreachable", s.id),
-            );
+            cx.err(format!("steps[{i}]"), format!("step `{}` is unreachable", s.id));
         }
     }
     // Depth-first search over edges that leave non-wait steps: any back edge is a loop that

@@ -33,11 +33,7 @@ mod tests {
         assert_eq!(parse("1h 30m"), Ok(HOUR + 30 * MINUTE));
         assert_eq!(parse("2w"), Ok(14 * DAY));
         assert_eq!(parse_signed("-7d"), Ok(-7 * DAY));
-        assert!(
-            parse("3 dayz")
-                .unwrap_err()
-                .contains("bad duration `3 dayz`")
-        );
+        assert!(parse("3 dayz").unwrap_err().contains("bad duration `3 dayz`"));
         assert!(parse("").is_err());
         assert_eq!(parse_time_of_day("09:30"), Ok((9, 30)));
         assert!(parse_time_of_day("25:00").is_err());

@@ -30,10 +30,7 @@ pub struct Workflow {
 
 impl Workflow {
     pub fn step_index(&self, id: &str) -> Option<StepIdx> {
-        self.steps
-            .iter()
-            .position(|s| s.id == id)
-            .map(|i| i as StepIdx)
+        self.steps.iter().position(|s| s.id == id).map(|i| i as StepIdx)
     }
     pub fn template_name(&self, template: &str, part: TemplatePart) -> String {
         template_name(&self.id, self.version, template, part)
@@ -109,10 +106,7 @@ pub enum MailKind {
 #[derive(Debug, Clone)]
 pub enum Recipient {
     Contact,
-    Trait {
-        name: String,
-        fallback: Option<String>,
-    },
+    Trait { name: String, fallback: Option<String> },
     Fixed(String),
 }
 

@@ -1,9 +1,7 @@
 //! The set of workflow versions the engine runs, indexed for the hot path, with their templates
 //! compiled once at load.
 
-use super::compile::{
-    CondUse, LoadError, LoadErrors, Scope, compile_cond_in_scope, compile_workflow,
-};
+use super::compile::{CondUse, LoadError, LoadErrors, Scope, compile_cond_in_scope, compile_workflow};
 use super::model::*;
 use super::raw::{RawDirectory, RawWorkflow};
 use crate::value::Map;
@@ -110,9 +108,7 @@ fn parse_yaml<T: serde::de::DeserializeOwned>(file: &str, src: &str) -> Result<T
         let reason = e.into_inner().to_string();
         // The YAML library already prefixes the path; keep it once, in `path`.
         let reason = match reason.split_once(": ") {
-            Some((prefix, rest)) if !prefix.contains(' ') && path.starts_with(prefix) => {
-                rest.to_owned()
-            }
+            Some((prefix, rest)) if !prefix.contains(' ') && path.starts_with(prefix) => rest.to_owned(),
             _ => reason,
         };
         LoadError {
@@ -127,11 +123,7 @@ impl Registry {
     /// Reads every `*.yaml`/`*.yml` workflow in `dir` (and `dripline.yaml` for trait types and
     /// lists). `history` holds versions stored earlier; an unchanged file keeps its version, a
     /// changed one becomes the next version.
-    pub fn load_dir(
-        dir: &Path,
-        history: &[StoredVersion],
-        policy: Policy,
-    ) -> Result<Registry, LoadErrors> {
+    pub fn load_dir(dir: &Path, history: &[StoredVersion], policy: Policy) -> Result<Registry, LoadErrors> {
         let io_err = |file: &Path, e: std::io::Error| {
             LoadErrors(vec![LoadError {
                 file: file.display().to_string(),
@@ -167,10 +159,7 @@ impl Registry {
     ) -> Result<Registry, LoadErrors> {
         Self::build(
             directory.map(|d| (DIRECTORY_FILE.to_string(), d.to_string())),
-            sources
-                .iter()
-                .map(|(f, s)| (f.to_string(), s.to_string()))
-                .collect(),
+            sources.iter().map(|(f, s)| (f.to_string(), s.to_string())).collect(),
             &[],
             policy,
         )
@@ -190,9 +179,7 @@ impl Registry {
             }),
             None => RawDirectory::default(),
         };
-        let dir_file = directory
-            .as_ref()
-            .map_or(DIRECTORY_FILE.to_string(), |d| d.0.clone());
+        let dir_file = directory.as_ref().map_or(DIRECTORY_FILE.to_string(), |d| d.0.clone());
         let mut traits = BTreeMap::new();
         for (name, ty) in &raw_dir.traits {
             match TraitType::parse(ty) {
@@ -202,10 +189,7 @@ impl Registry {
                 None => errors.push(LoadError {
                     file: dir_file.clone(),
                     path: format!("traits.{name}"),
-                    reason: format!(
-                        "unknown trait type `{ty}` (expected one of {})",
-                        TraitType::NAMES
-                    ),
+                    reason: format!("unknown trait type `{ty}` (expected one of {})", TraitType::NAMES),
                 }),
             }
         }
@@ -218,13 +202,7 @@ impl Registry {
         };
         let mut lists = BTreeMap::new();
         for (name, raw) in &raw_dir.lists {
-            match compile_cond_in_scope(
-                &dir_file,
-                &format!("lists.{name}"),
-                raw,
-                &mut scope,
-                CondUse::List,
-            ) {
+            match compile_cond_in_scope(&dir_file, &format!("lists.{name}"), raw, &mut scope, CondUse::List) {
                 Ok(c) => {
                     lists.insert(name.clone(), c);
                 }
@@ -345,12 +323,7 @@ impl Registry {
         &self.stored
     }
 
-    pub fn render(
-        &self,
-        wf: &Workflow,
-        template: &str,
-        ctx: &minijinja::Value,
-    ) -> Result<Rendered, minijinja::Error> {
+    pub fn render(&self, wf: &Workflow, template: &str, ctx: &minijinja::Value) -> Result<Rendered, minijinja::Error> {
         let part = |p: TemplatePart| -> Result<Option<String>, minijinja::Error> {
             match self.templates.get_template(&wf.template_name(template, p)) {
                 Ok(t) => t.render(ctx).map(Some),
@@ -391,10 +364,8 @@ pub fn template_context(
     event: &Map,
     extra: &[(&str, minijinja::Value)],
 ) -> minijinja::Value {
-    let mut top: BTreeMap<String, minijinja::Value> = traits
-        .iter()
-        .map(|(k, v)| (k.clone(), v.to_template()))
-        .collect();
+    let mut top: BTreeMap<String, minijinja::Value> =
+        traits.iter().map(|(k, v)| (k.clone(), v.to_template())).collect();
     let mut contact = top.clone();
     contact.insert("id".into(), contact_id.into());
     top.insert("contact".into(), contact.into());
@@ -495,17 +466,11 @@ fn build_index(
         for (ti, t) in wf.triggers.iter().enumerate() {
             let cond = match t {
                 Trigger::Event { name, .. } => {
-                    ix.by_event
-                        .entry(name.clone())
-                        .or_default()
-                        .push((wf.clone(), ti));
+                    ix.by_event.entry(name.clone()).or_default().push((wf.clone(), ti));
                     None
                 }
                 Trigger::TraitChanged(name) => {
-                    ix.trait_changed
-                        .entry(name.clone())
-                        .or_default()
-                        .push(wf.clone());
+                    ix.trait_changed.entry(name.clone()).or_default().push(wf.clone());
                     None
                 }
                 Trigger::Inactive(ms) => {
@@ -513,10 +478,7 @@ fn build_index(
                     None
                 }
                 Trigger::Date(d) => {
-                    ix.date
-                        .entry(d.trait_name.clone())
-                        .or_default()
-                        .push((wf.clone(), ti));
+                    ix.date.entry(d.trait_name.clone()).or_default().push((wf.clone(), ti));
                     None
                 }
                 Trigger::Becomes(c) => Some(c.clone()),
@@ -538,10 +500,7 @@ fn build_index(
                         v.push(i);
                     }
                 }
-                ix.cond.push(CondTrigger {
-                    wf: wf.clone(),
-                    cond,
-                });
+                ix.cond.push(CondTrigger { wf: wf.clone(), cond });
             }
         }
         if let Some(g) = &wf.goal {
@@ -557,10 +516,7 @@ fn build_index(
         }
     }
     for c in counters.values() {
-        ix.counters_by_event
-            .entry(c.event.clone())
-            .or_default()
-            .push(c.key);
+        ix.counters_by_event.entry(c.event.clone()).or_default().push(c.key);
     }
     ix
 }

@@ -1,0 +1,73 @@
+//! Builds the RFC 5322 message for a send (with lettre) and writes it as an `.eml` file named
+//! by its deterministic send id, so writing the same send twice leaves one file.
+
+use crate::machine::SendCommand;
+use crate::workflow::Rendered;
+use lettre::Message;
+use lettre::message::header::{ContentType, HeaderName, HeaderValue};
+use lettre::message::{Mailbox, MultiPart, SinglePart};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EmlError {
+    #[error("invalid address `{0}`: {1}")]
+    Address(String, lettre::address::AddressError),
+    #[error("cannot build message: {0}")]
+    Build(#[from] lettre::error::Error),
+    #[error("cannot write {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+}
+
+pub fn message_id(cmd: &SendCommand, domain: &str) -> String {
+    format!("<{}@{}>", cmd.id, domain)
+}
+
+fn header(name: &'static str, value: String) -> (HeaderName, String) {
+    (HeaderName::new_from_ascii_str(name), value)
+}
+
+/// The full message. Header values come from contact data only through lettre's encoders, so
+/// CR/LF in a name or subject cannot inject headers.
+pub fn build(
+    cmd: &SendCommand,
+    rendered: &Rendered,
+    from: &Mailbox,
+    domain: &str,
+    date: std::time::SystemTime,
+) -> Result<Message, EmlError> {
+    let to: Mailbox = cmd.to.parse().map_err(|e| EmlError::Address(cmd.to.clone(), e))?;
+    let mut b = Message::builder()
+        .from(from.clone())
+        .to(to)
+        .subject(rendered.subject.replace(['\r', '\n'], " "))
+        .message_id(Some(message_id(cmd, domain)))
+        .date(date);
+    for (name, value) in [
+        header("X-Dripline-Workflow", format!("{} v{}", cmd.workflow, cmd.version)),
+        header("X-Dripline-Kind", format!("{:?}", cmd.kind).to_lowercase()),
+    ] {
+        b = b.raw_header(HeaderValue::new(name, value));
+    }
+    let body = match (&rendered.html, &rendered.text) {
+        (Some(h), Some(t)) => MultiPart::alternative_plain_html(t.clone(), h.clone()),
+        (Some(h), None) => {
+            MultiPart::mixed().singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(h.clone()))
+        }
+        (None, t) => MultiPart::mixed().singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_PLAIN)
+                .body(t.clone().unwrap_or_default()),
+        ),
+    };
+    Ok(b.multipart(body)?)
+}
+
+/// Writes `<dir>/<send id>.eml` atomically (temp file, then rename).
+pub fn write(dir: &Path, cmd: &SendCommand, msg: &Message) -> Result<PathBuf, EmlError> {
+    std::fs::create_dir_all(dir).map_err(|e| EmlError::Io(dir.into(), e))?;
+    let path = dir.join(format!("{}.eml", cmd.id));
+    let tmp = dir.join(format!(".{}.tmp", cmd.id));
+    std::fs::write(&tmp, msg.formatted()).map_err(|e| EmlError::Io(tmp.clone(), e))?;
+    std::fs::rename(&tmp, &path).map_err(|e| EmlError::Io(path.clone(), e))?;
+    Ok(path)
+}

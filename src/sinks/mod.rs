@@ -1,0 +1,3 @@
+//! Where decided sends go: rendered into RFC 5322 messages and handed to a transport.
+
+pub mod eml;
