@@ -13,6 +13,24 @@ pub struct Settings {
     pub workflows: WorkflowSettings,
     pub policy: PolicySettings,
     pub mail: MailSettings,
+    pub engine: EngineSettings,
+    pub http: HttpSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    pub data_dir: PathBuf,
+    pub partitions: u16,
+    pub workers: usize,
+    pub cache_contacts_per_partition: usize,
+    pub batch: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +89,13 @@ impl Settings {
             .build()?
             .try_deserialize()?;
         settings.policy()?;
+        let e = &settings.engine;
+        if e.partitions == 0 || e.workers == 0 || e.batch == 0 {
+            return Err(ConfigError::Invalid {
+                key: "engine",
+                reason: "partitions, workers and batch must be at least 1".into(),
+            });
+        }
         settings
             .mail
             .from

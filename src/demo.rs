@@ -87,8 +87,16 @@ pub fn run(settings: &Settings, registry: Registry, events: &Path, out: &Path) -
     for m in &sim.sent {
         let rendered = sim.render(m);
         let date = std::time::UNIX_EPOCH + std::time::Duration::from_millis(m.at.max(0) as u64);
-        let msg = crate::sinks::eml::build(&m.cmd, &rendered, &from, &settings.mail.message_id_domain, date)?;
-        let file = crate::sinks::eml::write(&mail_dir, &m.cmd, &msg)?;
+        let mail = crate::sinks::eml::Mail {
+            id: m.cmd.id,
+            to: &m.cmd.to,
+            rendered: &rendered,
+            workflow: &m.cmd.workflow,
+            version: m.cmd.version,
+            kind: m.cmd.kind,
+        };
+        let msg = crate::sinks::eml::build(&mail, &from, &settings.mail.message_id_domain, date)?;
+        let file = crate::sinks::eml::write(&mail_dir, m.cmd.id, &msg)?;
         *per_workflow.entry(m.cmd.workflow.to_string()).or_insert(0) += 1;
         mails.push(DemoMail {
             at: m.at,

@@ -1,8 +1,8 @@
 //! Builds the RFC 5322 message for a send (with lettre) and writes it as an `.eml` file named
 //! by its deterministic send id, so writing the same send twice leaves one file.
 
-use crate::machine::SendCommand;
-use crate::workflow::Rendered;
+use crate::machine::SendId;
+use crate::workflow::{MailKind, Rendered};
 use lettre::Message;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
@@ -18,8 +18,18 @@ pub enum EmlError {
     Io(PathBuf, std::io::Error),
 }
 
-pub fn message_id(cmd: &SendCommand, domain: &str) -> String {
-    format!("<{}@{}>", cmd.id, domain)
+/// What a message is made of, whoever decided it.
+pub struct Mail<'a> {
+    pub id: SendId,
+    pub to: &'a str,
+    pub rendered: &'a Rendered,
+    pub workflow: &'a str,
+    pub version: u32,
+    pub kind: MailKind,
+}
+
+pub fn message_id(id: SendId, domain: &str) -> String {
+    format!("<{id}@{domain}>")
 }
 
 fn header(name: &'static str, value: String) -> (HeaderName, String) {
@@ -28,19 +38,14 @@ fn header(name: &'static str, value: String) -> (HeaderName, String) {
 
 /// The full message. Header values come from contact data only through lettre's encoders, so
 /// CR/LF in a name or subject cannot inject headers.
-pub fn build(
-    cmd: &SendCommand,
-    rendered: &Rendered,
-    from: &Mailbox,
-    domain: &str,
-    date: std::time::SystemTime,
-) -> Result<Message, EmlError> {
-    let to: Mailbox = cmd.to.parse().map_err(|e| EmlError::Address(cmd.to.clone(), e))?;
+pub fn build(cmd: &Mail, from: &Mailbox, domain: &str, date: std::time::SystemTime) -> Result<Message, EmlError> {
+    let rendered = cmd.rendered;
+    let to: Mailbox = cmd.to.parse().map_err(|e| EmlError::Address(cmd.to.to_string(), e))?;
     let mut b = Message::builder()
         .from(from.clone())
         .to(to)
         .subject(rendered.subject.replace(['\r', '\n'], " "))
-        .message_id(Some(message_id(cmd, domain)))
+        .message_id(Some(message_id(cmd.id, domain)))
         .date(date);
     for (name, value) in [
         header("X-Dripline-Workflow", format!("{} v{}", cmd.workflow, cmd.version)),
@@ -63,10 +68,10 @@ pub fn build(
 }
 
 /// Writes `<dir>/<send id>.eml` atomically (temp file, then rename).
-pub fn write(dir: &Path, cmd: &SendCommand, msg: &Message) -> Result<PathBuf, EmlError> {
+pub fn write(dir: &Path, id: SendId, msg: &Message) -> Result<PathBuf, EmlError> {
     std::fs::create_dir_all(dir).map_err(|e| EmlError::Io(dir.into(), e))?;
-    let path = dir.join(format!("{}.eml", cmd.id));
-    let tmp = dir.join(format!(".{}.tmp", cmd.id));
+    let path = dir.join(format!("{id}.eml"));
+    let tmp = dir.join(format!(".{id}.tmp"));
     std::fs::write(&tmp, msg.formatted()).map_err(|e| EmlError::Io(tmp.clone(), e))?;
     std::fs::rename(&tmp, &path).map_err(|e| EmlError::Io(path.clone(), e))?;
     Ok(path)

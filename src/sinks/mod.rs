@@ -1,3 +1,4 @@
 //! Where decided sends go: rendered into RFC 5322 messages and handed to a transport.
 
 pub mod eml;
+pub mod mailer;

@@ -95,7 +95,8 @@ pub struct Step {
     pub next: Next,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum MailKind {
     Marketing,
     Transactional,

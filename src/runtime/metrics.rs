@@ -1,0 +1,159 @@
+//! Prometheus metrics, named by convention: `dripline_` prefix, base units, `_total` counters.
+//! Labels never carry contact ids or addresses.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub events_ingested: IntCounter,
+    pub events_rejected: IntCounterVec,
+    pub inputs_processed: IntCounter,
+    pub processing_latency: Histogram,
+    pub batch_size: Histogram,
+    pub contacts_cached: IntGaugeVec,
+    pub timers_fired: IntCounter,
+    pub timer_lateness: Histogram,
+    pub timers_pending: IntGauge,
+    pub outbox_depth: IntGauge,
+    pub sends_decided: IntCounterVec,
+    pub sends: IntCounterVec,
+    pub webhooks_decided: IntCounterVec,
+    pub render_errors: IntCounter,
+    pub rocksdb_write: Histogram,
+    pub transport_latency: HistogramVec,
+}
+
+fn latency_buckets() -> Vec<f64> {
+    prometheus::exponential_buckets(0.0005, 2.0, 16).expect("valid buckets")
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m;
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric names are unique");
+                m
+            }};
+        }
+        Metrics {
+            events_ingested: reg!(
+                IntCounter::new("dripline_events_ingested_total", "Events appended to the log").unwrap()
+            ),
+            events_rejected: reg!(
+                IntCounterVec::new(
+                    Opts::new("dripline_events_rejected_total", "Events refused at ingest, by reason"),
+                    &["reason"]
+                )
+                .unwrap()
+            ),
+            inputs_processed: reg!(
+                IntCounter::new(
+                    "dripline_inputs_processed_total",
+                    "Inputs (events and timers) run through the state machine"
+                )
+                .unwrap()
+            ),
+            processing_latency: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new("dripline_processing_latency_seconds", "From log append to processing")
+                        .buckets(latency_buckets())
+                )
+                .unwrap()
+            ),
+            batch_size: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new("dripline_batch_inputs", "Inputs per committed batch")
+                        .buckets(prometheus::exponential_buckets(1.0, 4.0, 8).unwrap())
+                )
+                .unwrap()
+            ),
+            contacts_cached: reg!(
+                IntGaugeVec::new(
+                    Opts::new("dripline_contacts_cached", "Contact states held in memory"),
+                    &["partition"]
+                )
+                .unwrap()
+            ),
+            timers_fired: reg!(IntCounter::new("dripline_timers_fired_total", "Durable timers fired").unwrap()),
+            timer_lateness: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "dripline_timer_lateness_seconds",
+                        "Wall-clock delay past a timer's due time"
+                    )
+                    .buckets(latency_buckets())
+                )
+                .unwrap()
+            ),
+            timers_pending: reg!(IntGauge::new("dripline_timers_pending", "Durable timers stored (estimate)").unwrap()),
+            outbox_depth: reg!(
+                IntGauge::new("dripline_outbox_depth", "Messages waiting for a transport (estimate)").unwrap()
+            ),
+            sends_decided: reg!(
+                IntCounterVec::new(
+                    Opts::new("dripline_sends_decided_total", "Emails decided by workflows"),
+                    &["workflow"]
+                )
+                .unwrap()
+            ),
+            sends: reg!(
+                IntCounterVec::new(
+                    Opts::new("dripline_sends_total", "Emails handed to a transport, by result"),
+                    &["workflow", "result"]
+                )
+                .unwrap()
+            ),
+            webhooks_decided: reg!(
+                IntCounterVec::new(
+                    Opts::new("dripline_webhooks_decided_total", "Webhook steps reached"),
+                    &["workflow"]
+                )
+                .unwrap()
+            ),
+            render_errors: reg!(
+                IntCounter::new("dripline_render_errors_total", "Templates that failed to render").unwrap()
+            ),
+            rocksdb_write: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new("dripline_rocksdb_write_seconds", "RocksDB batch write latency")
+                        .buckets(latency_buckets())
+                )
+                .unwrap()
+            ),
+            transport_latency: reg!(
+                HistogramVec::new(
+                    HistogramOpts::new(
+                        "dripline_transport_latency_seconds",
+                        "Time to hand one message to the transport"
+                    )
+                    .buckets(latency_buckets()),
+                    &["transport"]
+                )
+                .unwrap()
+            ),
+            registry,
+        }
+    }
+
+    /// The text exposition format for `GET /metrics`.
+    pub fn render(&self) -> String {
+        use prometheus::Encoder;
+        let mut buf = vec![];
+        prometheus::TextEncoder::new()
+            .encode(&self.registry.gather(), &mut buf)
+            .expect("text encoding");
+        String::from_utf8(buf).expect("utf-8")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,238 @@
+//! The engine on one machine: the embedded log, partition processors on worker threads, the
+//! outbox mailer, all over one RocksDB store.
+
+pub mod metrics;
+pub mod partition;
+
+use crate::config::Settings;
+use crate::event::{Event, EventKind};
+use crate::machine::ContactState;
+use crate::sinks::mailer::{FileTransport, Mailer};
+use crate::storage::log::{Appended, EmbeddedLog};
+use crate::storage::{Store, tables};
+use crate::time::Ts;
+use crate::workflow::Registry;
+use anyhow::Context;
+use metrics::Metrics;
+use partition::Partition;
+use rocksdb::WriteBatch;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub struct Engine {
+    pub store: Arc<Store>,
+    pub log: EmbeddedLog,
+    pub reg: Arc<Registry>,
+    pub metrics: Arc<Metrics>,
+    pub partitions: Vec<Mutex<Partition>>,
+    pub mailer: Mailer,
+    batch: usize,
+    dead_seq: AtomicU64,
+}
+
+/// What happened to a request's events.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct IngestReport {
+    pub accepted: usize,
+    pub duplicates: usize,
+    pub errors: Vec<IngestError>,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct IngestError {
+    pub index: usize,
+    pub reason: String,
+}
+
+impl Engine {
+    /// Opens the store and the log, loads the workflows (keeping earlier versions that stored
+    /// state may still be inside) and the partition processors.
+    pub fn open(settings: &Settings) -> anyhow::Result<Engine> {
+        let e = &settings.engine;
+        std::fs::create_dir_all(&e.data_dir).with_context(|| format!("creating {}", e.data_dir.display()))?;
+        let store = Arc::new(Store::open(&e.data_dir).map_err(|err| match err {
+            crate::storage::StoreError::Rocks(r) if r.to_string().contains("lock") => anyhow::anyhow!(
+                "the store {} is in use by another dripline process ({r})",
+                e.data_dir.display()
+            ),
+            other => other.into(),
+        })?);
+        let history = tables::workflow_versions(&store)?;
+        let reg = Registry::load_dir(&settings.workflows.dir, &history, settings.policy()?)
+            .map_err(|errs| anyhow::anyhow!("invalid workflows:\n{errs}"))?;
+        tables::put_workflow_versions(&store, reg.stored_versions())?;
+        let reg = Arc::new(reg);
+        let metrics = Arc::new(Metrics::new());
+        let partitions = (0..e.partitions)
+            .map(|p| {
+                Partition::open(
+                    p,
+                    store.clone(),
+                    reg.clone(),
+                    metrics.clone(),
+                    e.cache_contacts_per_partition,
+                )
+                .map(Mutex::new)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let log = EmbeddedLog::open(store.clone(), e.partitions)?;
+        let mailer = Mailer::new(
+            store.clone(),
+            FileTransport {
+                dir: settings.mail.outbox_dir.clone(),
+            },
+            settings.mail.from.parse()?,
+            settings.mail.message_id_domain.clone(),
+            metrics.clone(),
+        );
+        Ok(Engine {
+            store,
+            log,
+            reg,
+            metrics,
+            partitions,
+            mailer,
+            batch: e.batch,
+            dead_seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Validates and durably appends events; invalid ones go to the dead letters with their
+    /// reason, and nothing valid in the same request is lost.
+    pub fn ingest_values(
+        &self,
+        values: &[serde_json::Value],
+        kind_hint: Option<EventKind>,
+        received: Ts,
+    ) -> anyhow::Result<IngestReport> {
+        let mut report = IngestReport::default();
+        let mut valid = vec![];
+        let mut dead = WriteBatch::default();
+        for (i, v) in values.iter().enumerate() {
+            match Event::from_json(v, kind_hint) {
+                Ok(ev) => valid.push(ev),
+                Err(e) => {
+                    self.metrics
+                        .events_rejected
+                        .with_label_values(&[reject_label(&e)])
+                        .inc();
+                    let seq = self.dead_seq.fetch_add(1, Ordering::Relaxed);
+                    tables::put_dead_letter(
+                        &self.store,
+                        &mut dead,
+                        seq,
+                        received,
+                        &e.to_string(),
+                        v.to_string().as_bytes(),
+                    );
+                    report.errors.push(IngestError {
+                        index: i,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        if !dead.is_empty() {
+            self.store.write(dead, true)?;
+        }
+        for a in self.log.append(&valid, received)? {
+            match a {
+                Appended::At(..) => report.accepted += 1,
+                Appended::Duplicate => {
+                    report.duplicates += 1;
+                    self.metrics.events_rejected.with_label_values(&["duplicate"]).inc();
+                }
+            }
+        }
+        self.metrics.events_ingested.inc_by(report.accepted as u64);
+        Ok(report)
+    }
+
+    /// Processes everything appended so far (and timers due by `wall`) on this thread.
+    pub fn pump(&self, wall: Ts) -> anyhow::Result<usize> {
+        let mut total = 0;
+        for p in &self.partitions {
+            total += self.pump_partition(p, wall)?;
+        }
+        Ok(total)
+    }
+
+    fn pump_partition(&self, p: &Mutex<Partition>, wall: Ts) -> anyhow::Result<usize> {
+        let mut p = p.lock().expect("partition lock");
+        let mut total = 0;
+        loop {
+            let n = p.poll(wall, self.batch)?;
+            total += n;
+            if n < self.batch {
+                return Ok(total);
+            }
+        }
+    }
+
+    pub fn contact(&self, id: &str) -> anyhow::Result<Option<ContactState>> {
+        Ok(tables::get_contact(&self.store, id)?)
+    }
+
+    /// Runs partition workers and the mailer until `stop` is set, then finishes the batch in
+    /// hand and commits. Workers poll with the wall clock so timers fire when the log is idle.
+    pub fn run(self: &Arc<Self>, workers: usize, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
+        let mut handles = vec![];
+        for w in 0..workers {
+            let engine = self.clone();
+            let stop = stop.clone();
+            handles.push(std::thread::spawn(move || {
+                let mine: Vec<usize> = (0..engine.partitions.len()).filter(|p| p % workers == w).collect();
+                while !stop.load(Ordering::SeqCst) {
+                    let now = chrono::Utc::now().timestamp_millis();
+                    let mut n = 0;
+                    for &p in &mine {
+                        match engine.pump_partition(&engine.partitions[p], now) {
+                            Ok(k) => n += k,
+                            Err(e) => tracing::error!("partition {p}: {e:#}"),
+                        }
+                    }
+                    if n == 0 {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }));
+        }
+        let engine = self.clone();
+        handles.push(std::thread::spawn(move || {
+            loop {
+                let stopping = stop.load(Ordering::SeqCst);
+                let drained = match engine.mailer.drain(512) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!("mailer: {e}; retrying");
+                        std::thread::sleep(Duration::from_millis(500));
+                        0
+                    }
+                };
+                if let Ok(t) = crate::storage::timers::count(&engine.store) {
+                    engine.metrics.timers_pending.set(t as i64);
+                }
+                if stopping && drained == 0 {
+                    break;
+                }
+                if drained == 0 {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }));
+        handles
+    }
+}
+
+fn reject_label(e: &crate::event::EventError) -> &'static str {
+    use crate::event::EventError::*;
+    match e {
+        Json(_) => "invalid_json",
+        NotObject => "not_an_object",
+        Missing(_) => "missing_field",
+        WrongType(..) => "wrong_type",
+        UnknownType(_) => "unknown_type",
+        BadTimestamp(_) => "bad_timestamp",
+    }
+}

@@ -1,0 +1,249 @@
+//! A partition processor: the deterministic state machine over one partition of the log.
+//!
+//! Before each input at time T, every timer due at or before T fires first, in due order, with
+//! its due time as input time; when the log is idle, timers fire on the wall clock. Everything an
+//! input changes is staged in one `WriteBatch` with the consumed position and committed together.
+
+use super::metrics::Metrics;
+use crate::machine::{ContactState, Effect, Input, handle};
+use crate::storage::tables::{self, OutboxEntry};
+use crate::storage::timers::{TimerKey, TimerQueue};
+use crate::storage::{Result, Store, log};
+use crate::time::Ts;
+use crate::workflow::{Registry, template_context};
+use rocksdb::WriteBatch;
+use rustc_hash::{FxHashMap, FxHashSet};
+use std::sync::Arc;
+
+pub struct Partition {
+    pub id: u16,
+    store: Arc<Store>,
+    reg: Arc<Registry>,
+    metrics: Arc<Metrics>,
+    timers: TimerQueue,
+    /// Active contacts; bounded by `cache_cap` (cleared after a commit when over it).
+    cache: FxHashMap<String, ContactState>,
+    dirty: FxHashSet<String>,
+    cache_cap: usize,
+    counters: FxHashMap<Vec<u8>, i64>,
+    dirty_counters: FxHashSet<Vec<u8>>,
+    position: Option<u64>,
+    last_time: Ts,
+    batch: WriteBatch,
+    fx: Vec<Effect>,
+    dead_seq: u64,
+}
+
+impl Partition {
+    pub fn open(
+        id: u16,
+        store: Arc<Store>,
+        reg: Arc<Registry>,
+        metrics: Arc<Metrics>,
+        cache_cap: usize,
+    ) -> Result<Self> {
+        let position = tables::get_position(&store, id)?;
+        Ok(Partition {
+            id,
+            timers: TimerQueue::new(id, 4096),
+            store,
+            reg,
+            metrics,
+            cache: FxHashMap::default(),
+            dirty: FxHashSet::default(),
+            cache_cap,
+            counters: FxHashMap::default(),
+            dirty_counters: FxHashSet::default(),
+            position,
+            last_time: Ts::MIN,
+            batch: WriteBatch::default(),
+            fx: Vec::new(),
+            dead_seq: 0,
+        })
+    }
+
+    /// The next log offset this partition will consume.
+    pub fn next_offset(&self) -> u64 {
+        self.position.map_or(0, |p| p + 1)
+    }
+
+    /// Processes up to `max` log records (and the timers due before each). When there were no
+    /// records, fires the timers due by `wall`. Commits once. Returns the inputs handled.
+    pub fn poll(&mut self, wall: Ts, max: usize) -> Result<usize> {
+        let records = log::read(&self.store, self.id, self.next_offset(), max)?;
+        let mut n = 0;
+        let had_records = !records.is_empty();
+        for r in records {
+            let t = r.received.max(self.last_time);
+            n += self.fire_until(t, None)?;
+            self.last_time = t;
+            let contact = r.event.user_id.clone();
+            self.metrics
+                .processing_latency
+                .observe(((wall - r.received).max(0)) as f64 / 1000.0);
+            self.apply(&contact, Input::Event(r.event), t)?;
+            self.position = Some(r.offset);
+            n += 1;
+        }
+        if !had_records {
+            n += self.fire_until(wall.max(self.last_time), Some(wall))?;
+        }
+        if n > 0 {
+            self.metrics.batch_size.observe(n as f64);
+            self.commit()?;
+        }
+        Ok(n)
+    }
+
+    fn fire_until(&mut self, t: Ts, wall: Option<Ts>) -> Result<usize> {
+        let mut n = 0;
+        loop {
+            if self.timers.needs_page() {
+                self.commit()?;
+                self.timers.page_in(&self.store)?;
+            }
+            let Some(k) = self.timers.pop_due(&self.store, &mut self.batch, t) else {
+                break;
+            };
+            let at = k.due.max(self.last_time);
+            self.last_time = at;
+            if let Some(w) = wall {
+                self.metrics
+                    .timer_lateness
+                    .observe(((w - k.due).max(0)) as f64 / 1000.0);
+            }
+            self.metrics.timers_fired.inc();
+            self.apply(&k.contact, Input::Timer { id: k.id }, at)?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn load(&mut self, contact: &str) -> Result<ContactState> {
+        if let Some(st) = self.cache.remove(contact) {
+            return Ok(st);
+        }
+        Ok(tables::get_contact(&self.store, contact)?.unwrap_or_default())
+    }
+
+    fn apply(&mut self, contact: &str, input: Input, at: Ts) -> Result<()> {
+        let mut st = self.load(contact)?;
+        let mut fx = std::mem::take(&mut self.fx);
+        handle(contact, &mut st, &input, at, &self.reg, &mut fx);
+        for e in fx.drain(..) {
+            match e {
+                Effect::ScheduleTimer { id, due } => self.timers.schedule(
+                    &self.store,
+                    &mut self.batch,
+                    TimerKey {
+                        due,
+                        contact: contact.into(),
+                        id,
+                    },
+                ),
+                Effect::CancelTimer { id, due } => self.timers.cancel(
+                    &self.store,
+                    &mut self.batch,
+                    &TimerKey {
+                        due,
+                        contact: contact.into(),
+                        id,
+                    },
+                ),
+                Effect::Send(cmd) => {
+                    let Some(wf) = self.reg.get(&cmd.workflow, cmd.version) else {
+                        continue;
+                    };
+                    let ctx = template_context(contact, &cmd.traits, &cmd.event, &[]);
+                    match self.reg.render(wf, &cmd.template, &ctx) {
+                        Ok(r) => {
+                            let entry = OutboxEntry {
+                                contact: contact.into(),
+                                workflow: cmd.workflow.to_string(),
+                                version: cmd.version,
+                                step: wf.steps[cmd.step as usize].id.clone(),
+                                kind: cmd.kind,
+                                to: cmd.to.clone(),
+                                subject: r.subject,
+                                html: r.html,
+                                text: r.text,
+                                decided_at: at,
+                            };
+                            tables::put_outbox(&self.store, &mut self.batch, cmd.id, &entry);
+                            self.metrics.sends_decided.with_label_values(&[&cmd.workflow]).inc();
+                        }
+                        Err(e) => {
+                            self.dead_seq += 1;
+                            let reason = format!("template {} of {} failed to render: {e}", cmd.template, cmd.workflow);
+                            tables::put_dead_letter(
+                                &self.store,
+                                &mut self.batch,
+                                self.dead_seq,
+                                at,
+                                &reason,
+                                contact.as_bytes(),
+                            );
+                            self.metrics.render_errors.inc();
+                        }
+                    }
+                }
+                Effect::Webhook(w) => {
+                    self.metrics.webhooks_decided.with_label_values(&[&w.workflow]).inc();
+                }
+                Effect::Count(c) => {
+                    let Some(wf) = self.reg.get(&c.workflow, c.version) else {
+                        continue;
+                    };
+                    let key =
+                        tables::counter_key(self.id, &c.workflow, c.version, &wf.steps[c.step as usize].id, c.metric);
+                    let v = match self.counters.get(&key) {
+                        Some(v) => *v,
+                        None => tables::get_counter(&self.store, &key)?,
+                    };
+                    self.counters.insert(key.clone(), v + c.delta);
+                    self.dirty_counters.insert(key);
+                }
+            }
+        }
+        self.fx = fx;
+        self.dirty.insert(contact.to_owned());
+        self.cache.insert(contact.to_owned(), st);
+        self.metrics.inputs_processed.inc();
+        Ok(())
+    }
+
+    /// Writes everything staged, with the consumed position, as one batch.
+    pub fn commit(&mut self) -> Result<()> {
+        for id in self.dirty.drain() {
+            if let Some(st) = self.cache.get(&id) {
+                tables::put_contact(&self.store, &mut self.batch, &id, st);
+            }
+        }
+        for key in self.dirty_counters.drain() {
+            tables::put_counter(&self.store, &mut self.batch, &key, self.counters[&key]);
+        }
+        if let Some(p) = self.position {
+            tables::put_position(&self.store, &mut self.batch, self.id, p);
+        }
+        if !self.batch.is_empty() {
+            let started = std::time::Instant::now();
+            self.store.write(std::mem::take(&mut self.batch), false)?;
+            self.metrics.rocksdb_write.observe(started.elapsed().as_secs_f64());
+        }
+        if self.cache.len() > self.cache_cap {
+            self.cache.clear();
+        }
+        if self.counters.len() > 100_000 {
+            self.counters.clear();
+        }
+        self.metrics
+            .contacts_cached
+            .with_label_values(&[&self.id.to_string()])
+            .set(self.cache.len() as i64);
+        Ok(())
+    }
+
+    pub fn next_timer(&self) -> Option<Ts> {
+        self.timers.next_due()
+    }
+}

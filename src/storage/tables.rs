@@ -1,0 +1,216 @@
+//! The small tables: contacts, outbox, sent ledger, positions, counters, workflow versions,
+//! dead letters. Each is a set of typed key/value codecs over its column family.
+
+use super::{
+    CF_CONTACTS, CF_COUNTERS, CF_DEAD, CF_OUTBOX, CF_POSITIONS, CF_SENT, CF_WORKFLOWS, Result, Store, StoreError,
+};
+use crate::machine::{ContactState, Metric, SendId};
+use crate::time::Ts;
+use crate::workflow::{MailKind, StoredVersion};
+use rocksdb::WriteBatch;
+use serde::{Deserialize, Serialize};
+
+// ---- contacts: contact id → encoded ContactState ------------------------------------------
+
+pub fn get_contact(s: &Store, id: &str) -> Result<Option<ContactState>> {
+    match s.db.get_pinned_cf(s.cf(CF_CONTACTS), id.as_bytes())? {
+        Some(b) => ContactState::decode(&b).map(Some).map_err(|e| StoreError::Corrupt {
+            table: CF_CONTACTS,
+            reason: e.to_string(),
+        }),
+        None => Ok(None),
+    }
+}
+
+pub fn put_contact(s: &Store, b: &mut WriteBatch, id: &str, st: &ContactState) {
+    b.put_cf(s.cf(CF_CONTACTS), id.as_bytes(), st.encode());
+}
+
+pub fn contacts(s: &Store) -> impl Iterator<Item = Result<(String, Vec<u8>)>> + '_ {
+    s.db.iterator_cf(s.cf(CF_CONTACTS), rocksdb::IteratorMode::Start)
+        .map(|r| {
+            r.map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
+                .map_err(Into::into)
+        })
+}
+
+// ---- outbox: send id → rendered message waiting for a transport -----------------------------
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    pub contact: String,
+    pub workflow: String,
+    pub version: u32,
+    pub step: String,
+    pub kind: MailKind,
+    pub to: String,
+    pub subject: String,
+    pub html: Option<String>,
+    pub text: Option<String>,
+    /// Input time of the decision (the email's Date).
+    pub decided_at: Ts,
+}
+
+pub fn id_key(id: SendId) -> [u8; 16] {
+    id.0.to_be_bytes()
+}
+
+pub fn put_outbox(s: &Store, b: &mut WriteBatch, id: SendId, e: &OutboxEntry) {
+    b.put_cf(
+        s.cf(CF_OUTBOX),
+        id_key(id),
+        serde_json::to_vec(e).expect("outbox entry encodes"),
+    );
+}
+
+/// Up to `limit` outbox entries, oldest id order (ids are hashes: no priority implied).
+pub fn outbox_page(s: &Store, limit: usize) -> Result<Vec<(SendId, OutboxEntry)>> {
+    let mut out = vec![];
+    for r in
+        s.db.iterator_cf(s.cf(CF_OUTBOX), rocksdb::IteratorMode::Start)
+            .take(limit)
+    {
+        let (k, v) = r?;
+        let id = SendId(u128::from_be_bytes(
+            k.as_ref().try_into().map_err(|_| corrupt(CF_OUTBOX, "key"))?,
+        ));
+        let e = serde_json::from_slice(&v).map_err(|e| corrupt(CF_OUTBOX, &e.to_string()))?;
+        out.push((id, e));
+    }
+    Ok(out)
+}
+
+pub fn outbox_len(s: &Store) -> Result<u64> {
+    Ok(s.db
+        .property_int_value_cf(s.cf(CF_OUTBOX), "rocksdb.estimate-num-keys")?
+        .unwrap_or(0))
+}
+
+fn corrupt(table: &'static str, reason: &str) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        reason: reason.into(),
+    }
+}
+
+// ---- sent ledger: send id → time the transport accepted it ----------------------------------
+
+pub fn is_sent(s: &Store, id: SendId) -> Result<bool> {
+    Ok(s.db.get_pinned_cf(s.cf(CF_SENT), id_key(id))?.is_some())
+}
+
+/// The message leaves the outbox and enters the ledger in one batch.
+pub fn mark_sent(s: &Store, b: &mut WriteBatch, id: SendId, at: Ts) {
+    b.delete_cf(s.cf(CF_OUTBOX), id_key(id));
+    b.put_cf(s.cf(CF_SENT), id_key(id), at.to_be_bytes());
+}
+
+pub fn sent_ids(s: &Store) -> Result<Vec<SendId>> {
+    s.db.iterator_cf(s.cf(CF_SENT), rocksdb::IteratorMode::Start)
+        .map(|r| {
+            let (k, _) = r?;
+            Ok(SendId(u128::from_be_bytes(
+                k.as_ref().try_into().map_err(|_| corrupt(CF_SENT, "key"))?,
+            )))
+        })
+        .collect()
+}
+
+// ---- positions: partition → last consumed log offset -----------------------------------------
+
+fn position_key(partition: u16) -> [u8; 2] {
+    partition.to_be_bytes()
+}
+
+pub fn get_position(s: &Store, partition: u16) -> Result<Option<u64>> {
+    Ok(s.db
+        .get_pinned_cf(s.cf(CF_POSITIONS), position_key(partition))?
+        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+}
+
+pub fn put_position(s: &Store, b: &mut WriteBatch, partition: u16, offset: u64) {
+    b.put_cf(s.cf(CF_POSITIONS), position_key(partition), offset.to_be_bytes());
+}
+
+// ---- counters: workflow, version, step, metric → value (partition-local deltas summed) ------
+
+pub fn counter_key(partition: u16, workflow: &str, version: u32, step: &str, metric: Metric) -> Vec<u8> {
+    let mut k = Vec::with_capacity(workflow.len() + step.len() + 10);
+    k.extend_from_slice(workflow.as_bytes());
+    k.push(0);
+    k.extend_from_slice(&version.to_be_bytes());
+    k.extend_from_slice(step.as_bytes());
+    k.push(0);
+    k.push(metric.code());
+    k.extend_from_slice(&partition.to_be_bytes());
+    k
+}
+
+pub fn get_counter(s: &Store, key: &[u8]) -> Result<i64> {
+    Ok(s.db
+        .get_pinned_cf(s.cf(CF_COUNTERS), key)?
+        .and_then(|v| v.as_ref().try_into().ok().map(i64::from_be_bytes))
+        .unwrap_or(0))
+}
+
+pub fn put_counter(s: &Store, b: &mut WriteBatch, key: &[u8], value: i64) {
+    b.put_cf(s.cf(CF_COUNTERS), key, value.to_be_bytes());
+}
+
+/// All counters summed over partitions: (workflow, version, step, metric) → value.
+pub fn counters(s: &Store) -> Result<std::collections::BTreeMap<(String, u32, String, Metric), i64>> {
+    let mut out = std::collections::BTreeMap::new();
+    for r in s.db.iterator_cf(s.cf(CF_COUNTERS), rocksdb::IteratorMode::Start) {
+        let (k, v) = r?;
+        let bad = || corrupt(CF_COUNTERS, "key");
+        let z = k.iter().position(|b| *b == 0).ok_or_else(bad)?;
+        let wf = String::from_utf8_lossy(&k[..z]).into_owned();
+        let rest = &k[z + 1..];
+        let version = u32::from_be_bytes(rest.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+        let rest = &rest[4..];
+        let z = rest.iter().position(|b| *b == 0).ok_or_else(bad)?;
+        let step = String::from_utf8_lossy(&rest[..z]).into_owned();
+        let metric = Metric::from_code(*rest.get(z + 1).ok_or_else(bad)?).ok_or_else(bad)?;
+        let value = i64::from_be_bytes(v.as_ref().try_into().map_err(|_| corrupt(CF_COUNTERS, "value"))?);
+        *out.entry((wf, version, step, metric)).or_insert(0) += value;
+    }
+    Ok(out)
+}
+
+// ---- workflow versions ------------------------------------------------------------------------
+
+pub fn workflow_versions(s: &Store) -> Result<Vec<StoredVersion>> {
+    s.db.iterator_cf(s.cf(CF_WORKFLOWS), rocksdb::IteratorMode::Start)
+        .map(|r| {
+            let (_, v) = r?;
+            serde_json::from_slice(&v).map_err(|e| corrupt(CF_WORKFLOWS, &e.to_string()))
+        })
+        .collect()
+}
+
+pub fn put_workflow_versions(s: &Store, versions: &[StoredVersion]) -> Result<()> {
+    let mut b = WriteBatch::default();
+    for v in versions {
+        let key = format!("{}\u{0}{:010}", v.id, v.version);
+        b.put_cf(s.cf(CF_WORKFLOWS), key, serde_json::to_vec(v).expect("version encodes"));
+    }
+    s.write(b, true)
+}
+
+// ---- dead letters: time-ordered malformed inputs with their reason --------------------------
+
+pub fn put_dead_letter(s: &Store, b: &mut WriteBatch, seq: u64, at: Ts, reason: &str, payload: &[u8]) {
+    let mut key = at.to_be_bytes().to_vec();
+    key.extend_from_slice(&seq.to_be_bytes());
+    let v = serde_json::json!({"at": crate::time::format_rfc3339(at), "reason": reason, "payload": String::from_utf8_lossy(payload)});
+    b.put_cf(s.cf(CF_DEAD), key, v.to_string());
+}
+
+pub fn dead_letters(s: &Store) -> Result<Vec<serde_json::Value>> {
+    s.db.iterator_cf(s.cf(CF_DEAD), rocksdb::IteratorMode::Start)
+        .map(|r| {
+            let (_, v) = r?;
+            serde_json::from_slice(&v).map_err(|e| corrupt(CF_DEAD, &e.to_string()))
+        })
+        .collect()
+}

@@ -1,0 +1,137 @@
+//! Durable timers: keyed by (partition, due time, contact, timer id) so the earliest are first.
+//! [`TimerQueue`] keeps only the next due timers of a partition in memory and pages in more from
+//! RocksDB when they run out: no full scans, memory bounded by the page size.
+
+use super::{CF_TIMERS, Result, Store};
+use crate::time::Ts;
+use rocksdb::WriteBatch;
+use std::collections::BTreeSet;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimerKey {
+    pub due: Ts,
+    pub contact: String,
+    pub id: u64,
+}
+
+/// Sign-flipped so that negative times still sort before positive ones.
+fn due_bytes(due: Ts) -> [u8; 8] {
+    ((due as u64) ^ (1 << 63)).to_be_bytes()
+}
+
+pub fn encode(partition: u16, k: &TimerKey) -> Vec<u8> {
+    let mut v = Vec::with_capacity(2 + 8 + 2 + k.contact.len() + 8);
+    v.extend_from_slice(&partition.to_be_bytes());
+    v.extend_from_slice(&due_bytes(k.due));
+    v.extend_from_slice(&(k.contact.len() as u16).to_be_bytes());
+    v.extend_from_slice(k.contact.as_bytes());
+    v.extend_from_slice(&k.id.to_be_bytes());
+    v
+}
+
+pub fn decode(b: &[u8]) -> Option<(u16, TimerKey)> {
+    let partition = u16::from_be_bytes(b.get(0..2)?.try_into().ok()?);
+    let due = (u64::from_be_bytes(b.get(2..10)?.try_into().ok()?) ^ (1 << 63)) as i64;
+    let len = u16::from_be_bytes(b.get(10..12)?.try_into().ok()?) as usize;
+    let contact = String::from_utf8(b.get(12..12 + len)?.to_vec()).ok()?;
+    let id = u64::from_be_bytes(b.get(12 + len..20 + len)?.try_into().ok()?);
+    Some((partition, TimerKey { due, contact, id }))
+}
+
+pub struct TimerQueue {
+    partition: u16,
+    /// Every stored timer of this partition due before `horizon` is in `cache`.
+    cache: BTreeSet<TimerKey>,
+    horizon: Ts,
+    page: usize,
+}
+
+impl TimerQueue {
+    pub fn new(partition: u16, page: usize) -> Self {
+        TimerQueue {
+            partition,
+            cache: BTreeSet::new(),
+            horizon: Ts::MIN,
+            page,
+        }
+    }
+
+    pub fn schedule(&mut self, s: &Store, b: &mut WriteBatch, k: TimerKey) {
+        b.put_cf(s.cf(CF_TIMERS), encode(self.partition, &k), []);
+        if k.due < self.horizon {
+            self.cache.insert(k);
+        }
+    }
+
+    pub fn cancel(&mut self, s: &Store, b: &mut WriteBatch, k: &TimerKey) {
+        b.delete_cf(s.cf(CF_TIMERS), encode(self.partition, k));
+        self.cache.remove(k);
+    }
+
+    /// Whether the cache ran dry and more must be read from the store. The caller commits
+    /// its batch first: timers it scheduled beyond the horizon are only in the batch.
+    pub fn needs_page(&self) -> bool {
+        self.cache.is_empty() && self.horizon != Ts::MAX
+    }
+
+    /// Reads the next page of timers from the store (all of the last due time read).
+    pub fn page_in(&mut self, s: &Store) -> Result<()> {
+        let start = encode(
+            self.partition,
+            &TimerKey {
+                due: self.horizon,
+                contact: String::new(),
+                id: 0,
+            },
+        );
+        let prefix = self.partition.to_be_bytes();
+        let mut last_due = None;
+        let mut full = false;
+        for r in s.db.iterator_cf(
+            s.cf(CF_TIMERS),
+            rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
+        ) {
+            let (k, _) = r?;
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let Some((_, key)) = decode(&k) else { continue };
+            if self.cache.len() >= self.page && last_due != Some(key.due) {
+                full = true;
+                self.horizon = key.due;
+                break;
+            }
+            last_due = Some(key.due);
+            self.cache.insert(key);
+        }
+        if !full {
+            self.horizon = Ts::MAX;
+        }
+        Ok(())
+    }
+
+    /// The earliest cached timer due at or before `t`, removed from the queue and the store.
+    pub fn pop_due(&mut self, s: &Store, b: &mut WriteBatch, t: Ts) -> Option<TimerKey> {
+        if self.cache.first().is_some_and(|k| k.due <= t) {
+            let k = self.cache.pop_first()?;
+            b.delete_cf(s.cf(CF_TIMERS), encode(self.partition, &k));
+            return Some(k);
+        }
+        None
+    }
+
+    pub fn next_due(&self) -> Option<Ts> {
+        self.cache.first().map(|k| k.due)
+    }
+
+    pub fn cached(&self) -> usize {
+        self.cache.len()
+    }
+}
+
+/// Timers pending in the whole store (for metrics and tests).
+pub fn count(s: &Store) -> Result<u64> {
+    Ok(s.db
+        .property_int_value_cf(s.cf(CF_TIMERS), "rocksdb.estimate-num-keys")?
+        .unwrap_or(0))
+}

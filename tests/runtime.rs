@@ -1,0 +1,163 @@
+//! The engine on embedded defaults: RocksDB state, the embedded log, durable timers, the outbox
+//! and the `.eml` transport, driven with explicit times.
+
+use dripline::config::Settings;
+use dripline::runtime::Engine;
+use dripline::time::{HOUR, MINUTE, parse_rfc3339};
+use serde_json::json;
+use std::path::Path;
+
+fn settings(dir: &Path) -> Settings {
+    let mut s = Settings::load(None).unwrap();
+    s.workflows.dir = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows").into();
+    s.engine.data_dir = dir.join("data");
+    s.mail.outbox_dir = dir.join("mail");
+    s.policy.quiet_hours = String::new();
+    s
+}
+
+fn emls(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir.join("mail"))
+        .map(|d| d.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect())
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+fn cart(user: &str, msg: &str) -> serde_json::Value {
+    json!({"type": "track", "userId": user, "messageId": msg, "event": "Product Added", "properties": {"name": "Blue Kettle"}})
+}
+
+#[test]
+fn ingest_to_eml_with_a_restart_in_the_middle_of_a_wait() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
+    {
+        let engine = Engine::open(&settings(tmp.path())).unwrap();
+        let r = engine
+            .ingest_values(
+                &[
+                    json!({"type": "identify", "userId": "ann", "messageId": "i1", "traits": {"email": "ann@example.org", "first_name": "Ann"}}),
+                    cart("ann", "c1"),
+                ],
+                None,
+                t0,
+            )
+            .unwrap();
+        assert_eq!((r.accepted, r.duplicates, r.errors.len()), (2, 0, 0));
+        assert_eq!(engine.pump(t0).unwrap(), 2);
+        engine.mailer.drain(100).unwrap();
+        assert!(emls(tmp.path()).is_empty(), "the reminder waits an hour");
+        let st = engine.contact("ann").unwrap().unwrap();
+        assert_eq!(st.enrollments.len(), 1);
+        // 30 minutes later nothing is due yet.
+        assert_eq!(engine.pump(t0 + 30 * MINUTE).unwrap(), 0);
+    }
+    // Restart: a new engine over the same directory picks the timer up from RocksDB.
+    let engine = Engine::open(&settings(tmp.path())).unwrap();
+    assert_eq!(engine.pump(t0 + HOUR + MINUTE).unwrap(), 1, "the 1h timer fires once");
+    assert_eq!(engine.mailer.drain(100).unwrap(), 1);
+    let mails = emls(tmp.path());
+    assert_eq!(mails.len(), 1);
+    assert!(mails[0].contains("To: ann@example.org"), "{}", mails[0]);
+    assert!(
+        mails[0].contains("Subject: You left Blue Kettle in your cart"),
+        "{}",
+        mails[0]
+    );
+    assert!(mails[0].contains("Hi Ann"), "{}", mails[0]);
+    // Draining again sends nothing twice.
+    assert_eq!(engine.mailer.drain(100).unwrap(), 0);
+    assert_eq!(engine.pump(t0 + 2 * HOUR).unwrap(), 0);
+}
+
+#[test]
+fn duplicates_are_dropped_and_malformed_events_dead_lettered_without_losing_the_rest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
+    let engine = Engine::open(&settings(tmp.path())).unwrap();
+    let r = engine
+        .ingest_values(
+            &[
+                json!({"type": "identify", "userId": "bob", "messageId": "i1", "traits": {"email": "bob@example.org"}}),
+                json!({"type": "track", "userId": "bob", "event": "Signed Up"}),
+                json!({"type": "track", "userId": "bob", "messageId": "n1", "event": "Newsletter Subscribed"}),
+                json!({"type": "track", "userId": "bob", "messageId": "n1", "event": "Newsletter Subscribed"}),
+                json!([1, 2]),
+            ],
+            None,
+            t0,
+        )
+        .unwrap();
+    assert_eq!(r.accepted, 2);
+    assert_eq!(r.duplicates, 1);
+    let reasons: Vec<_> = r.errors.iter().map(|e| (e.index, e.reason.as_str())).collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (1, "missing or empty `messageId`"),
+            (4, "an event must be a JSON object")
+        ]
+    );
+    // A later request repeating an old messageId is dropped too.
+    let again = engine
+        .ingest_values(
+            &[json!({"type": "track", "userId": "bob", "messageId": "n1", "event": "Newsletter Subscribed"})],
+            None,
+            t0 + 1,
+        )
+        .unwrap();
+    assert_eq!((again.accepted, again.duplicates), (0, 1));
+    engine.pump(t0).unwrap();
+    engine.mailer.drain(100).unwrap();
+    let mails = emls(tmp.path());
+    assert_eq!(mails.len(), 1, "one welcome, not two");
+    let dead = dripline::storage::tables::dead_letters(&engine.store).unwrap();
+    assert_eq!(dead.len(), 2);
+    assert_eq!(dead[0]["reason"], "missing or empty `messageId`");
+    let metrics = engine.metrics.render();
+    assert!(
+        metrics.contains("dripline_events_rejected_total{reason=\"missing_field\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("dripline_events_rejected_total{reason=\"duplicate\"} 2"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn timers_page_in_from_rocksdb_in_due_order_across_many_contacts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
+    let mut s = settings(tmp.path());
+    s.engine.partitions = 2;
+    s.policy.frequency_cap.enabled = false;
+    let engine = Engine::open(&s).unwrap();
+    // 6000 contacts add to cart, a chunk a minute: with win-back timers, 12000 timers, more
+    // than a page per partition.
+    let events: Vec<_> = (0..6000)
+        .flat_map(|i| {
+            [
+                json!({"type": "identify", "userId": format!("u{i}"), "messageId": format!("i{i}"), "traits": {"email": format!("u{i}@example.org")}}),
+                cart(&format!("u{i}"), &format!("c{i}")),
+            ]
+        })
+        .collect();
+    for (k, chunk) in events.chunks(1000).enumerate() {
+        engine.ingest_values(chunk, None, t0 + k as i64 * MINUTE).unwrap();
+    }
+    engine.pump(t0 + 6 * MINUTE).unwrap();
+    drop(engine);
+    let engine = Engine::open(&s).unwrap();
+    // 12 chunks of 500 contacts, received a minute apart: reminders fall due from t0+1h.
+    assert_eq!(
+        engine.pump(t0 + HOUR + 2 * MINUTE).unwrap(),
+        1500,
+        "reminders of the first three chunks"
+    );
+    assert_eq!(engine.pump(t0 + 2 * HOUR).unwrap(), 4500, "the other nine");
+    assert_eq!(engine.pump(t0 + 2 * HOUR).unwrap(), 0, "each timer fires once");
+    assert_eq!(engine.mailer.drain(10_000).unwrap(), 6000);
+    assert_eq!(dripline::storage::tables::sent_ids(&engine.store).unwrap().len(), 6000);
+}
