@@ -11,6 +11,7 @@ pub mod event;
 pub mod machine;
 pub mod runtime;
 pub mod sinks;
+pub mod sources;
 pub mod storage;
 pub mod time;
 pub mod value;

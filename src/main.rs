@@ -24,6 +24,17 @@ enum Command {
         /// Defaults to `workflows.dir` from the configuration.
         dir: Option<PathBuf>,
     },
+    /// Run the engine: HTTP ingest, partition processors, timers on the wall clock, the mailer.
+    /// SIGTERM stops intake, drains and commits.
+    Run,
+    /// Append an NDJSON file of Segment events to the embedded log (engine stopped; while it
+    /// runs, POST to /v1/batch instead). The next `run` processes them.
+    Ingest { file: PathBuf },
+    /// Show one contact's state as JSON (works while the engine runs).
+    Contact {
+        #[command(subcommand)]
+        action: ContactCmd,
+    },
     /// Run a sample clickstream through the workflows on a simulated clock and write the emails.
     Demo {
         #[arg(long, default_value = "examples/clickstream.ndjson")]
@@ -31,6 +42,11 @@ enum Command {
         #[arg(long, default_value = "out")]
         out: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum ContactCmd {
+    Show { id: String },
 }
 
 fn main() -> ExitCode {
@@ -65,6 +81,58 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         eprintln!("{e}");
                     }
                     eprintln!("{} error(s) in {}", errors.0.len(), dir.display());
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Run => {
+            let engine = std::sync::Arc::new(dripline::runtime::Engine::open(&settings)?);
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let handles = engine.run(settings.engine.workers, stop.clone());
+            eprintln!(
+                "dripline: {} workflows, {} partitions, listening on http://{}",
+                engine.reg.latest().len(),
+                engine.partitions.len(),
+                settings.http.listen
+            );
+            let served = actix_web::rt::System::new()
+                .block_on(dripline::sources::http::serve(engine.clone(), &settings.http.listen));
+            // Intake has stopped: let workers finish and commit, and the mailer drain.
+            stop.store(true, std::sync::atomic::Ordering::SeqCst);
+            for h in handles {
+                let _ = h.join();
+            }
+            served.context("http server")?;
+            eprintln!("dripline: stopped cleanly");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ingest { file } => {
+            let engine = dripline::runtime::Engine::open(&settings)?;
+            let r = dripline::sources::ndjson::ingest_file(&engine, &file, 1000)?;
+            println!(
+                "{}: {} appended, {} duplicates dropped, {} rejected",
+                file.display(),
+                r.accepted,
+                r.duplicates,
+                r.rejected.len()
+            );
+            for (line, reason) in &r.rejected {
+                println!("  line {line}: {reason}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Contact {
+            action: ContactCmd::Show { id },
+        } => {
+            let store = dripline::storage::Store::open_read_only(&settings.engine.data_dir)
+                .with_context(|| format!("opening {}", settings.engine.data_dir.display()))?;
+            match dripline::storage::tables::get_contact(&store, &id)? {
+                Some(st) => {
+                    println!("{}", serde_json::to_string_pretty(&st.to_json())?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("no contact `{id}`");
                     Ok(ExitCode::FAILURE)
                 }
             }

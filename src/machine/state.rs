@@ -160,6 +160,32 @@ impl ContactState {
         }
     }
 
+    /// A readable view for operators (`dripline contact show`).
+    pub fn to_json(&self) -> serde_json::Value {
+        use crate::time::format_rfc3339;
+        let traits: serde_json::Map<_, _> = self.traits.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+        serde_json::json!({
+            "traits": traits,
+            "tags": self.tags,
+            "lists": self.lists,
+            "unsubscribed": self.unsubscribed,
+            "unsubscribed_from": self.unsubscribed_from,
+            "suppressed": self.suppressed,
+            "last_activity": self.last_activity.map(format_rfc3339),
+            "enrollments": self.enrollments.iter().map(|e| serde_json::json!({
+                "id": e.id,
+                "workflow": &*e.workflow,
+                "version": e.version,
+                "step": e.step,
+                "entered_at": format_rfc3339(e.entered_at),
+                "waiting_until": e.timer.and_then(|t| self.timers.iter().find(|x| x.id == t)).map(|t| format_rfc3339(t.due)),
+                "sent": e.sends.iter().map(|s| s.id.to_string()).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+            "timers": self.timers.iter().map(|t| serde_json::json!({"id": t.id, "due": format_rfc3339(t.due), "purpose": format!("{:?}", t.purpose)})).collect::<Vec<_>>(),
+            "history": self.history.iter().map(|h| serde_json::json!({"workflow": &*h.workflow, "last_entered": format_rfc3339(h.last_entered), "count": h.count})).collect::<Vec<_>>(),
+        })
+    }
+
     pub fn is_idle(&self) -> bool {
         self.enrollments.is_empty() && self.timers.is_empty()
     }

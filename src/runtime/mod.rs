@@ -94,7 +94,7 @@ impl Engine {
             partitions,
             mailer,
             batch: e.batch,
-            dead_seq: AtomicU64::new(0),
+            dead_seq: AtomicU64::new(seed()),
         })
     }
 
@@ -147,6 +147,24 @@ impl Engine {
         }
         self.metrics.events_ingested.inc_by(report.accepted as u64);
         Ok(report)
+    }
+
+    /// Records a malformed input that never became an event.
+    pub fn dead_letter(&self, reason: &str, payload: &[u8]) {
+        let mut b = WriteBatch::default();
+        let seq = self.dead_seq.fetch_add(1, Ordering::Relaxed);
+        tables::put_dead_letter(
+            &self.store,
+            &mut b,
+            seq,
+            chrono::Utc::now().timestamp_millis(),
+            reason,
+            payload,
+        );
+        self.metrics.events_rejected.with_label_values(&["invalid_json"]).inc();
+        if let Err(e) = self.store.write(b, true) {
+            tracing::error!("cannot write dead letter: {e}");
+        }
     }
 
     /// Processes everything appended so far (and timers due by `wall`) on this thread.
@@ -223,6 +241,13 @@ impl Engine {
         }));
         handles
     }
+}
+
+/// Dead-letter keys are (time, sequence): seed the sequence so a restart never reuses a key.
+fn seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn reject_label(e: &crate::event::EventError) -> &'static str {

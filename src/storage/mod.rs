@@ -60,6 +60,13 @@ impl Store {
         })
     }
 
+    /// Opens for reading while a running engine holds the store (`contact show`).
+    pub fn open_read_only(dir: &Path) -> Result<Store> {
+        Ok(Store {
+            db: DB::open_cf_for_read_only(&Options::default(), dir, ALL, false)?,
+        })
+    }
+
     pub fn cf(&self, name: &str) -> &ColumnFamily {
         self.db.cf_handle(name).expect("column family created at open")
     }

@@ -1,0 +1,89 @@
+//! `POST /v1/track|identify|page|batch` (Segment shape), `GET /metrics`, `/healthz`, `/readyz`.
+//! A request is acknowledged only after its valid events are durably in the log; invalid events
+//! get HTTP 400 with the reason per event and go to the dead letters; nothing valid is lost.
+
+use crate::event::EventKind;
+use crate::runtime::Engine;
+use actix_web::{App, HttpResponse, HttpServer, web};
+use std::sync::Arc;
+
+type Data = web::Data<Arc<Engine>>;
+
+async fn ingest(engine: Data, body: web::Bytes, kind: Option<EventKind>, batch: bool) -> HttpResponse {
+    let values = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Object(mut o)) if batch => match o.remove("batch") {
+            Some(serde_json::Value::Array(items)) => items,
+            _ => return bad_request("`batch` must be an array of events"),
+        },
+        Ok(v) if !batch => vec![v],
+        Ok(_) => return bad_request("a batch must be an object with a `batch` array"),
+        Err(e) => {
+            engine.dead_letter(&format!("not valid JSON: {e}"), &body);
+            return bad_request(&format!("not valid JSON: {e}"));
+        }
+    };
+    let now = chrono::Utc::now().timestamp_millis();
+    let e = engine.clone();
+    match web::block(move || e.ingest_values(&values, kind, now)).await {
+        Ok(Ok(report)) if report.errors.is_empty() => HttpResponse::Ok().json(report),
+        Ok(Ok(report)) => HttpResponse::BadRequest().json(report),
+        Ok(Err(e)) => HttpResponse::ServiceUnavailable().json(serde_json::json!({"error": format!("{e:#}")})),
+        Err(e) => HttpResponse::InternalServerError().json(serde_json::json!({"error": e.to_string()})),
+    }
+}
+
+fn bad_request(reason: &str) -> HttpResponse {
+    HttpResponse::BadRequest()
+        .json(serde_json::json!({"accepted": 0, "duplicates": 0, "errors": [{"index": 0, "reason": reason}]}))
+}
+
+async fn track(e: Data, b: web::Bytes) -> HttpResponse {
+    ingest(e, b, Some(EventKind::Track), false).await
+}
+async fn identify(e: Data, b: web::Bytes) -> HttpResponse {
+    ingest(e, b, Some(EventKind::Identify), false).await
+}
+async fn page(e: Data, b: web::Bytes) -> HttpResponse {
+    ingest(e, b, Some(EventKind::Page), false).await
+}
+async fn batch(e: Data, b: web::Bytes) -> HttpResponse {
+    ingest(e, b, None, true).await
+}
+
+async fn metrics(e: Data) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(e.metrics.render())
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().body("ok")
+}
+
+/// Ready once the engine is open (workflows loaded, store and log open): it is constructed
+/// before the server starts, so reaching this handler means ready.
+async fn readyz() -> HttpResponse {
+    HttpResponse::Ok().body("ready")
+}
+
+/// Serves until SIGINT/SIGTERM (actix-web stops accepting, finishes in-flight requests).
+pub async fn serve(engine: Arc<Engine>, listen: &str) -> std::io::Result<()> {
+    let data = web::Data::new(engine);
+    HttpServer::new(move || {
+        App::new()
+            .app_data(data.clone())
+            .app_data(web::PayloadConfig::new(8 * 1024 * 1024))
+            .route("/v1/track", web::post().to(track))
+            .route("/v1/identify", web::post().to(identify))
+            .route("/v1/page", web::post().to(page))
+            .route("/v1/batch", web::post().to(batch))
+            .route("/metrics", web::get().to(metrics))
+            .route("/healthz", web::get().to(healthz))
+            .route("/readyz", web::get().to(readyz))
+    })
+    .workers(2)
+    .shutdown_timeout(10)
+    .bind(listen)?
+    .run()
+    .await
+}

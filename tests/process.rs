@@ -1,0 +1,310 @@
+//! A real `dripline run` process: HTTP ingest to `.eml`, a restart in the middle of a wait, and
+//! `kill -9` during ingest.
+
+use dripline::storage::{Store, tables};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+struct Engine {
+    child: Child,
+    port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(dir: &Path, workflows: &Path, port: u16) -> Engine {
+    let child = Command::new(env!("CARGO_BIN_EXE_dripline"))
+        .arg("run")
+        .env("DRIPLINE__WORKFLOWS__DIR", workflows)
+        .env("DRIPLINE__ENGINE__DATA_DIR", dir.join("data"))
+        .env("DRIPLINE__MAIL__OUTBOX_DIR", dir.join("mail"))
+        .env("DRIPLINE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("DRIPLINE__POLICY__QUIET_HOURS", "")
+        .stderr(std::fs::File::create(dir.join(format!("run-{port}.log"))).unwrap())
+        .spawn()
+        .unwrap();
+    let e = Engine { child, port };
+    wait_for(Duration::from_secs(20), || {
+        http(e.port, "GET", "/healthz", "").is_ok_and(|(s, _)| s == 200)
+    });
+    e
+}
+
+impl Engine {
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "graceful stop exits 0: {status}");
+    }
+    fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+/// A minimal HTTP/1.1 client: status and body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn emls(dir: &Path) -> Vec<(PathBuf, String)> {
+    std::fs::read_dir(dir.join("mail"))
+        .map(|d| {
+            d.filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .map(|p| {
+                    let s = std::fs::read_to_string(&p).unwrap();
+                    (p, s)
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn shipped() -> PathBuf {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/workflows").into()
+}
+
+#[test]
+fn http_ingest_produces_emails_and_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = start(tmp.path(), &shipped(), free_port());
+    for (i, who) in ["ann", "bob", "cat"].iter().enumerate() {
+        let (s, b) = http(e.port, "POST", "/v1/identify", &format!(r#"{{"userId":"{who}","messageId":"i{i}","traits":{{"email":"{who}@example.org","first_name":"{who}"}}}}"#)).unwrap();
+        assert_eq!(s, 200, "{b}");
+        let (s, b) = http(
+            e.port,
+            "POST",
+            "/v1/track",
+            &format!(r#"{{"userId":"{who}","messageId":"n{i}","event":"Newsletter Subscribed"}}"#),
+        )
+        .unwrap();
+        assert_eq!((s, b.as_str()), (200, r#"{"accepted":1,"duplicates":0,"errors":[]}"#));
+    }
+    let (s, b) = http(e.port, "POST", "/v1/batch", r#"{"batch":[{"type":"track","userId":"dan","event":"x"},{"type":"identify","userId":"dan","messageId":"d1","traits":{"email":"dan@example.org"}}]}"#).unwrap();
+    assert_eq!(s, 400);
+    assert!(
+        b.contains(r#""accepted":1"#) && b.contains("missing or empty `messageId`"),
+        "{b}"
+    );
+    wait_for(Duration::from_secs(10), || emls(tmp.path()).len() == 3);
+    let mails = emls(tmp.path());
+    let ann = mails.iter().find(|m| m.1.contains("To: ann@example.org")).unwrap();
+    assert!(ann.1.contains("Subject: Welcome, ann!"), "{}", ann.1);
+    let stem = ann.0.file_stem().unwrap().to_str().unwrap();
+    assert!(ann.1.contains(&format!("Message-ID: <{stem}@")), "{}", ann.1);
+    let (s, metrics) = http(e.port, "GET", "/metrics", "").unwrap();
+    assert_eq!(s, 200);
+    for needle in [
+        "dripline_events_ingested_total 7",
+        "dripline_events_rejected_total{reason=\"missing_field\"} 1",
+        "dripline_sends_total{result=\"accepted\",workflow=\"welcome_series\"} 3",
+        "dripline_processing_latency_seconds_count",
+        "dripline_rocksdb_write_seconds_count",
+    ] {
+        assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
+    }
+    assert_eq!(http(e.port, "GET", "/readyz", "").unwrap().0, 200);
+    e.stop();
+}
+
+#[test]
+fn a_restart_in_the_middle_of_a_wait_still_sends_on_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wf = tmp.path().join("wf");
+    std::fs::create_dir(&wf).unwrap();
+    std::fs::write(
+        wf.join("quick.yaml"),
+        "id: quick\ntriggers: [{ event: Ping }]\nsteps:\n  - id: pause\n    wait: 3s\n  - id: hello\n    send: { template: hello, kind: transactional }\ntemplates:\n  hello: { subject: Pong, text: pong }\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let e = start(tmp.path(), &wf, port);
+    http(
+        port,
+        "POST",
+        "/v1/identify",
+        r#"{"userId":"ann","messageId":"i","traits":{"email":"ann@example.org"}}"#,
+    )
+    .unwrap();
+    let sent_at = chrono::Utc::now().timestamp();
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            "/v1/track",
+            r#"{"userId":"ann","messageId":"p","event":"Ping"}"#
+        )
+        .unwrap()
+        .0,
+        200
+    );
+    std::thread::sleep(Duration::from_millis(700));
+    e.stop();
+    assert!(emls(tmp.path()).is_empty(), "still waiting when stopped");
+    let e = start(tmp.path(), &wf, port);
+    wait_for(Duration::from_secs(10), || emls(tmp.path()).len() == 1);
+    let mail = &emls(tmp.path())[0].1;
+    let date = mail.lines().find_map(|l| l.strip_prefix("Date: ")).unwrap();
+    let date = chrono::DateTime::parse_from_rfc2822(date).unwrap().timestamp();
+    assert!(
+        (sent_at + 2..=sent_at + 5).contains(&date),
+        "decided at {date}, ping at {sent_at}"
+    );
+    e.stop();
+}
+
+/// Batches of `Ebook Downloaded` events: each one adds 10 to the contact's score (lead_scoring),
+/// and crossing 50 sends exactly one MQL alert (mql_handoff). After `kill -9` mid-ingest the
+/// client resends every batch it did not see acknowledged; the final scores must count every
+/// event exactly once, and no alert may exist twice.
+#[test]
+fn kill_9_during_ingest_loses_nothing_acknowledged_and_sends_nothing_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    const CONTACTS: usize = 40;
+    const BATCHES: usize = 120;
+    const PER_BATCH: usize = 20;
+    let batch = |b: usize| {
+        let events: Vec<String> = (0..PER_BATCH)
+            .map(|i| {
+                let c = (b * 7 + i) % CONTACTS;
+                format!(r#"{{"type":"track","userId":"c{c}","messageId":"b{b}-{i}","event":"Ebook Downloaded"}}"#)
+            })
+            .collect();
+        format!(r#"{{"batch":[{}]}}"#, events.join(","))
+    };
+    let e = start(tmp.path(), &shipped(), port);
+    let ids: Vec<String> = (0..CONTACTS)
+        .map(|c| {
+            format!(
+                r#"{{"type":"identify","userId":"c{c}","messageId":"id{c}","traits":{{"email":"c{c}@example.org"}}}}"#
+            )
+        })
+        .collect();
+    assert_eq!(
+        http(
+            port,
+            "POST",
+            "/v1/batch",
+            &format!(r#"{{"batch":[{}]}}"#, ids.join(","))
+        )
+        .unwrap()
+        .0,
+        200
+    );
+    // The kill comes from another thread once 40 batches are acknowledged, while the client
+    // keeps posting: some requests are in flight when the process dies.
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let killer = {
+        let pid = e.child.id();
+        let count = count.clone();
+        std::thread::spawn(move || {
+            while count.load(std::sync::atomic::Ordering::SeqCst) < 40 {
+                std::thread::yield_now();
+            }
+            Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
+        })
+    };
+    let mut acked = vec![false; BATCHES];
+    for (b, ok) in acked.iter_mut().enumerate() {
+        *ok = http(port, "POST", "/v1/batch", &batch(b)).is_ok_and(|(s, _)| s == 200);
+        if *ok {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    killer.join().unwrap();
+    let first_run = acked.iter().filter(|a| **a).count();
+    assert!(
+        first_run > 0 && first_run < BATCHES,
+        "the kill landed mid-ingest ({first_run} of {BATCHES} acknowledged)"
+    );
+    e.kill9();
+
+    // Restart and resend what was not acknowledged (at-least-once client).
+    let e = start(tmp.path(), &shipped(), port);
+    for (b, ok) in acked.iter().enumerate() {
+        if !ok {
+            let (s, body) = http(port, "POST", "/v1/batch", &batch(b)).unwrap();
+            assert_eq!(s, 200, "{body}");
+        }
+    }
+    let mut expected = vec![0i64; CONTACTS];
+    for b in 0..BATCHES {
+        for i in 0..PER_BATCH {
+            expected[(b * 7 + i) % CONTACTS] += 10;
+        }
+    }
+    let data = tmp.path().join("data");
+    wait_for(Duration::from_secs(30), || {
+        let Ok(store) = Store::open_read_only(&data) else {
+            return false;
+        };
+        (0..CONTACTS).all(|c| {
+            tables::get_contact(&store, &format!("c{c}"))
+                .ok()
+                .flatten()
+                .and_then(|st| st.traits.get("score").and_then(|v| v.as_f64()))
+                .is_some_and(|s| s as i64 == expected[c])
+        })
+    });
+    wait_for(Duration::from_secs(10), || {
+        let Ok(store) = Store::open_read_only(&data) else {
+            return false;
+        };
+        tables::outbox_page(&store, 1).is_ok_and(|p| p.is_empty())
+    });
+    e.stop();
+    let store = Store::open_read_only(&data).unwrap();
+    for c in 0..CONTACTS {
+        let st = tables::get_contact(&store, &format!("c{c}")).unwrap().unwrap();
+        assert_eq!(
+            st.traits["score"].as_f64().unwrap() as i64,
+            expected[c],
+            "c{c} processed exactly once per event"
+        );
+    }
+    let mails = emls(tmp.path());
+    let alerts = mails.iter().filter(|m| m.1.contains("Subject: New MQL")).count();
+    assert_eq!(alerts, CONTACTS, "one MQL alert per contact, none twice");
+    assert_eq!(
+        mails.len(),
+        tables::sent_ids(&store).unwrap().len(),
+        "every ledger entry is one file"
+    );
+}
