@@ -241,7 +241,7 @@ fn kill_9_during_ingest_loses_nothing_acknowledged_and_sends_nothing_twice() {
             Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap();
         })
     };
-    let mut acked = vec![false; BATCHES];
+    let mut acked = [false; BATCHES];
     for (b, ok) in acked.iter_mut().enumerate() {
         *ok = http(port, "POST", "/v1/batch", &batch(b)).is_ok_and(|(s, _)| s == 200);
         if *ok {
@@ -291,11 +291,11 @@ fn kill_9_during_ingest_loses_nothing_acknowledged_and_sends_nothing_twice() {
     });
     e.stop();
     let store = Store::open_read_only(&data).unwrap();
-    for c in 0..CONTACTS {
+    for (c, want) in expected.iter().enumerate() {
         let st = tables::get_contact(&store, &format!("c{c}")).unwrap().unwrap();
         assert_eq!(
             st.traits["score"].as_f64().unwrap() as i64,
-            expected[c],
+            *want,
             "c{c} processed exactly once per event"
         );
     }
