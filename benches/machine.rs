@@ -7,11 +7,13 @@
 //! contact. A second run with every event from a uniformly random contact (no locality at all)
 //! shows the memory-bound worst case.
 
+mod common;
+
+use common::{Rng, Visitors, event, props};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dripline::event::Event;
 use dripline::machine::{ContactState, Effect, Input, handle};
 use dripline::time::{Ts, parse_rfc3339};
-use dripline::value::{Map, Value};
 use dripline::workflow::{FrequencyCap, Policy, Registry};
 use rustc_hash::FxHashMap;
 use std::cmp::Reverse;
@@ -19,81 +21,10 @@ use std::collections::BinaryHeap;
 use std::time::{Duration, Instant};
 
 const CONTACTS: usize = 100_000;
-const CONCURRENT_SESSIONS: usize = 256;
 const PREBUILT: usize = 1 << 20;
 /// Simulated time between two inputs: 1M inputs span about 3 days, so waits of hours and days
 /// come due and fire during the run.
 const STEP_MS: i64 = 250;
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
-
-fn props(pairs: &[(&str, Value)]) -> Map {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
-}
-
-fn event(rng: &mut Rng, contact: &str, i: usize) -> Event {
-    let id = format!("m{i}");
-    let roll = rng.below(100);
-    let track = |name: &str, p: Map| Event::track(contact, &id, name, p);
-    match roll {
-        0..=44 => {
-            let path = ["/", "/blog", "/pricing", "/features", "/blog/automation-101"][rng.below(5) as usize];
-            let mut p = props(&[("path", path.into())]);
-            if path.contains("automation") {
-                p.insert("topic".into(), "automation".into());
-            }
-            Event::page(contact, &id, p)
-        }
-        45..=59 => track(
-            "Product Viewed",
-            props(&[("sku", "SKU-1".into()), ("price", Value::Int(39))]),
-        ),
-        60..=69 => track(
-            "Product Added",
-            props(&[("name", "Blue Kettle".into()), ("price", Value::Int(39))]),
-        ),
-        70..=72 => track("Checkout Started", Map::new()),
-        73..=76 => track(
-            "Order Completed",
-            props(&[
-                ("order_id", "o1".into()),
-                ("category", "consumables".into()),
-                ("total", Value::Int(39)),
-            ]),
-        ),
-        77..=84 => Event::identify(
-            contact,
-            &id,
-            props(&[
-                ("lifecycle_stage", ["lead", "customer"][rng.below(2) as usize].into()),
-                ("nps_score", Value::Int(rng.below(11) as i64)),
-            ]),
-        ),
-        85..=89 => track(
-            "Email Opened",
-            props(&[("message_id", "0000000000000000000000000000abcd".into())]),
-        ),
-        90..=91 => track(
-            "Email Clicked",
-            props(&[("message_id", "0000000000000000000000000000abcd".into())]),
-        ),
-        92..=96 => track("Feature Used", props(&[("feature", "reports".into())])),
-        97 => track("Signed Up", Map::new()),
-        98 => track("Newsletter Subscribed", Map::new()),
-        _ => track("Ebook Downloaded", Map::new()),
-    }
-}
 
 struct World {
     reg: Registry,
@@ -122,20 +53,10 @@ impl World {
         let reg = Registry::load_dir(dir.as_ref(), &[], policy).expect("shipped workflows load");
         let ids: Vec<String> = (0..CONTACTS).map(|i| format!("contact-{i}")).collect();
         let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-        let mut sessions: Vec<usize> = (0..CONCURRENT_SESSIONS)
-            .map(|_| rng.below(CONTACTS as u64) as usize)
-            .collect();
+        let mut visitors = Visitors::new(&mut rng, CONTACTS, sessions_on);
         let inputs = (0..PREBUILT)
             .map(|i| {
-                let c = if sessions_on {
-                    let s = rng.below(CONCURRENT_SESSIONS as u64) as usize;
-                    if rng.below(8) == 0 {
-                        sessions[s] = rng.below(CONTACTS as u64) as usize;
-                    }
-                    sessions[s]
-                } else {
-                    rng.below(CONTACTS as u64) as usize
-                };
+                let c = visitors.next(&mut rng);
                 (c, Input::Event(event(&mut rng, &ids[c], i)))
             })
             .collect();

@@ -5,12 +5,12 @@
 //! input changes is staged in one `WriteBatch` with the consumed position and committed together.
 
 use super::metrics::Metrics;
-use crate::machine::{ContactState, Effect, Input, handle};
+use crate::machine::{ContactState, Effect, Input, Metric, handle};
 use crate::storage::tables::{self, OutboxEntry};
 use crate::storage::timers::{TimerKey, TimerQueue};
 use crate::storage::{Result, Store, log};
 use crate::time::Ts;
-use crate::workflow::{Registry, template_context};
+use crate::workflow::{Registry, StepIdx, template_context};
 use rocksdb::WriteBatch;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
@@ -25,8 +25,8 @@ pub struct Partition {
     cache: FxHashMap<String, ContactState>,
     dirty: FxHashSet<String>,
     cache_cap: usize,
-    counters: FxHashMap<Vec<u8>, i64>,
-    dirty_counters: FxHashSet<Vec<u8>>,
+    /// Step-counter deltas since the last commit, added to the stored values at commit.
+    counter_deltas: FxHashMap<(Arc<str>, u32, StepIdx, Metric), i64>,
     position: Option<u64>,
     last_time: Ts,
     batch: WriteBatch,
@@ -52,8 +52,7 @@ impl Partition {
             cache: FxHashMap::default(),
             dirty: FxHashSet::default(),
             cache_cap,
-            counters: FxHashMap::default(),
-            dirty_counters: FxHashSet::default(),
+            counter_deltas: FxHashMap::default(),
             position,
             last_time: Ts::MIN,
             batch: WriteBatch::default(),
@@ -119,9 +118,10 @@ impl Partition {
         Ok(n)
     }
 
+    /// The contact's state, taken out of the cache (its slot is refilled after handling).
     fn load(&mut self, contact: &str) -> Result<ContactState> {
-        if let Some(st) = self.cache.remove(contact) {
-            return Ok(st);
+        if let Some(st) = self.cache.get_mut(contact) {
+            return Ok(std::mem::take(st));
         }
         Ok(tables::get_contact(&self.store, contact)?.unwrap_or_default())
     }
@@ -191,23 +191,23 @@ impl Partition {
                     self.metrics.webhooks_decided.with_label_values(&[&w.workflow]).inc();
                 }
                 Effect::Count(c) => {
-                    let Some(wf) = self.reg.get(&c.workflow, c.version) else {
-                        continue;
-                    };
-                    let key =
-                        tables::counter_key(self.id, &c.workflow, c.version, &wf.steps[c.step as usize].id, c.metric);
-                    let v = match self.counters.get(&key) {
-                        Some(v) => *v,
-                        None => tables::get_counter(&self.store, &key)?,
-                    };
-                    self.counters.insert(key.clone(), v + c.delta);
-                    self.dirty_counters.insert(key);
+                    *self
+                        .counter_deltas
+                        .entry((c.workflow, c.version, c.step, c.metric))
+                        .or_insert(0) += c.delta;
                 }
             }
         }
         self.fx = fx;
-        self.dirty.insert(contact.to_owned());
-        self.cache.insert(contact.to_owned(), st);
+        if !self.dirty.contains(contact) {
+            self.dirty.insert(contact.to_owned());
+        }
+        match self.cache.get_mut(contact) {
+            Some(slot) => *slot = st,
+            None => {
+                self.cache.insert(contact.to_owned(), st);
+            }
+        }
         self.metrics.inputs_processed.inc();
         Ok(())
     }
@@ -219,8 +219,13 @@ impl Partition {
                 tables::put_contact(&self.store, &mut self.batch, &id, st);
             }
         }
-        for key in self.dirty_counters.drain() {
-            tables::put_counter(&self.store, &mut self.batch, &key, self.counters[&key]);
+        for ((workflow, version, step, metric), delta) in self.counter_deltas.drain() {
+            let Some(wf) = self.reg.get(&workflow, version) else {
+                continue;
+            };
+            let key = tables::counter_key(self.id, &workflow, version, &wf.steps[step as usize].id, metric);
+            let value = tables::get_counter(&self.store, &key)? + delta;
+            tables::put_counter(&self.store, &mut self.batch, &key, value);
         }
         if let Some(p) = self.position {
             tables::put_position(&self.store, &mut self.batch, self.id, p);
@@ -232,9 +237,6 @@ impl Partition {
         }
         if self.cache.len() > self.cache_cap {
             self.cache.clear();
-        }
-        if self.counters.len() > 100_000 {
-            self.counters.clear();
         }
         self.metrics
             .contacts_cached

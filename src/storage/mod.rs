@@ -54,7 +54,23 @@ impl Store {
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.increase_parallelism(2);
-        let cfs = ALL.iter().map(|n| ColumnFamilyDescriptor::new(*n, Options::default()));
+        opts.set_write_buffer_size(128 << 20);
+        opts.set_max_write_buffer_number(4);
+        // Point lookups (dedup, contacts, sent ledger, counters) mostly miss or hit one key:
+        // bloom filters keep misses off the SST files.
+        let point = || {
+            let mut o = Options::default();
+            let mut t = rocksdb::BlockBasedOptions::default();
+            t.set_bloom_filter(10.0, false);
+            t.set_cache_index_and_filter_blocks(true);
+            o.set_block_based_table_factory(&t);
+            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            o
+        };
+        let cfs = ALL.iter().map(|n| match *n {
+            CF_DEDUP | CF_CONTACTS | CF_SENT | CF_COUNTERS => ColumnFamilyDescriptor::new(*n, point()),
+            _ => ColumnFamilyDescriptor::new(*n, Options::default()),
+        });
         Ok(Store {
             db: DB::open_cf_descriptors(&opts, dir, cfs)?,
         })
