@@ -21,12 +21,16 @@ pub struct Partition {
     reg: Arc<Registry>,
     metrics: Arc<Metrics>,
     timers: TimerQueue,
-    /// Active contacts; bounded by `cache_cap` (cleared after a commit when over it).
-    cache: FxHashMap<String, ContactState>,
+    /// Active contacts, least recently used evicted first. A dirty contact pushed out before
+    /// the commit is written into the open batch, so eviction never loses a change.
+    cache: lru::LruCache<String, ContactState>,
     dirty: FxHashSet<String>,
-    cache_cap: usize,
+    /// Dirty contacts evicted before the commit: not in RocksDB yet, so `load` looks here first.
+    spilled: FxHashMap<String, ContactState>,
     /// Step-counter deltas since the last commit, added to the stored values at commit.
     counter_deltas: FxHashMap<(Arc<str>, u32, StepIdx, Metric), i64>,
+    /// Stored counter values already read: each is read from RocksDB once.
+    counter_values: FxHashMap<Vec<u8>, i64>,
     position: Option<u64>,
     last_time: Ts,
     batch: WriteBatch,
@@ -49,10 +53,11 @@ impl Partition {
             store,
             reg,
             metrics,
-            cache: FxHashMap::default(),
+            cache: lru::LruCache::new(std::num::NonZeroUsize::new(cache_cap.max(1)).expect("non-zero")),
             dirty: FxHashSet::default(),
-            cache_cap,
+            spilled: FxHashMap::default(),
             counter_deltas: FxHashMap::default(),
+            counter_values: FxHashMap::default(),
             position,
             last_time: Ts::MIN,
             batch: WriteBatch::default(),
@@ -122,6 +127,9 @@ impl Partition {
     fn load(&mut self, contact: &str) -> Result<ContactState> {
         if let Some(st) = self.cache.get_mut(contact) {
             return Ok(std::mem::take(st));
+        }
+        if let Some(st) = self.spilled.remove(contact) {
+            return Ok(st);
         }
         Ok(tables::get_contact(&self.store, contact)?.unwrap_or_default())
     }
@@ -205,7 +213,11 @@ impl Partition {
         match self.cache.get_mut(contact) {
             Some(slot) => *slot = st,
             None => {
-                self.cache.insert(contact.to_owned(), st);
+                if let Some((evicted, old)) = self.cache.push(contact.to_owned(), st) {
+                    if self.dirty.remove(&evicted) {
+                        self.spilled.insert(evicted, old);
+                    }
+                }
             }
         }
         self.metrics.inputs_processed.inc();
@@ -215,17 +227,24 @@ impl Partition {
     /// Writes everything staged, with the consumed position, as one batch.
     pub fn commit(&mut self) -> Result<()> {
         for id in self.dirty.drain() {
-            if let Some(st) = self.cache.get(&id) {
+            if let Some(st) = self.cache.peek(&id) {
                 tables::put_contact(&self.store, &mut self.batch, &id, st);
             }
+        }
+        for (id, st) in self.spilled.drain() {
+            tables::put_contact(&self.store, &mut self.batch, &id, &st);
         }
         for ((workflow, version, step, metric), delta) in self.counter_deltas.drain() {
             let Some(wf) = self.reg.get(&workflow, version) else {
                 continue;
             };
             let key = tables::counter_key(self.id, &workflow, version, &wf.steps[step as usize].id, metric);
-            let value = tables::get_counter(&self.store, &key)? + delta;
-            tables::put_counter(&self.store, &mut self.batch, &key, value);
+            let stored = match self.counter_values.get(&key) {
+                Some(v) => *v,
+                None => tables::get_counter(&self.store, &key)?,
+            };
+            tables::put_counter(&self.store, &mut self.batch, &key, stored + delta);
+            self.counter_values.insert(key, stored + delta);
         }
         if let Some(p) = self.position {
             tables::put_position(&self.store, &mut self.batch, self.id, p);
@@ -235,9 +254,7 @@ impl Partition {
             self.store.write(std::mem::take(&mut self.batch), false)?;
             self.metrics.rocksdb_write.observe(started.elapsed().as_secs_f64());
         }
-        if self.cache.len() > self.cache_cap {
-            self.cache.clear();
-        }
+
         self.metrics
             .contacts_cached
             .with_label_values(&[&self.id.to_string()])

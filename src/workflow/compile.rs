@@ -96,7 +96,7 @@ pub(crate) fn compile_cond_in_scope(
 }
 
 fn cond(cx: &mut Cx, path: &str, raw: &RawCondition, usage: CondUse) -> Cond {
-    let subjects: Vec<&str> = [
+    let subjects = present(&[
         ("all", raw.all.is_some()),
         ("any", raw.any.is_some()),
         ("not", raw.not.is_some()),
@@ -107,10 +107,7 @@ fn cond(cx: &mut Cx, path: &str, raw: &RawCondition, usage: CondUse) -> Cond {
         ("in_list", raw.in_list.is_some()),
         ("opened", raw.opened.is_some()),
         ("clicked", raw.clicked.is_some()),
-    ]
-    .into_iter()
-    .filter_map(|(n, present)| present.then_some(n))
-    .collect();
+    ]);
     if subjects.len() != 1 {
         cx.err(
             path,
@@ -245,20 +242,23 @@ fn counter_key(event: &str, filter: &[Cond]) -> u64 {
 }
 
 fn op_count(raw: &RawCondition) -> usize {
-    [
-        raw.eq.is_some(),
-        raw.ne.is_some(),
-        raw.one_of.is_some(),
-        raw.gt.is_some(),
-        raw.gte.is_some(),
-        raw.lt.is_some(),
-        raw.lte.is_some(),
-        raw.exists.is_some(),
-        raw.contains.is_some(),
-    ]
-    .into_iter()
-    .filter(|b| *b)
-    .count()
+    present(&[
+        ("eq", raw.eq.is_some()),
+        ("ne", raw.ne.is_some()),
+        ("in", raw.one_of.is_some()),
+        ("gt", raw.gt.is_some()),
+        ("gte", raw.gte.is_some()),
+        ("lt", raw.lt.is_some()),
+        ("lte", raw.lte.is_some()),
+        ("exists", raw.exists.is_some()),
+        ("contains", raw.contains.is_some()),
+    ])
+    .len()
+}
+
+/// The names of the keys that are present: each part of the format takes exactly one of a set.
+fn present<'a>(keys: &[(&'a str, bool)]) -> Vec<&'a str> {
+    keys.iter().filter_map(|(name, here)| here.then_some(*name)).collect()
 }
 
 fn op(cx: &mut Cx, path: &str, raw: &RawCondition) -> Op {
@@ -420,18 +420,16 @@ pub fn compile_workflow(
 }
 
 fn trigger(cx: &mut Cx, path: &str, t: &RawTrigger) -> Trigger {
-    let kinds = [
-        t.event.is_some(),
-        t.becomes.is_some(),
-        t.trait_changed.is_some(),
-        t.inactive_for.is_some(),
-        t.date.is_some(),
-        t.list.is_some(),
-        t.api,
-    ]
-    .into_iter()
-    .filter(|b| *b)
-    .count();
+    let kinds = present(&[
+        ("event", t.event.is_some()),
+        ("becomes", t.becomes.is_some()),
+        ("trait_changed", t.trait_changed.is_some()),
+        ("inactive_for", t.inactive_for.is_some()),
+        ("date", t.date.is_some()),
+        ("list", t.list.is_some()),
+        ("api", t.api),
+    ])
+    .len();
     if kinds != 1 {
         cx.err(
             path,
@@ -501,7 +499,7 @@ fn step_kind(cx: &mut Cx, path: &str, s: &RawStep, wf: &RawWorkflow, next: Next)
         || s.remove_from_list.is_some()
         || s.lifecycle_stage.is_some()
         || s.add_score.is_some();
-    let kinds: Vec<&str> = [
+    let kinds = present(&[
         ("send", s.send.is_some()),
         ("wait", s.wait.is_some()),
         ("wait_until", s.wait_until.is_some()),
@@ -514,10 +512,7 @@ fn step_kind(cx: &mut Cx, path: &str, s: &RawStep, wf: &RawWorkflow, next: Next)
             "an update (set, unset, tag, untag, add_to_list, remove_from_list, lifecycle_stage, add_score)",
             is_update,
         ),
-    ]
-    .into_iter()
-    .filter_map(|(n, p)| p.then_some(n))
-    .collect();
+    ]);
     if kinds.len() != 1 {
         cx.err(
             path,
