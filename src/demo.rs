@@ -1,17 +1,16 @@
-//! `dripline demo`: a recorded clickstream through the shipped workflows on a simulated clock,
-//! every decided email written as an `.eml` file. Malformed lines go to a dead-letter file
-//! with their reason; a repeated `messageId` is dropped.
+//! `dripline demo`: a recorded clickstream through the shipped workflows on the real runtime —
+//! embedded log, RocksDB state, durable timers, outbox, `.eml` transport — driven by a simulated
+//! clock: each event's recorded timestamp is its receive time, and timers fire as that clock
+//! moves on for 45 days after the last event. Malformed lines go to the dead letters with their
+//! reason; a repeated `messageId` is dropped.
 
 use crate::config::Settings;
-use crate::event::Event;
-use crate::machine::Input;
-use crate::machine::sim::Sim;
-use crate::time::{DAY, Ts};
-use crate::workflow::Registry;
-use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, Write};
+use crate::runtime::Engine;
+use crate::storage::tables;
+use crate::time::{DAY, Ts, parse_rfc3339};
+use std::collections::BTreeMap;
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 pub struct DemoReport {
     pub events: usize,
@@ -32,79 +31,64 @@ pub struct DemoMail {
 /// Simulated time after the last event, so that waits of weeks play out.
 pub const TAIL: i64 = 45 * DAY;
 
-pub fn run(settings: &Settings, registry: Registry, events: &Path, out: &Path) -> anyhow::Result<DemoReport> {
+/// Runs the demo into `out` (a fresh `out/data` store, emails in `out/mail`).
+pub fn run(settings: &Settings, events: &Path, out: &Path) -> anyhow::Result<DemoReport> {
     use anyhow::Context;
+    let mut s = settings.clone();
+    s.engine.data_dir = out.join("data");
+    s.mail.outbox_dir = out.join("mail");
+    for dir in [&s.engine.data_dir, &s.mail.outbox_dir] {
+        if dir.exists() {
+            std::fs::remove_dir_all(dir).with_context(|| format!("clearing {}", dir.display()))?;
+        }
+    }
+    let engine = Engine::open(&s)?;
     let reader =
         std::io::BufReader::new(std::fs::File::open(events).with_context(|| format!("opening {}", events.display()))?);
-    let mut sim: Option<Sim> = None;
-    let registry = Arc::new(registry);
-    let mut seen = HashSet::new();
     let (mut count, mut duplicates, mut dead) = (0, 0, vec![]);
-    let mut last = 0;
+    let mut last = Ts::MIN;
     for (i, line) in reader.lines().enumerate() {
         let line = line?;
         if line.trim().is_empty() {
             continue;
         }
-        let ev = match Event::parse(line.as_bytes()) {
-            Ok(ev) => ev,
+        let value: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
             Err(e) => {
-                dead.push((i + 1, e.to_string()));
+                let reason = format!("not valid JSON: {e}");
+                engine.dead_letter(&reason, line.as_bytes());
+                dead.push((i + 1, reason));
                 continue;
             }
         };
-        if !seen.insert(ev.message_id.clone()) {
-            duplicates += 1;
-            continue;
-        }
         // The recorded timestamp plays the role of the receive time, kept monotonic.
-        let at = ev.timestamp.unwrap_or(last).max(last);
-        last = at;
-        let sim = sim.get_or_insert_with(|| Sim::new(registry.clone(), at));
-        let contact = ev.user_id.clone();
-        sim.input(at, &contact, Input::Event(ev));
-        count += 1;
+        let stamped = value.get("timestamp").and_then(|t| t.as_str()).and_then(parse_rfc3339);
+        last = stamped.unwrap_or(last).max(last);
+        let r = engine.ingest_values(std::slice::from_ref(&value), None, last)?;
+        count += r.accepted;
+        duplicates += r.duplicates;
+        dead.extend(r.errors.into_iter().map(|e| (i + 1, e.reason)));
     }
-    std::fs::create_dir_all(out)?;
-    let mut dl = std::fs::File::create(out.join("dead-letters.ndjson"))?;
-    for (line, reason) in &dead {
-        writeln!(dl, "{}", serde_json::json!({"line": line, "reason": reason}))?;
+    if count > 0 {
+        // Everything in log order, each timer at its due time, up to the end of the tail.
+        engine.pump(last + TAIL)?;
     }
-    let Some(mut sim) = sim else {
-        return Ok(DemoReport {
-            events: 0,
-            duplicates,
-            dead_letters: dead,
-            mails: vec![],
-            per_workflow: BTreeMap::new(),
-        });
-    };
-    sim.advance_to(last + TAIL);
-    let from: lettre::message::Mailbox = settings.mail.from.parse()?;
-    let mail_dir = out.join("mail");
-    let mut mails = vec![];
+    let pending = tables::outbox_page(&engine.store, usize::MAX)?;
+    let mut mails: Vec<DemoMail> = pending
+        .iter()
+        .map(|(id, e)| DemoMail {
+            at: e.decided_at,
+            to: e.to.clone(),
+            workflow: e.workflow.clone(),
+            subject: e.subject.clone(),
+            file: s.mail.outbox_dir.join(format!("{id}.eml")),
+        })
+        .collect();
+    mails.sort_by(|a, b| (a.at, &a.to, &a.workflow).cmp(&(b.at, &b.to, &b.workflow)));
+    while engine.mailer.drain(1024)? > 0 {}
     let mut per_workflow = BTreeMap::new();
-    for m in &sim.sent {
-        let rendered = sim.render(m);
-        let date = std::time::UNIX_EPOCH + std::time::Duration::from_millis(m.at.max(0) as u64);
-        let mail = crate::sinks::eml::Mail {
-            id: m.cmd.id,
-            to: &m.cmd.to,
-            rendered: &rendered,
-            workflow: &m.cmd.workflow,
-            version: m.cmd.version,
-            kind: m.cmd.kind,
-        };
-        let msg = crate::sinks::eml::build(&mail, &from, &settings.mail.message_id_domain, date)?;
-        let file = crate::sinks::eml::write(&mail_dir, m.cmd.id, &msg)?;
-        *per_workflow.entry(m.cmd.workflow.to_string()).or_insert(0) += 1;
-        mails.push(DemoMail {
-            at: m.at,
-            to: m.cmd.to.clone(),
-            workflow: m.cmd.workflow.to_string(),
-            subject: rendered.subject,
-            file,
-        });
+    for m in &mails {
+        *per_workflow.entry(m.workflow.clone()).or_insert(0) += 1;
     }
     Ok(DemoReport {
         events: count,

@@ -138,21 +138,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Demo { events, out } => {
-            let reg = Registry::load_dir(&settings.workflows.dir, &[], settings.policy()?)
-                .map_err(|e| anyhow::anyhow!("invalid workflows:\n{e}"))?;
-            let report = dripline::demo::run(&settings, reg, &events, &out).context("demo")?;
+            let report = dripline::demo::run(&settings, &events, &out).context("demo")?;
             println!(
-                "Ingested {} events from {} ({} duplicate messageIds dropped, {} malformed to {}/dead-letters.ndjson)",
+                "Ingested {} events from {} ({} duplicate messageIds dropped, {} malformed to the dead letters)",
                 report.events,
                 events.display(),
                 report.duplicates,
                 report.dead_letters.len(),
-                out.display()
             );
             for (line, reason) in &report.dead_letters {
                 println!("  dead letter: line {line}: {reason}");
             }
-            println!("\n{} emails decided on a simulated clock:\n", report.mails.len());
+            println!(
+                "\n{} emails decided (embedded log → RocksDB state → durable timers → outbox, on a simulated clock):\n",
+                report.mails.len()
+            );
             println!("{:<20}  {:<28}  {:<22}  subject", "when (UTC)", "to", "workflow");
             for m in &report.mails {
                 println!(

@@ -112,6 +112,8 @@ fn demo_writes_one_eml_per_email_with_deterministic_message_ids() {
         v
     };
     assert_eq!(names(out_dir.path()), names(again.path()));
-    let dead = std::fs::read_to_string(out_dir.path().join("dead-letters.ndjson")).unwrap();
-    assert!(dead.contains("missing or empty `messageId`"), "{dead}");
+    let store = dripline::storage::Store::open_read_only(&out_dir.path().join("data")).unwrap();
+    let dead = dripline::storage::tables::dead_letters(&store).unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0]["reason"], "missing or empty `messageId`");
 }

@@ -219,3 +219,31 @@ fn engine_states_equal_the_pure_simulation_even_with_a_tiny_cache() {
     engine.mailer.drain(100_000).unwrap();
     assert_eq!(emls(tmp.path()).len(), sim.sent.len());
 }
+
+/// One `pump(wall)` processes the log and then every timer due by `wall`, including timers due
+/// after the last record.
+#[test]
+fn a_single_pump_fires_timers_due_after_the_last_record() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
+    let engine = Engine::open(&settings(tmp.path())).unwrap();
+    engine
+        .ingest_values(
+            &[
+                json!({"type": "identify", "userId": "ann", "messageId": "i1", "traits": {"email": "ann@example.org"}}),
+                cart("ann", "c1"),
+            ],
+            None,
+            t0,
+        )
+        .unwrap();
+    engine.pump(t0 + 2 * HOUR).unwrap();
+    let outbox = dripline::storage::tables::outbox_page(&engine.store, 10).unwrap();
+    assert_eq!(outbox.len(), 1);
+    assert_eq!(outbox[0].1.subject, "You left Blue Kettle in your cart");
+    assert_eq!(
+        outbox[0].1.decided_at,
+        t0 + HOUR,
+        "decided at the timer's due time, not the pump's"
+    );
+}

@@ -71,12 +71,13 @@ impl Partition {
         self.position.map_or(0, |p| p + 1)
     }
 
-    /// Processes up to `max` log records (and the timers due before each). When there were no
-    /// records, fires the timers due by `wall`. Commits once. Returns the inputs handled.
+    /// Processes up to `max` log records (and the timers due before each). Once the log is
+    /// drained, fires the timers due by `wall`. Commits once. Returns the inputs handled.
     pub fn poll(&mut self, wall: Ts, max: usize) -> Result<usize> {
         let records = log::read(&self.store, self.id, self.next_offset(), max)?;
         let mut n = 0;
-        let had_records = !records.is_empty();
+        // Fewer records than asked for: the log is drained, so timers may run up to `wall`.
+        let drained = records.len() < max;
         for r in records {
             let t = r.received.max(self.last_time);
             n += self.fire_until(t, None)?;
@@ -89,7 +90,7 @@ impl Partition {
             self.position = Some(r.offset);
             n += 1;
         }
-        if !had_records {
+        if drained {
             n += self.fire_until(wall.max(self.last_time), Some(wall))?;
         }
         if n > 0 {

@@ -58,11 +58,14 @@ impl Store {
         opts.set_max_write_buffer_number(4);
         // Point lookups (dedup, contacts, sent ledger, counters) mostly miss or hit one key:
         // bloom filters keep misses off the SST files.
+        // Filters and indexes stay pinned in the table readers (not in the block cache, where
+        // they thrash once tables outgrow it); data blocks share one 256 MiB cache.
+        let cache = rocksdb::Cache::new_lru_cache(256 << 20);
         let point = || {
             let mut o = Options::default();
             let mut t = rocksdb::BlockBasedOptions::default();
             t.set_bloom_filter(10.0, false);
-            t.set_cache_index_and_filter_blocks(true);
+            t.set_block_cache(&cache);
             o.set_block_based_table_factory(&t);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
             o

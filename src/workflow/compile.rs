@@ -46,11 +46,13 @@ impl Cx<'_, '_> {
         });
     }
 
+    /// The parsed value, or `None` with the error recorded at `path`.
+    fn check<T>(&mut self, path: impl Into<String>, parsed: Result<T, String>) -> Option<T> {
+        parsed.map_err(|e| self.err(path, e)).ok()
+    }
+
     fn duration(&mut self, path: &str, s: &str) -> i64 {
-        parse(s).unwrap_or_else(|e| {
-            self.err(path, e);
-            0
-        })
+        self.check(path, parse(s)).unwrap_or(0)
     }
 
     fn target(&mut self, path: &str, id: &str) -> Next {
@@ -465,22 +467,17 @@ fn trigger(cx: &mut Cx, path: &str, t: &RawTrigger) -> Trigger {
                 );
             }
         }
-        let offset = d.offset.as_ref().map_or(0, |o| {
-            parse_signed(o).unwrap_or_else(|e| {
-                cx.err(format!("{path}.date.offset"), e);
-                0
-            })
-        });
-        let at = d.at.as_ref().map_or((0, 0), |a| {
-            parse_time_of_day(a).unwrap_or_else(|e| {
-                cx.err(format!("{path}.date.at"), e);
-                (0, 0)
-            })
-        });
+        let offset = d
+            .offset
+            .as_ref()
+            .and_then(|o| cx.check(format!("{path}.date.offset"), parse_signed(o)));
+        let at =
+            d.at.as_ref()
+                .and_then(|a| cx.check(format!("{path}.date.at"), parse_time_of_day(a)));
         return Trigger::Date(DateSpec {
             trait_name: d.trait_name.clone(),
-            offset,
-            at,
+            offset: offset.unwrap_or(0),
+            at: at.unwrap_or((0, 0)),
             yearly: d.yearly,
         });
     }
@@ -592,17 +589,14 @@ fn step_kind(cx: &mut Cx, path: &str, s: &RawStep, wf: &RawWorkflow, next: Next)
                 None
             }
         });
-        let offset = w.offset.as_ref().map_or(0, |o| {
-            parse_signed(o).unwrap_or_else(|e| {
-                cx.err(format!("{path}.wait_until.offset"), e);
-                0
-            })
-        });
-        let at = w.at.as_ref().and_then(|a| {
-            parse_time_of_day(a)
-                .map_err(|e| cx.err(format!("{path}.wait_until.at"), e))
-                .ok()
-        });
+        let offset = w
+            .offset
+            .as_ref()
+            .and_then(|o| cx.check(format!("{path}.wait_until.offset"), parse_signed(o)))
+            .unwrap_or(0);
+        let at =
+            w.at.as_ref()
+                .and_then(|a| cx.check(format!("{path}.wait_until.at"), parse_time_of_day(a)));
         if date.is_none() && at.is_none() && w.offset.is_none() {
             cx.err(format!("{path}.wait_until"), "needs `date`, `offset` or `at`");
         }
