@@ -87,21 +87,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run => {
             let engine = std::sync::Arc::new(dripline::runtime::Engine::open(&settings)?);
-            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-            let handles = engine.run(settings.engine.workers, stop.clone());
             eprintln!(
-                "dripline: {} workflows, {} partitions, listening on http://{}",
+                "dripline: {} workflows, {} partitions on {} worker threads, listening on http://{}",
                 engine.reg.latest().len(),
                 engine.partitions.len(),
+                settings.engine.workers,
                 settings.http.listen
             );
-            let served = actix_web::rt::System::new()
-                .block_on(dripline::sources::http::serve(engine.clone(), &settings.http.listen));
-            // Intake has stopped: let workers finish and commit, and the mailer drain.
-            stop.store(true, std::sync::atomic::Ordering::SeqCst);
-            for h in handles {
-                let _ = h.join();
-            }
+            let listen = settings.http.listen.clone();
+            let workers = settings.engine.workers;
+            let served = actix_web::rt::System::new().block_on(async move {
+                let running = dripline::runtime::actors::start(engine.clone(), workers);
+                let served = dripline::sources::http::serve(engine, &listen).await;
+                // Intake has stopped: partitions finish and commit, then the mailer drains.
+                running.stop().await;
+                served
+            });
             served.context("http server")?;
             eprintln!("dripline: stopped cleanly");
             Ok(ExitCode::SUCCESS)

@@ -1,6 +1,7 @@
 //! The engine on one machine: the embedded log, partition processors on worker threads, the
 //! outbox mailer, all over one RocksDB store.
 
+pub mod actors;
 pub mod metrics;
 pub mod partition;
 
@@ -16,9 +17,8 @@ use anyhow::Context;
 use metrics::Metrics;
 use partition::Partition;
 use rocksdb::WriteBatch;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 pub struct Engine {
     pub store: Arc<Store>,
@@ -176,7 +176,7 @@ impl Engine {
         Ok(total)
     }
 
-    fn pump_partition(&self, p: &Mutex<Partition>, wall: Ts) -> anyhow::Result<usize> {
+    pub(crate) fn pump_partition(&self, p: &Mutex<Partition>, wall: Ts) -> anyhow::Result<usize> {
         let mut p = p.lock().expect("partition lock");
         let mut total = 0;
         loop {
@@ -190,56 +190,6 @@ impl Engine {
 
     pub fn contact(&self, id: &str) -> anyhow::Result<Option<ContactState>> {
         Ok(tables::get_contact(&self.store, id)?)
-    }
-
-    /// Runs partition workers and the mailer until `stop` is set, then finishes the batch in
-    /// hand and commits. Workers poll with the wall clock so timers fire when the log is idle.
-    pub fn run(self: &Arc<Self>, workers: usize, stop: Arc<AtomicBool>) -> Vec<std::thread::JoinHandle<()>> {
-        let mut handles = vec![];
-        for w in 0..workers {
-            let engine = self.clone();
-            let stop = stop.clone();
-            handles.push(std::thread::spawn(move || {
-                let mine: Vec<usize> = (0..engine.partitions.len()).filter(|p| p % workers == w).collect();
-                while !stop.load(Ordering::SeqCst) {
-                    let now = chrono::Utc::now().timestamp_millis();
-                    let mut n = 0;
-                    for &p in &mine {
-                        match engine.pump_partition(&engine.partitions[p], now) {
-                            Ok(k) => n += k,
-                            Err(e) => tracing::error!("partition {p}: {e:#}"),
-                        }
-                    }
-                    if n == 0 {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            }));
-        }
-        let engine = self.clone();
-        handles.push(std::thread::spawn(move || {
-            loop {
-                let stopping = stop.load(Ordering::SeqCst);
-                let drained = match engine.mailer.drain(512) {
-                    Ok(n) => n,
-                    Err(e) => {
-                        tracing::warn!("mailer: {e}; retrying");
-                        std::thread::sleep(Duration::from_millis(500));
-                        0
-                    }
-                };
-                if let Ok(t) = crate::storage::timers::count(&engine.store) {
-                    engine.metrics.timers_pending.set(t as i64);
-                }
-                if stopping && drained == 0 {
-                    break;
-                }
-                if drained == 0 {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        }));
-        handles
     }
 }
 

@@ -1,0 +1,147 @@
+//! The engine's actors on actix: one actor per partition (the host of that partition's contact
+//! actors — their states live in its LRU cache and RocksDB), placed round-robin on a configurable
+//! number of arbiters (threads), and the mailer actor. Each partition actor polls its log
+//! partition, re-polling at once while there is work and after a short pause when idle, so
+//! timers fire on the wall clock when no events come.
+
+use super::Engine;
+use actix::prelude::*;
+use std::sync::Arc;
+use std::time::Duration;
+
+const IDLE: Duration = Duration::from_millis(5);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Poll;
+
+/// Finish the batch in hand (every poll commits before it returns) and stop.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Stop;
+
+pub struct PartitionActor {
+    engine: Arc<Engine>,
+    partition: usize,
+}
+
+impl Actor for PartitionActor {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.notify(Poll);
+    }
+}
+
+impl Handler<Poll> for PartitionActor {
+    type Result = ();
+    fn handle(&mut self, _: Poll, ctx: &mut Self::Context) {
+        let now = chrono::Utc::now().timestamp_millis();
+        match self.engine.pump_partition(&self.engine.partitions[self.partition], now) {
+            Ok(n) if n > 0 => {
+                ctx.notify(Poll);
+            }
+            Ok(_) => {
+                ctx.notify_later(Poll, IDLE);
+            }
+            Err(e) => {
+                tracing::error!("partition {}: {e:#}", self.partition);
+                ctx.notify_later(Poll, Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+impl Handler<Stop> for PartitionActor {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
+    }
+}
+
+pub struct MailerActor {
+    engine: Arc<Engine>,
+}
+
+impl Actor for MailerActor {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.notify(Poll);
+    }
+}
+
+impl MailerActor {
+    fn drain(&self) -> usize {
+        let n = self.engine.mailer.drain(512).unwrap_or_else(|e| {
+            tracing::warn!("mailer: {e}; retrying");
+            0
+        });
+        if let Ok(t) = crate::storage::timers::count(&self.engine.store) {
+            self.engine.metrics.timers_pending.set(t as i64);
+        }
+        n
+    }
+}
+
+impl Handler<Poll> for MailerActor {
+    type Result = ();
+    fn handle(&mut self, _: Poll, ctx: &mut Self::Context) {
+        if self.drain() > 0 {
+            ctx.notify(Poll);
+        } else {
+            ctx.notify_later(Poll, Duration::from_millis(20));
+        }
+    }
+}
+
+impl Handler<Stop> for MailerActor {
+    type Result = ();
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        // Whatever the partitions committed before stopping goes out now.
+        while self.drain() > 0 {}
+        ctx.stop();
+    }
+}
+
+/// The running actors, to stop them in order: partitions first, then the mailer.
+pub struct Running {
+    partitions: Vec<Addr<PartitionActor>>,
+    mailer: Addr<MailerActor>,
+    arbiters: Vec<Arbiter>,
+}
+
+/// Starts the partition actors on `workers` arbiters and the mailer on its own. Must be called
+/// inside an actix System.
+pub fn start(engine: Arc<Engine>, workers: usize) -> Running {
+    let arbiters: Vec<Arbiter> = (0..workers.max(1) + 1).map(|_| Arbiter::new()).collect();
+    let partitions = (0..engine.partitions.len())
+        .map(|p| {
+            let engine = engine.clone();
+            PartitionActor::start_in_arbiter(&arbiters[p % workers.max(1)].handle(), move |_| PartitionActor {
+                engine,
+                partition: p,
+            })
+        })
+        .collect();
+    let mailer = {
+        let engine = engine.clone();
+        MailerActor::start_in_arbiter(&arbiters[workers.max(1)].handle(), move |_| MailerActor { engine })
+    };
+    Running {
+        partitions,
+        mailer,
+        arbiters,
+    }
+}
+
+impl Running {
+    pub async fn stop(self) {
+        for p in &self.partitions {
+            let _ = p.send(Stop).await;
+        }
+        let _ = self.mailer.send(Stop).await;
+        for a in self.arbiters {
+            a.stop();
+            let _ = a.join();
+        }
+    }
+}
