@@ -62,6 +62,9 @@ pub struct MailSettings {
     pub from: String,
     pub message_id_domain: String,
     pub outbox_dir: PathBuf,
+    pub transport: String,
+    pub smtp_host: String,
+    pub smtp_port: u16,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -89,6 +92,12 @@ impl Settings {
             .build()?
             .try_deserialize()?;
         settings.policy()?;
+        if !matches!(settings.mail.transport.as_str(), "file" | "smtp") {
+            return Err(ConfigError::Invalid {
+                key: "mail.transport",
+                reason: format!("`{}` is not `file` or `smtp`", settings.mail.transport),
+            });
+        }
         let e = &settings.engine;
         if e.partitions == 0 || e.workers == 0 || e.batch == 0 {
             return Err(ConfigError::Invalid {

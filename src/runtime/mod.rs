@@ -8,7 +8,8 @@ pub mod partition;
 use crate::config::Settings;
 use crate::event::{Event, EventKind};
 use crate::machine::ContactState;
-use crate::sinks::mailer::{FileTransport, Mailer};
+use crate::sinks::mailer::Mailer;
+use crate::sinks::transport::Transport;
 use crate::storage::log::{Appended, EmbeddedLog};
 use crate::storage::{Store, tables};
 use crate::time::Ts;
@@ -79,9 +80,7 @@ impl Engine {
         let log = EmbeddedLog::open(store.clone(), e.partitions)?;
         let mailer = Mailer::new(
             store.clone(),
-            FileTransport {
-                dir: settings.mail.outbox_dir.clone(),
-            },
+            Transport::from_settings(&settings.mail),
             settings.mail.from.parse()?,
             settings.mail.message_id_domain.clone(),
             metrics.clone(),

@@ -3,13 +3,13 @@
 //! in the ledger is never handed over again.
 
 use super::eml;
+use super::transport::{DeliverError, Transport};
 use crate::machine::SendId;
 use crate::runtime::metrics::Metrics;
 use crate::storage::tables::{self, OutboxEntry};
 use crate::storage::{Store, StoreError};
 use lettre::message::Mailbox;
 use rocksdb::WriteBatch;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,30 +17,19 @@ pub enum MailerError {
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
-    Eml(#[from] eml::EmlError),
-}
-
-/// The embedded transport: one `.eml` file per message in a directory.
-pub struct FileTransport {
-    pub dir: PathBuf,
+    Deliver(#[from] DeliverError),
 }
 
 pub struct Mailer {
     store: Arc<Store>,
-    transport: FileTransport,
+    transport: Transport,
     from: Mailbox,
     domain: String,
     metrics: Arc<Metrics>,
 }
 
 impl Mailer {
-    pub fn new(
-        store: Arc<Store>,
-        transport: FileTransport,
-        from: Mailbox,
-        domain: String,
-        metrics: Arc<Metrics>,
-    ) -> Self {
+    pub fn new(store: Arc<Store>, transport: Transport, from: Mailbox, domain: String, metrics: Arc<Metrics>) -> Self {
         Mailer {
             store,
             transport,
@@ -61,15 +50,26 @@ impl Mailer {
                 let result = self.deliver(*id, e);
                 self.metrics
                     .transport_latency
-                    .with_label_values(&["file"])
+                    .with_label_values(&[self.transport.name()])
                     .observe(started.elapsed().as_secs_f64());
                 match result {
                     Ok(()) => self.metrics.sends.with_label_values(&[&e.workflow, "accepted"]).inc(),
+                    Err(DeliverError::Permanent(reason)) => {
+                        // Refused for good: out of the outbox, kept as a dead letter with the
+                        // reason. (Bounce events and suppression come with the SMTP pool work.)
+                        self.metrics.sends.with_label_values(&[&e.workflow, "rejected"]).inc();
+                        let payload =
+                            serde_json::json!({"id": id.to_string(), "to": e.to, "workflow": e.workflow}).to_string();
+                        let reason = format!("transport refused: {reason}");
+                        tables::put_dead_letter(&self.store, &mut batch, id.0 as u64, now, &reason, payload.as_bytes());
+                        batch.delete_cf(self.store.cf(crate::storage::CF_OUTBOX), tables::id_key(*id));
+                        continue;
+                    }
                     Err(err) => {
-                        self.metrics.sends.with_label_values(&[&e.workflow, "failed"]).inc();
-                        // Stays in the outbox; written so far is committed.
+                        self.metrics.sends.with_label_values(&[&e.workflow, "deferred"]).inc();
+                        // Stays in the outbox for the next round; what went out so far is recorded.
                         self.store.write(batch, true)?;
-                        return Err(err);
+                        return Err(err.into());
                     }
                 }
             }
@@ -80,7 +80,7 @@ impl Mailer {
         Ok(page.len())
     }
 
-    fn deliver(&self, id: SendId, e: &OutboxEntry) -> Result<(), MailerError> {
+    fn deliver(&self, id: SendId, e: &OutboxEntry) -> Result<(), DeliverError> {
         let date = std::time::UNIX_EPOCH + std::time::Duration::from_millis(e.decided_at.max(0) as u64);
         let rendered = crate::workflow::Rendered {
             subject: e.subject.clone(),
@@ -95,8 +95,9 @@ impl Mailer {
             version: e.version,
             kind: e.kind,
         };
-        let msg = eml::build(&mail, &self.from, &self.domain, date)?;
-        eml::write(&self.transport.dir, id, &msg)?;
-        Ok(())
+        // A message that cannot be built (a malformed address) will never go out.
+        let msg =
+            eml::build(&mail, &self.from, &self.domain, date).map_err(|e| DeliverError::Permanent(e.to_string()))?;
+        self.transport.deliver(id, &msg)
     }
 }

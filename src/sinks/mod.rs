@@ -2,3 +2,4 @@
 
 pub mod eml;
 pub mod mailer;
+pub mod transport;
