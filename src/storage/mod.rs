@@ -54,8 +54,11 @@ impl Store {
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.increase_parallelism(2);
-        opts.set_write_buffer_size(128 << 20);
-        opts.set_max_write_buffer_number(4);
+        // Memory must not grow with the data: all memtables together are capped (the write
+        // buffer manager flushes the largest when the total reaches it).
+        opts.set_db_write_buffer_size(256 << 20);
+        opts.set_write_buffer_size(64 << 20);
+        opts.set_max_write_buffer_number(3);
         // Point lookups (dedup, contacts, sent ledger, counters) mostly miss or hit one key:
         // bloom filters keep misses off the SST files.
         // Filters and indexes stay pinned in the table readers (not in the block cache, where

@@ -60,7 +60,27 @@ impl TimerQueue {
         b.put_cf(s.cf(CF_TIMERS), encode(self.partition, &k), []);
         if k.due < self.horizon {
             self.cache.insert(k);
+            if self.cache.len() > 2 * self.page {
+                self.trim();
+            }
         }
+    }
+
+    /// Keeps memory bounded: forgets the latest-due half (they stay in the store, or in the
+    /// open batch, which is committed before the next page-in) and lowers the horizon to match.
+    fn trim(&mut self) {
+        let Some(cut) = self.cache.iter().nth(self.page).map(|k| k.due) else {
+            return;
+        };
+        if cut == self.cache.first().map_or(cut, |k| k.due) {
+            return; // one due time fills the page: nothing can be split off by time
+        }
+        self.cache.split_off(&TimerKey {
+            due: cut,
+            contact: String::new(),
+            id: 0,
+        });
+        self.horizon = cut;
     }
 
     pub fn cancel(&mut self, s: &Store, b: &mut WriteBatch, k: &TimerKey) {
@@ -134,4 +154,45 @@ pub fn count(s: &Store) -> Result<u64> {
     Ok(s.db
         .property_int_value_cf(s.cf(CF_TIMERS), "rocksdb.estimate-num-keys")?
         .unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_queue_stays_bounded_and_still_yields_every_timer_in_due_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut q = TimerQueue::new(0, 8);
+        let mut b = WriteBatch::default();
+        // Reverse order, so trimming has to drop earlier-inserted, later-due timers.
+        for i in (0..100i64).rev() {
+            q.schedule(
+                &s,
+                &mut b,
+                TimerKey {
+                    due: i * 10,
+                    contact: format!("c{i}"),
+                    id: 0,
+                },
+            );
+            assert!(q.cached() <= 16, "cache grew to {}", q.cached());
+        }
+        s.write(std::mem::take(&mut b), false).unwrap();
+        let mut fired = vec![];
+        loop {
+            if q.needs_page() {
+                s.write(std::mem::take(&mut b), false).unwrap();
+                q.page_in(&s).unwrap();
+            }
+            match q.pop_due(&s, &mut b, i64::MAX) {
+                Some(k) => fired.push(k.due),
+                None if q.needs_page() => continue,
+                None => break,
+            }
+            assert!(q.cached() <= 16);
+        }
+        assert_eq!(fired, (0..100).map(|i| i * 10).collect::<Vec<_>>());
+    }
 }
