@@ -1,24 +1,19 @@
 //! A real `dripline run` process: HTTP ingest to `.eml`, a restart in the middle of a wait, and
 //! `kill -9` during ingest.
 
+mod common;
+
+use common::{free_port, wait_for};
 use dripline::storage::{Store, tables};
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 struct Engine {
     child: Child,
     port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn start(dir: &Path, workflows: &Path, port: u16) -> Engine {
@@ -72,14 +67,6 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16
     let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
     Ok((status, body))
-}
-
-fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn emls(dir: &Path) -> Vec<(PathBuf, String)> {

@@ -1,20 +1,13 @@
 //! The engine on embedded defaults: RocksDB state, the embedded log, durable timers, the outbox
 //! and the `.eml` transport, driven with explicit times.
 
-use dripline::config::Settings;
+mod common;
+
+use common::settings;
 use dripline::runtime::Engine;
 use dripline::time::{HOUR, MINUTE, parse_rfc3339};
 use serde_json::json;
 use std::path::Path;
-
-fn settings(dir: &Path) -> Settings {
-    let mut s = Settings::load(None).unwrap();
-    s.workflows.dir = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows").into();
-    s.engine.data_dir = dir.join("data");
-    s.mail.outbox_dir = dir.join("mail");
-    s.policy.quiet_hours = String::new();
-    s
-}
 
 fn emls(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir.join("mail"))

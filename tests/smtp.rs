@@ -1,6 +1,9 @@
 //! The SMTP transport against a real SMTP server on 127.0.0.1 (Python aiosmtpd storing into a
 //! Maildir; `scripts/setup.sh` installs it).
 
+mod common;
+
+use common::free_port;
 use dripline::config::Settings;
 use dripline::runtime::Engine;
 use dripline::time::parse_rfc3339;
@@ -42,21 +45,10 @@ fn smtp_server(port: u16, maildir: &Path) -> SmtpServer {
     SmtpServer(child)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn settings(dir: &Path, port: u16) -> Settings {
-    let mut s = Settings::load(None).unwrap();
-    s.workflows.dir = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows").into();
-    s.engine.data_dir = dir.join("data");
+    let mut s = common::settings(dir);
     s.mail.transport = "smtp".into();
     s.mail.smtp_port = port;
-    s.policy.quiet_hours = String::new();
     s
 }
 

@@ -1,0 +1,35 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use dripline::config::Settings;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 50 ms until it holds; fails the test after `limit`.
+pub fn wait_for(limit: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Default settings over the shipped workflows, with state and mail under `dir` and quiet
+/// hours off (so results do not depend on the time of day the tests run).
+pub fn settings(dir: &Path) -> Settings {
+    let mut s = Settings::load(None).unwrap();
+    s.workflows.dir = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows").into();
+    s.engine.data_dir = dir.join("data");
+    s.mail.outbox_dir = dir.join("mail");
+    s.policy.quiet_hours = String::new();
+    s
+}
