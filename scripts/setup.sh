@@ -3,14 +3,15 @@
 # points cargo at a target directory under ~/.cache so repeat builds are warm.
 set -euo pipefail
 need=()
-for pkg in cmake clang libclang-dev libcurl4-openssl-dev; do
+# prometheus: the tests scrape the engine with a real Prometheus server.
+for pkg in cmake clang libclang-dev libcurl4-openssl-dev prometheus; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 # A real SMTP server for the tests (Python aiosmtpd).
 if ! python3 -c 'import aiosmtpd' 2>/dev/null; then

@@ -295,3 +295,51 @@ fn kill_9_during_ingest_loses_nothing_acknowledged_and_sends_nothing_twice() {
         "every ledger entry is one file"
     );
 }
+
+/// A real Prometheus server scrapes `dripline run` and answers queries over what it scraped:
+/// the exposition format is valid and the counters carry the right values.
+#[test]
+fn a_real_prometheus_scrapes_the_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let e = start(tmp.path(), &shipped(), port);
+    for i in 0..5 {
+        let body = format!(r#"{{"userId":"u{i}","messageId":"t{i}","event":"Product Viewed"}}"#);
+        assert_eq!(http(port, "POST", "/v1/track", &body).unwrap().0, 200);
+    }
+    let prom_port = free_port();
+    let config = tmp.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: dripline\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"),
+    )
+    .unwrap();
+    let mut prom = Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", tmp.path().join("tsdb").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{prom_port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(tmp.path().join("prometheus.log")).unwrap())
+        .spawn()
+        .expect("prometheus (scripts/setup.sh installs Debian's package)");
+    let query = |q: &str| -> Option<f64> {
+        let (status, body) = http(prom_port, "GET", &format!("/api/v1/query?query={q}"), "").ok()?;
+        if status != 200 {
+            return None;
+        }
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+    };
+    wait_for(Duration::from_secs(30), || {
+        query("up%7Bjob%3D%22dripline%22%7D") == Some(1.0)
+    });
+    wait_for(Duration::from_secs(30), || {
+        query("dripline_events_ingested_total") == Some(5.0)
+    });
+    wait_for(Duration::from_secs(30), || {
+        query("dripline_inputs_processed_total") == Some(5.0)
+    });
+    let _ = prom.kill();
+    let _ = prom.wait();
+    e.stop();
+}
