@@ -1,5 +1,5 @@
-//! The engine on one machine: the embedded log, partition processors on worker threads, the
-//! outbox mailer, all over one RocksDB store.
+//! The engine on one machine: the embedded log, partition processors (hosted by actix actors,
+//! see [`actors`]), the outbox mailer, all over one RocksDB store.
 
 pub mod actors;
 pub mod metrics;
@@ -18,7 +18,6 @@ use anyhow::Context;
 use metrics::Metrics;
 use partition::Partition;
 use rocksdb::WriteBatch;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 pub struct Engine {
@@ -29,7 +28,6 @@ pub struct Engine {
     pub partitions: Vec<Mutex<Partition>>,
     pub mailer: Mailer,
     batch: usize,
-    dead_seq: AtomicU64,
 }
 
 /// What happened to a request's events.
@@ -93,7 +91,6 @@ impl Engine {
             partitions,
             mailer,
             batch: e.batch,
-            dead_seq: AtomicU64::new(seed()),
         })
     }
 
@@ -116,11 +113,9 @@ impl Engine {
                         .events_rejected
                         .with_label_values(&[reject_label(&e)])
                         .inc();
-                    let seq = self.dead_seq.fetch_add(1, Ordering::Relaxed);
                     tables::put_dead_letter(
                         &self.store,
                         &mut dead,
-                        seq,
                         received,
                         &e.to_string(),
                         v.to_string().as_bytes(),
@@ -151,11 +146,9 @@ impl Engine {
     /// Records a malformed input that never became an event.
     pub fn dead_letter(&self, reason: &str, payload: &[u8]) {
         let mut b = WriteBatch::default();
-        let seq = self.dead_seq.fetch_add(1, Ordering::Relaxed);
         tables::put_dead_letter(
             &self.store,
             &mut b,
-            seq,
             chrono::Utc::now().timestamp_millis(),
             reason,
             payload,
@@ -190,13 +183,6 @@ impl Engine {
     pub fn contact(&self, id: &str) -> anyhow::Result<Option<ContactState>> {
         Ok(tables::get_contact(&self.store, id)?)
     }
-}
-
-/// Dead-letter keys are (time, sequence): seed the sequence so a restart never reuses a key.
-fn seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn reject_label(e: &crate::event::EventError) -> &'static str {

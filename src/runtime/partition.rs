@@ -35,7 +35,6 @@ pub struct Partition {
     last_time: Ts,
     batch: WriteBatch,
     fx: Vec<Effect>,
-    dead_seq: u64,
 }
 
 impl Partition {
@@ -62,7 +61,6 @@ impl Partition {
             last_time: Ts::MIN,
             batch: WriteBatch::default(),
             fx: Vec::new(),
-            dead_seq: 0,
         })
     }
 
@@ -182,16 +180,8 @@ impl Partition {
                             self.metrics.sends_decided.with_label_values(&[&cmd.workflow]).inc();
                         }
                         Err(e) => {
-                            self.dead_seq += 1;
                             let reason = format!("template {} of {} failed to render: {e}", cmd.template, cmd.workflow);
-                            tables::put_dead_letter(
-                                &self.store,
-                                &mut self.batch,
-                                self.dead_seq,
-                                at,
-                                &reason,
-                                contact.as_bytes(),
-                            );
+                            tables::put_dead_letter(&self.store, &mut self.batch, at, &reason, contact.as_bytes());
                             self.metrics.render_errors.inc();
                         }
                     }

@@ -61,7 +61,7 @@ impl Mailer {
                         let payload =
                             serde_json::json!({"id": id.to_string(), "to": e.to, "workflow": e.workflow}).to_string();
                         let reason = format!("transport refused: {reason}");
-                        tables::put_dead_letter(&self.store, &mut batch, id.0 as u64, now, &reason, payload.as_bytes());
+                        tables::put_dead_letter(&self.store, &mut batch, now, &reason, payload.as_bytes());
                         batch.delete_cf(self.store.cf(crate::storage::CF_OUTBOX), tables::id_key(*id));
                         continue;
                     }

@@ -199,7 +199,16 @@ pub fn put_workflow_versions(s: &Store, versions: &[StoredVersion]) -> Result<()
 
 // ---- dead letters: time-ordered malformed inputs with their reason --------------------------
 
-pub fn put_dead_letter(s: &Store, b: &mut WriteBatch, seq: u64, at: Ts, reason: &str, payload: &[u8]) {
+/// Keys are (time, sequence). The sequence is process-wide and seeded from the clock, so keys
+/// never collide across partitions, the mailer, or a restart within the same millisecond.
+pub fn put_dead_letter(s: &Store, b: &mut WriteBatch, at: Ts, reason: &str, payload: &[u8]) {
+    static SEQ: std::sync::LazyLock<std::sync::atomic::AtomicU64> = std::sync::LazyLock::new(|| {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        std::sync::atomic::AtomicU64::new(nanos as u64)
+    });
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut key = at.to_be_bytes().to_vec();
     key.extend_from_slice(&seq.to_be_bytes());
     let v = serde_json::json!({"at": crate::time::format_rfc3339(at), "reason": reason, "payload": String::from_utf8_lossy(payload)});
@@ -213,4 +222,26 @@ pub fn dead_letters(s: &Store) -> Result<Vec<serde_json::Value>> {
             serde_json::from_slice(&v).map_err(|e| corrupt(CF_DEAD, &e.to_string()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letters_written_in_the_same_millisecond_by_separate_writers_all_survive() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        for reason in ["partition 0", "partition 1", "mailer"] {
+            let mut b = WriteBatch::default();
+            put_dead_letter(&s, &mut b, 1_000, reason, b"x");
+            s.write(b, false).unwrap();
+        }
+        let reasons: Vec<_> = dead_letters(&s)
+            .unwrap()
+            .iter()
+            .map(|d| d["reason"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(reasons, ["partition 0", "partition 1", "mailer"]);
+    }
 }
