@@ -185,10 +185,6 @@ impl ContactState {
             "history": self.history.iter().map(|h| serde_json::json!({"workflow": &*h.workflow, "last_entered": format_rfc3339(h.last_entered), "count": h.count})).collect::<Vec<_>>(),
         })
     }
-
-    pub fn is_idle(&self) -> bool {
-        self.enrollments.is_empty() && self.timers.is_empty()
-    }
 }
 
 #[derive(Debug, thiserror::Error)]

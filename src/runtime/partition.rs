@@ -252,8 +252,4 @@ impl Partition {
             .set(self.cache.len() as i64);
         Ok(())
     }
-
-    pub fn next_timer(&self) -> Option<Ts> {
-        self.timers.next_due()
-    }
 }

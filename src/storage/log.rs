@@ -125,11 +125,6 @@ impl EmbeddedLog {
     pub fn read(&self, partition: u16, from: u64, limit: usize) -> Result<Vec<LogRecord>> {
         read(&self.store, partition, from, limit)
     }
-
-    /// Offset the next append to `partition` will get.
-    pub fn end(&self, partition: u16) -> u64 {
-        self.next.lock().expect("log lock")[partition as usize]
-    }
 }
 
 pub fn read(s: &Store, partition: u16, from: u64, limit: usize) -> Result<Vec<LogRecord>> {

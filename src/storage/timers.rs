@@ -140,10 +140,6 @@ impl TimerQueue {
         None
     }
 
-    pub fn next_due(&self) -> Option<Ts> {
-        self.cache.first().map(|k| k.due)
-    }
-
     pub fn cached(&self) -> usize {
         self.cache.len()
     }
