@@ -25,6 +25,8 @@ pub struct EngineSettings {
     pub workers: usize,
     pub cache_contacts_per_partition: usize,
     pub batch: usize,
+    /// A `messageId` seen among the last this-many accepted events is dropped as a repeat.
+    pub dedup_window: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]

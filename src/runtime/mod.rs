@@ -75,7 +75,7 @@ impl Engine {
                 .map(Mutex::new)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let log = EmbeddedLog::open(store.clone(), e.partitions)?;
+        let log = EmbeddedLog::open(store.clone(), e.partitions, e.dedup_window)?;
         let mailer = Mailer::new(
             store.clone(),
             Transport::from_settings(&settings.mail),
@@ -94,32 +94,26 @@ impl Engine {
         })
     }
 
-    /// Validates and durably appends events; invalid ones go to the dead letters with their
-    /// reason, and nothing valid in the same request is lost.
-    pub fn ingest_values(
+    /// Validates and durably appends events given as JSON bytes (one event each); invalid ones
+    /// go to the dead letters with their reason, and nothing valid in the same request is lost.
+    pub fn ingest_raw(
         &self,
-        values: &[serde_json::Value],
+        payloads: &[&[u8]],
         kind_hint: Option<EventKind>,
         received: Ts,
     ) -> anyhow::Result<IngestReport> {
         let mut report = IngestReport::default();
-        let mut valid = vec![];
+        let mut valid = Vec::with_capacity(payloads.len());
         let mut dead = WriteBatch::default();
-        for (i, v) in values.iter().enumerate() {
-            match Event::from_json(v, kind_hint) {
+        for (i, bytes) in payloads.iter().enumerate() {
+            match Event::parse_hinted(bytes, kind_hint) {
                 Ok(ev) => valid.push(ev),
                 Err(e) => {
                     self.metrics
                         .events_rejected
                         .with_label_values(&[reject_label(&e)])
                         .inc();
-                    tables::put_dead_letter(
-                        &self.store,
-                        &mut dead,
-                        received,
-                        &e.to_string(),
-                        v.to_string().as_bytes(),
-                    );
+                    tables::put_dead_letter(&self.store, &mut dead, received, &e.to_string(), bytes);
                     report.errors.push(IngestError {
                         index: i,
                         reason: e.to_string(),
@@ -141,6 +135,21 @@ impl Engine {
         }
         self.metrics.events_ingested.inc_by(report.accepted as u64);
         Ok(report)
+    }
+
+    /// [`Engine::ingest_raw`] for events already held as JSON values (tests, the demo).
+    pub fn ingest_values(
+        &self,
+        values: &[serde_json::Value],
+        kind_hint: Option<EventKind>,
+        received: Ts,
+    ) -> anyhow::Result<IngestReport> {
+        let bytes: Vec<Vec<u8>> = values
+            .iter()
+            .map(|v| serde_json::to_vec(v).expect("a JSON value"))
+            .collect();
+        let slices: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+        self.ingest_raw(&slices, kind_hint, received)
     }
 
     /// Records a malformed input that never became an event.

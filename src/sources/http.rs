@@ -5,28 +5,43 @@
 use crate::event::EventKind;
 use crate::runtime::Engine;
 use actix_web::{App, HttpResponse, HttpServer, web};
+use serde_json::value::RawValue;
 use std::sync::Arc;
 
 type Data = web::Data<Arc<Engine>>;
 
+/// `/v1/batch` body: the events stay raw JSON slices until each is parsed into its typed form.
+#[derive(serde::Deserialize)]
+struct Batch<'a> {
+    #[serde(borrow)]
+    batch: Vec<&'a RawValue>,
+}
+
 async fn ingest(engine: Data, body: web::Bytes, kind: Option<EventKind>, batch: bool) -> HttpResponse {
-    let values = match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(serde_json::Value::Object(mut o)) if batch => match o.remove("batch") {
-            Some(serde_json::Value::Array(items)) => items,
-            _ => return bad_request("`batch` must be an array of events"),
-        },
-        Ok(v) if !batch => vec![v],
-        Ok(_) => return bad_request("a batch must be an object with a `batch` array"),
-        Err(e) => {
-            engine.dead_letter(&format!("not valid JSON: {e}"), &body);
-            return bad_request(&format!("not valid JSON: {e}"));
-        }
-    };
+    let body_for_block = body.clone();
     let now = chrono::Utc::now().timestamp_millis();
     let e = engine.clone();
-    match web::block(move || e.ingest_values(&values, kind, now)).await {
-        Ok(Ok(report)) if report.errors.is_empty() => HttpResponse::Ok().json(report),
-        Ok(Ok(report)) => HttpResponse::BadRequest().json(report),
+    let result = web::block(move || {
+        let body = &body_for_block;
+        let payloads: Vec<&[u8]> = if batch {
+            match serde_json::from_slice::<Batch>(body) {
+                Ok(b) => b.batch.iter().map(|r| r.get().as_bytes()).collect(),
+                Err(err) => {
+                    let reason = format!("not a batch (an object with a `batch` array of events): {err}");
+                    e.dead_letter(&reason, body);
+                    return Ok(Err(reason));
+                }
+            }
+        } else {
+            vec![&body[..]]
+        };
+        e.ingest_raw(&payloads, kind, now).map(Ok)
+    })
+    .await;
+    match result {
+        Ok(Ok(Ok(report))) if report.errors.is_empty() => HttpResponse::Ok().json(report),
+        Ok(Ok(Ok(report))) => HttpResponse::BadRequest().json(report),
+        Ok(Ok(Err(reason))) => bad_request(&reason),
         Ok(Err(e)) => HttpResponse::ServiceUnavailable().json(serde_json::json!({"error": format!("{e:#}")})),
         Err(e) => HttpResponse::InternalServerError().json(serde_json::json!({"error": e.to_string()})),
     }

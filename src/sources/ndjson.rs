@@ -13,45 +13,40 @@ pub struct FileReport {
 }
 
 pub fn ingest_file(engine: &Engine, path: &Path, chunk: usize) -> anyhow::Result<FileReport> {
-    let file = std::fs::File::open(path)?;
+    let mut reader = std::io::BufReader::new(std::fs::File::open(path)?);
     let mut report = FileReport::default();
-    let mut values = vec![];
-    let mut lines = vec![];
-    let flush =
-        |values: &mut Vec<serde_json::Value>, lines: &mut Vec<usize>, report: &mut FileReport| -> anyhow::Result<()> {
-            let now = chrono::Utc::now().timestamp_millis();
-            let r = engine.ingest_values(values, None, now)?;
-            report.accepted += r.accepted;
-            report.duplicates += r.duplicates;
-            report
-                .rejected
-                .extend(r.errors.into_iter().map(|e| (lines[e.index], e.reason)));
-            values.clear();
-            lines.clear();
-            Ok(())
-        };
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line?;
-        if line.trim().is_empty() {
+    let mut lines: Vec<Vec<u8>> = Vec::with_capacity(chunk);
+    let mut numbers: Vec<usize> = Vec::with_capacity(chunk);
+    let mut flush = |lines: &mut Vec<Vec<u8>>, numbers: &mut Vec<usize>| -> anyhow::Result<()> {
+        let slices: Vec<&[u8]> = lines.iter().map(Vec::as_slice).collect();
+        let r = engine.ingest_raw(&slices, None, chrono::Utc::now().timestamp_millis())?;
+        report.accepted += r.accepted;
+        report.duplicates += r.duplicates;
+        report
+            .rejected
+            .extend(r.errors.into_iter().map(|e| (numbers[e.index], e.reason)));
+        lines.clear();
+        numbers.clear();
+        Ok(())
+    };
+    let mut line_no = 0;
+    loop {
+        let mut line = Vec::new();
+        if reader.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        line_no += 1;
+        if line.trim_ascii().is_empty() {
             continue;
         }
-        match serde_json::from_str(&line) {
-            Ok(v) => {
-                values.push(v);
-                lines.push(i + 1);
-            }
-            Err(e) => {
-                let reason = format!("not valid JSON: {e}");
-                engine.dead_letter(&reason, line.as_bytes());
-                report.rejected.push((i + 1, reason));
-            }
-        }
-        if values.len() >= chunk {
-            flush(&mut values, &mut lines, &mut report)?;
+        lines.push(line);
+        numbers.push(line_no);
+        if lines.len() >= chunk {
+            flush(&mut lines, &mut numbers)?;
         }
     }
-    if !values.is_empty() {
-        flush(&mut values, &mut lines, &mut report)?;
+    if !lines.is_empty() {
+        flush(&mut lines, &mut numbers)?;
     }
     Ok(report)
 }

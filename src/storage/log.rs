@@ -1,12 +1,18 @@
 //! The embedded durable log: the single-machine event source. Events are partitioned by contact
 //! id, stamped with the time they were received, and appended with an fsynced write before the
-//! append returns; a repeated `messageId` is dropped.
+//! append returns; a `messageId` repeated within the dedup window is dropped.
+//!
+//! The window is the last N accepted events (as Segment dedups within a window, not forever):
+//! their ids' 128-bit hashes are held in memory and rebuilt from the log's tail at open. A
+//! dedup key per event in RocksDB cost a second memtable insert and a lookup per event and grew
+//! without bound.
 
-use super::{CF_DEDUP, CF_LOG, Result, Store, StoreError};
-use crate::event::Event;
+use super::{CF_LOG, Result, Store, StoreError};
+use crate::event::{Event, EventKind};
 use crate::time::Ts;
 use rocksdb::WriteBatch;
-use std::collections::HashSet;
+use rustc_hash::FxHashSet;
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 const RECORD_FORMAT: u8 = 1;
@@ -59,15 +65,59 @@ pub enum Appended {
     Duplicate,
 }
 
+/// Message ids of the last `cap` accepted events, oldest evicted first.
+struct Window {
+    cap: usize,
+    set: FxHashSet<u128>,
+    order: VecDeque<u128>,
+}
+
+impl Window {
+    fn new(cap: usize) -> Self {
+        Window {
+            cap,
+            set: FxHashSet::default(),
+            order: VecDeque::new(),
+        }
+    }
+
+    fn contains(&self, h: u128) -> bool {
+        self.set.contains(&h)
+    }
+
+    fn insert(&mut self, h: u128) {
+        if self.cap == 0 || !self.set.insert(h) {
+            return;
+        }
+        self.order.push_back(h);
+        if self.order.len() > self.cap {
+            let old = self.order.pop_front().expect("non-empty");
+            self.set.remove(&old);
+        }
+    }
+}
+
+fn id_hash(message_id: &str) -> u128 {
+    xxhash_rust::xxh3::xxh3_128(message_id.as_bytes())
+}
+
+struct State {
+    /// Next offset per partition.
+    next: Vec<u64>,
+    window: Window,
+}
+
 pub struct EmbeddedLog {
     store: Arc<Store>,
     partitions: u16,
-    /// Next offset per partition; the lock also orders appends.
-    next: Mutex<Vec<u64>>,
+    /// The lock also orders appends.
+    state: Mutex<State>,
 }
 
 impl EmbeddedLog {
-    pub fn open(store: Arc<Store>, partitions: u16) -> Result<Self> {
+    /// Opens the log; `dedup_window` is how many of the latest accepted events' ids are
+    /// remembered for dropping repeats.
+    pub fn open(store: Arc<Store>, partitions: u16, dedup_window: usize) -> Result<Self> {
         let mut next = vec![0; partitions as usize];
         for (p, n) in next.iter_mut().enumerate() {
             let upper = key(p as u16, u64::MAX);
@@ -80,10 +130,11 @@ impl EmbeddedLog {
             }
             it.status()?;
         }
+        let window = rebuild_window(&store, &next, dedup_window)?;
         Ok(EmbeddedLog {
             store,
             partitions,
-            next: Mutex::new(next),
+            state: Mutex::new(State { next, window }),
         })
     }
 
@@ -95,29 +146,34 @@ impl EmbeddedLog {
     /// and against everything appended before). Returns one result per event.
     pub fn append(&self, events: &[Event], received: Ts) -> Result<Vec<Appended>> {
         let s = &self.store;
-        let mut next = self.next.lock().expect("log lock");
+        let mut state = self.state.lock().expect("log lock");
         let mut batch = WriteBatch::default();
-        let mut seen = HashSet::new();
+        let mut in_batch = FxHashSet::default();
         let mut out = Vec::with_capacity(events.len());
-        let mut staged = next.clone();
+        let mut staged = state.next.clone();
+        let cf = s.cf(CF_LOG);
         for ev in events {
-            let dup = !seen.insert(ev.message_id.as_str())
-                || s.db.get_pinned_cf(s.cf(CF_DEDUP), ev.message_id.as_bytes())?.is_some();
-            if dup {
+            let h = id_hash(&ev.message_id);
+            if state.window.contains(h) || !in_batch.insert(h) {
                 out.push(Appended::Duplicate);
                 continue;
             }
             let p = partition_of(&ev.user_id, self.partitions);
             let off = staged[p as usize];
             staged[p as usize] += 1;
-            batch.put_cf(s.cf(CF_LOG), key(p, off), encode(received, ev));
-            batch.put_cf(s.cf(CF_DEDUP), ev.message_id.as_bytes(), []);
+            batch.put_cf(cf, key(p, off), encode(received, ev));
             out.push(Appended::At(p, off));
         }
         if !batch.is_empty() {
             s.write(batch, true)?;
         }
-        *next = staged;
+        // Only what is durable joins the window: a failed write leaves it as it was.
+        for (ev, a) in events.iter().zip(&out) {
+            if let Appended::At(..) = a {
+                state.window.insert(id_hash(&ev.message_id));
+            }
+        }
+        state.next = staged;
         Ok(out)
     }
 
@@ -125,6 +181,37 @@ impl EmbeddedLog {
     pub fn read(&self, partition: u16, from: u64, limit: usize) -> Result<Vec<LogRecord>> {
         read(&self.store, partition, from, limit)
     }
+}
+
+/// The ids of the latest `cap` events (spread evenly over the partitions), read from the tail of
+/// each partition without decoding whole events.
+fn rebuild_window(s: &Store, next: &[u64], cap: usize) -> Result<Window> {
+    let mut w = Window::new(cap);
+    let per = cap.div_ceil(next.len().max(1)) as u64;
+    for (p, &end) in next.iter().enumerate() {
+        let start = end.saturating_sub(per);
+        let it = s.db.iterator_cf(
+            s.cf(CF_LOG),
+            rocksdb::IteratorMode::From(&key(p as u16, start), rocksdb::Direction::Forward),
+        );
+        for r in it {
+            let (k, v) = r?;
+            if k.len() != 10 || k[..2] != (p as u16).to_be_bytes() {
+                break;
+            }
+            // postcard writes fields in order: kind, user id, message id come first.
+            let (_, _, id): (EventKind, &str, &str) = v
+                .get(9..)
+                .and_then(|b| postcard::take_from_bytes(b).ok())
+                .map(|(head, _)| head)
+                .ok_or_else(|| StoreError::Corrupt {
+                    table: CF_LOG,
+                    reason: format!("partition {p}: unreadable record head"),
+                })?;
+            w.insert(id_hash(id));
+        }
+    }
+    Ok(w)
 }
 
 pub fn read(s: &Store, partition: u16, from: u64, limit: usize) -> Result<Vec<LogRecord>> {
@@ -142,4 +229,34 @@ pub fn read(s: &Store, partition: u16, from: u64, limit: usize) -> Result<Vec<Lo
         out.push(decode(offset, &v)?);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: &str) -> Event {
+        Event::track("c1", id, "Clicked", Default::default())
+    }
+
+    #[test]
+    fn repeats_inside_the_window_are_dropped_also_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = EmbeddedLog::open(store.clone(), 4, 3).unwrap();
+        let r = log.append(&[ev("a"), ev("b"), ev("a")], 1).unwrap();
+        assert_eq!(r[2], Appended::Duplicate);
+        assert!(matches!(r[1], Appended::At(..)));
+        drop(log);
+        // Reopened: the window is rebuilt from the tail of the log.
+        let log = EmbeddedLog::open(store.clone(), 4, 3).unwrap();
+        assert_eq!(log.append(&[ev("b")], 2).unwrap(), vec![Appended::Duplicate]);
+        // Two more ids push `a` out of a window of three: it is accepted again.
+        assert!(matches!(
+            log.append(&[ev("c"), ev("d")], 3).unwrap()[..],
+            [Appended::At(..), Appended::At(..)]
+        ));
+        assert!(matches!(log.append(&[ev("a")], 4).unwrap()[..], [Appended::At(..)]));
+        assert_eq!(read(&store, partition_of("c1", 4), 0, 100).unwrap().len(), 5);
+    }
 }

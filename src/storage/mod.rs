@@ -10,7 +10,6 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteBatch, Wri
 use std::path::Path;
 
 pub const CF_LOG: &str = "log";
-pub const CF_DEDUP: &str = "dedup";
 pub const CF_CONTACTS: &str = "contacts";
 pub const CF_TIMERS: &str = "timers";
 pub const CF_OUTBOX: &str = "outbox";
@@ -20,9 +19,8 @@ pub const CF_COUNTERS: &str = "counters";
 pub const CF_WORKFLOWS: &str = "workflows";
 pub const CF_DEAD: &str = "dead_letters";
 
-const ALL: [&str; 10] = [
+const ALL: [&str; 9] = [
     CF_LOG,
-    CF_DEDUP,
     CF_CONTACTS,
     CF_TIMERS,
     CF_OUTBOX,
@@ -59,7 +57,7 @@ impl Store {
         opts.set_db_write_buffer_size(256 << 20);
         opts.set_write_buffer_size(64 << 20);
         opts.set_max_write_buffer_number(3);
-        // Point lookups (dedup, contacts, sent ledger, counters) mostly miss or hit one key:
+        // Point lookups (contacts, sent ledger, counters) mostly miss or hit one key:
         // bloom filters keep misses off the SST files.
         // Filters and indexes stay pinned in the table readers (not in the block cache, where
         // they thrash once tables outgrow it); data blocks share one 256 MiB cache.
@@ -71,10 +69,14 @@ impl Store {
             t.set_block_cache(&cache);
             o.set_block_based_table_factory(&t);
             o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+            // The same for the memtable: a lookup of a new id or contact (most of them) answers
+            // from a bloom filter instead of a skiplist search.
+            o.set_memtable_prefix_bloom_ratio(0.05);
+            o.set_memtable_whole_key_filtering(true);
             o
         };
         let cfs = ALL.iter().map(|n| match *n {
-            CF_DEDUP | CF_CONTACTS | CF_SENT | CF_COUNTERS => ColumnFamilyDescriptor::new(*n, point()),
+            CF_CONTACTS | CF_SENT | CF_COUNTERS => ColumnFamilyDescriptor::new(*n, point()),
             _ => ColumnFamilyDescriptor::new(*n, Options::default()),
         });
         Ok(Store {

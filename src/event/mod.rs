@@ -3,6 +3,8 @@
 //! Parsing happens at the edge (HTTP ingest, log files, Kafka records); the state machine only
 //! ever sees a validated [`Event`].
 
+pub mod wire;
+
 use crate::time::{Ts, parse_rfc3339};
 use crate::value::{Map, json_object_to_map};
 use serde::{Deserialize, Serialize};
@@ -80,9 +82,15 @@ impl Event {
         }
     }
 
+    /// Parses and validates one Segment JSON event (see [`wire`]).
     pub fn parse(bytes: &[u8]) -> Result<Self, EventError> {
-        let v: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| EventError::Json(e.to_string()))?;
-        Self::from_json(&v, None)
+        wire::parse(bytes, None)
+    }
+
+    /// As [`Event::parse`], with the type implied by the endpoint (`/v1/track`) used when the
+    /// body has no `type`.
+    pub fn parse_hinted(bytes: &[u8], kind_hint: Option<EventKind>) -> Result<Self, EventError> {
+        wire::parse(bytes, kind_hint)
     }
 
     /// Validates one Segment-shaped JSON object. `kind_hint` is the type implied by the
@@ -191,9 +199,37 @@ mod tests {
     }
 
     #[test]
+    fn the_typed_parser_agrees_with_the_value_path() {
+        let cases = [
+            r#"{"type":"track","userId":42,"messageId":"m","event":"x","properties":{"a":[1,2.5,"s",null,{"b":true}],"big":18446744073709551615},"context":{"ip":"1.2.3.4"}}"#,
+            r#"{"type":"page","userId":"u","messageId":"m","name":"Home","properties":null,"timestamp":null}"#,
+            r#"{"type":"identify","userId":"u","messageId":"m","traits":{"email":"a@b.c","plan":"pro"},"integrations":{"All":true}}"#,
+            r#"{"userId":"u","messageId":"m","event":"x"}"#,
+            r#"[1,2]"#,
+            r#""track""#,
+            r#"{"type":3,"userId":"u","messageId":"m"}"#,
+            r#"{"type":"track","userId":true,"messageId":"m","event":"x"}"#,
+            r#"{"type":"track","userId":"u","messageId":["m"],"event":"x"}"#,
+            r#"{"type":"track","userId":"u","messageId":"m","event":"x","traits":"no"}"#,
+            r#"{"type":"track","userId":"u","messageId":"m","event":"","timestamp":5}"#,
+            r#"{"type":"track","userId":"","messageId":"m","event":"x"}"#,
+        ];
+        for c in cases {
+            let via_value = Event::from_json(&serde_json::from_str(c).unwrap(), Some(EventKind::Track));
+            assert_eq!(
+                Event::parse_hinted(c.as_bytes(), Some(EventKind::Track)),
+                via_value,
+                "{c}"
+            );
+        }
+    }
+
+    #[test]
     fn rejects_with_a_reason() {
         let e = |s: &str| Event::parse(s.as_bytes()).unwrap_err().to_string();
         assert!(e("{").starts_with("not valid JSON"));
+        assert!(e(r#"{"type":"track"} trailing"#).starts_with("not valid JSON"));
+        assert_eq!(e("[1]"), "an event must be a JSON object");
         assert_eq!(
             e(r#"{"type":"track","messageId":"m","event":"x"}"#),
             "missing or empty `userId`"
