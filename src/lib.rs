@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod event;
 pub mod machine;
+pub mod replay;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;

@@ -35,12 +35,52 @@ enum Command {
         #[command(subcommand)]
         action: ContactCmd,
     },
+    /// Rebuild state into a fresh directory from the embedded log of a data directory (default:
+    /// `engine.data_dir`) or from NDJSON files; with --workflows, a what-if run of changed
+    /// workflows that sends nothing and compares each step with what actually happened.
+    Replay {
+        /// Data directory whose log to replay (opened read-only; the engine may be running).
+        #[arg(long, conflicts_with = "ndjson")]
+        from_data: Option<PathBuf>,
+        /// NDJSON files of Segment events, replayed at their `receivedAt` (else `timestamp`).
+        #[arg(long, num_args = 1..)]
+        ndjson: Vec<PathBuf>,
+        /// The fresh state directory to build (optional for a what-if run).
+        #[arg(long)]
+        into: Option<PathBuf>,
+        /// Changed workflow definitions to run the history through (what-if; nothing is sent).
+        #[arg(long)]
+        workflows: Option<PathBuf>,
+        /// Keep in the new outbox the messages the source never sent (the next `run` sends
+        /// them); by default every replayed send is suppressed and only reported.
+        #[arg(long, conflicts_with = "workflows")]
+        send_unsent: bool,
+        /// Fire timers up to this RFC 3339 time at the end (default: where the source stopped).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Inspect a store.
+    State {
+        #[command(subcommand)]
+        action: StateCmd,
+    },
     /// Run a sample clickstream through the workflows on a simulated clock and write the emails.
     Demo {
         #[arg(long, default_value = "examples/clickstream.ndjson")]
         events: PathBuf,
         #[arg(long, default_value = "out")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCmd {
+    /// A stable digest of all contact state and pending timers, overall and per partition
+    /// (works while the engine runs).
+    Digest {
+        /// Defaults to `engine.data_dir`.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -138,6 +178,56 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        Command::Replay {
+            from_data,
+            ndjson,
+            into,
+            workflows,
+            send_unsent,
+            until,
+        } => {
+            let source = if ndjson.is_empty() {
+                dripline::replay::Source::Data(from_data.unwrap_or_else(|| settings.engine.data_dir.clone()))
+            } else {
+                dripline::replay::Source::Ndjson(ndjson)
+            };
+            let until = match until {
+                Some(u) => Some(
+                    dripline::time::parse_rfc3339(&u).ok_or_else(|| anyhow::anyhow!("--until {u}: not RFC 3339"))?,
+                ),
+                None => None,
+            };
+            let what_if = workflows.is_some();
+            let r = dripline::replay::run(
+                &settings,
+                dripline::replay::Options {
+                    source,
+                    into,
+                    workflows,
+                    send_unsent,
+                    until,
+                    progress: true,
+                },
+            )?;
+            print_replay(&r, what_if);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::State {
+            action: StateCmd::Digest { data_dir },
+        } => {
+            let dir = data_dir.unwrap_or_else(|| settings.engine.data_dir.clone());
+            let store = dripline::storage::Store::open_read_only(&dir)
+                .with_context(|| format!("opening {}", dir.display()))?;
+            let d = dripline::storage::digest::digest(&store, settings.engine.partitions)?;
+            println!("{:032x}  {} contacts", d.total, d.contacts());
+            for (p, pd) in d.partitions.iter().enumerate() {
+                println!(
+                    "  partition {p:>3}  {:032x}  {} contacts, {} timers",
+                    pd.digest, pd.contacts, pd.timers
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo { events, out } => {
             let report = dripline::demo::run(&settings, &events, &out).context("demo")?;
             println!(
@@ -176,6 +266,54 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 );
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn print_replay(r: &dripline::replay::Report, what_if: bool) {
+    println!(
+        "replayed {} records in {:.1} s ({:.0} records/s): {} inputs handled, {} duplicates dropped, {} bad records",
+        r.records,
+        r.seconds,
+        r.records as f64 / r.seconds.max(1e-9),
+        r.inputs,
+        r.duplicates,
+        r.bad
+    );
+    for b in &r.bad_listed {
+        println!("  bad record: {b}");
+    }
+    if r.bad > r.bad_listed.len() as u64 {
+        println!("  … and {} more (all in the dead letters)", r.bad - r.bad_listed.len() as u64);
+    }
+    println!(
+        "would send {}, of which {} were already sent; {}",
+        r.would_send,
+        r.already_sent,
+        if r.kept_to_send > 0 {
+            format!("{} never sent are in the new outbox for the next `run`", r.kept_to_send)
+        } else {
+            "nothing will be sent".to_string()
+        }
+    );
+    if let Some(d) = &r.digest {
+        println!("state digest {:032x} ({} contacts)", d.total, d.contacts());
+    }
+    if let Some(into) = &r.into {
+        println!("state written to {}", into.display());
+    }
+    if what_if {
+        use dripline::machine::Metric;
+        println!("\nwhat-if, per workflow and step (actual → with the changed workflows):");
+        println!("{:<24} {:<20} {:<10} {:>8} {:>8} {:>8}", "workflow", "step", "", "actual", "what-if", "change");
+        for ((wf, step, metric), (actual, replayed)) in &r.steps {
+            if !matches!(metric, Metric::Entered | Metric::Sent | Metric::Converted | Metric::Exited) {
+                continue;
+            }
+            let a = actual.map_or("-".to_string(), |a| a.to_string());
+            let change = replayed - actual.unwrap_or(0);
+            let mark = if change != 0 { format!("{change:+}") } else { String::new() };
+            println!("{wf:<24} {step:<20} {:<10} {a:>8} {replayed:>8} {mark:>8}", metric.as_str());
         }
     }
 }

@@ -181,7 +181,7 @@ impl Engine {
         let mut p = p.lock().expect("partition lock");
         let mut total = 0;
         loop {
-            let n = p.poll(wall, self.batch)?;
+            let n = p.poll(&self.log, wall, self.batch)?;
             total += n;
             if n < self.batch {
                 return Ok(total);

@@ -31,7 +31,9 @@ pub struct Partition {
     counter_deltas: FxHashMap<(Arc<str>, u32, StepIdx, Metric), i64>,
     /// Stored counter values already read: each is read from RocksDB once.
     counter_values: FxHashMap<Vec<u8>, i64>,
+    /// Last consumed log offset.
     position: Option<u64>,
+    /// The partition's clock: the input time of the last input handled (never goes back).
     last_time: Ts,
     batch: WriteBatch,
     fx: Vec<Effect>,
@@ -45,7 +47,7 @@ impl Partition {
         metrics: Arc<Metrics>,
         cache_cap: usize,
     ) -> Result<Self> {
-        let position = tables::get_position(&store, id)?;
+        let pos = tables::get_position(&store, id)?;
         Ok(Partition {
             id,
             timers: TimerQueue::new(id, 4096),
@@ -57,8 +59,8 @@ impl Partition {
             spilled: FxHashMap::default(),
             counter_deltas: FxHashMap::default(),
             counter_values: FxHashMap::default(),
-            position,
-            last_time: Ts::MIN,
+            position: pos.offset,
+            last_time: pos.clock,
             batch: WriteBatch::default(),
             fx: Vec::new(),
         })
@@ -69,14 +71,30 @@ impl Partition {
         self.position.map_or(0, |p| p + 1)
     }
 
+    /// The partition's clock (the input time it has reached).
+    pub fn clock(&self) -> Ts {
+        self.last_time
+    }
+
     /// Processes up to `max` log records (and the timers due before each). Once the log is
-    /// drained, fires the timers due by `wall`. Commits once. Returns the inputs handled.
-    pub fn poll(&mut self, wall: Ts, max: usize) -> Result<usize> {
-        let records = log::read(&self.store, self.id, self.next_offset(), max)?;
+    /// drained, fires the timers due by `wall`: the log is sealed at `wall` first, so no event
+    /// stamped earlier can arrive after them. Commits once. Returns the inputs handled.
+    pub fn poll(&mut self, log: &log::EmbeddedLog, wall: Ts, max: usize) -> Result<usize> {
+        let records = log::scan(&self.store, self.id, self.next_offset(), max)?;
         let mut n = 0;
-        // Fewer records than asked for: the log is drained, so timers may run up to `wall`.
-        let drained = records.len() < max;
+        let consumed = records.len();
         for r in records {
+            let r = match r {
+                Ok(r) => r,
+                Err(bad) => {
+                    // A record that cannot be decoded must not stall the partition.
+                    let reason = format!("log partition {} offset {}: {}", self.id, bad.offset, bad.reason);
+                    tables::put_dead_letter(&self.store, &mut self.batch, self.last_time, &reason, &bad.bytes);
+                    self.metrics.events_rejected.with_label_values(&["unreadable_record"]).inc();
+                    self.position = Some(bad.offset);
+                    continue;
+                }
+            };
             let t = r.received.max(self.last_time);
             n += self.fire_until(t, None)?;
             self.last_time = t;
@@ -88,14 +106,15 @@ impl Partition {
             self.position = Some(r.offset);
             n += 1;
         }
-        if drained {
+        // Fewer records than asked for, and nothing appended since: timers may run up to `wall`.
+        if consumed < max && log.seal(self.id, wall) == self.next_offset() {
             n += self.fire_until(wall.max(self.last_time), Some(wall))?;
         }
-        if n > 0 {
+        if n > 0 || consumed > 0 {
             self.metrics.batch_size.observe(n as f64);
             self.commit()?;
         }
-        Ok(n)
+        Ok(n.max(consumed))
     }
 
     fn fire_until(&mut self, t: Ts, wall: Option<Ts>) -> Result<usize> {
@@ -237,8 +256,12 @@ impl Partition {
             tables::put_counter(&self.store, &mut self.batch, &key, stored + delta);
             self.counter_values.insert(key, stored + delta);
         }
-        if let Some(p) = self.position {
-            tables::put_position(&self.store, &mut self.batch, self.id, p);
+        if self.position.is_some() || self.last_time != Ts::MIN {
+            let pos = tables::Position {
+                offset: self.position,
+                clock: self.last_time,
+            };
+            tables::put_position(&self.store, &mut self.batch, self.id, pos);
         }
         if !self.batch.is_empty() {
             let started = std::time::Instant::now();

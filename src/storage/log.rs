@@ -105,6 +105,10 @@ struct State {
     /// Next offset per partition.
     next: Vec<u64>,
     window: Window,
+    /// No record appended from now on is stamped earlier than this: raised by every append and
+    /// by [`EmbeddedLog::seal`], so a partition that fired timers up to its wall clock can never
+    /// later see an event stamped before them (live and replay then order them alike).
+    floor: Ts,
 }
 
 pub struct EmbeddedLog {
@@ -119,13 +123,17 @@ impl EmbeddedLog {
     /// remembered for dropping repeats.
     pub fn open(store: Arc<Store>, partitions: u16, dedup_window: usize) -> Result<Self> {
         let mut next = vec![0; partitions as usize];
+        let mut floor = Ts::MIN;
         for (p, n) in next.iter_mut().enumerate() {
             let upper = key(p as u16, u64::MAX);
             let mut it = store.db.raw_iterator_cf(store.cf(CF_LOG));
             it.seek_for_prev(upper);
-            if let Some(k) = it.key() {
+            if let (Some(k), Some(v)) = (it.key(), it.value()) {
                 if k.len() == 10 && k[..2] == (p as u16).to_be_bytes() {
                     *n = u64::from_be_bytes(k[2..].try_into().expect("8 bytes")) + 1;
+                    if let Some(stamp) = v.get(1..9) {
+                        floor = floor.max(i64::from_be_bytes(stamp.try_into().expect("8 bytes")));
+                    }
                 }
             }
             it.status()?;
@@ -134,39 +142,58 @@ impl EmbeddedLog {
         Ok(EmbeddedLog {
             store,
             partitions,
-            state: Mutex::new(State { next, window }),
+            state: Mutex::new(State { next, window, floor }),
         })
+    }
+
+    /// Raises the floor to `wall` and returns the partition's end offset, atomically with
+    /// appends: a partition that has consumed up to that end may fire timers up to `wall`.
+    pub fn seal(&self, partition: u16, wall: Ts) -> u64 {
+        let mut state = self.state.lock().expect("log lock");
+        state.floor = state.floor.max(wall);
+        state.next[partition as usize]
     }
 
     pub fn partitions(&self) -> u16 {
         self.partitions
     }
 
-    /// Appends valid events durably, in order, dropping repeated message ids (within the batch
-    /// and against everything appended before). Returns one result per event.
+    /// Appends valid events received at `received` durably (fsynced), in order, dropping
+    /// message ids repeated within the batch or the dedup window. One result per event.
     pub fn append(&self, events: &[Event], received: Ts) -> Result<Vec<Appended>> {
+        self.append_at(events, &vec![received; events.len()], true)
+    }
+
+    /// As [`EmbeddedLog::append`] with a stamp per event (replay keeps the original ones);
+    /// `sync: false` leaves the fsync to the caller (replay syncs once at the end). A stamp below
+    /// the floor is raised to it, so stamps never go backwards.
+    pub fn append_at(&self, events: &[Event], stamps: &[Ts], sync: bool) -> Result<Vec<Appended>> {
+        debug_assert_eq!(events.len(), stamps.len());
         let s = &self.store;
         let mut state = self.state.lock().expect("log lock");
+        let mut floor = state.floor;
         let mut batch = WriteBatch::default();
         let mut in_batch = FxHashSet::default();
         let mut out = Vec::with_capacity(events.len());
         let mut staged = state.next.clone();
         let cf = s.cf(CF_LOG);
-        for ev in events {
+        for (ev, &stamp) in events.iter().zip(stamps) {
             let h = id_hash(&ev.message_id);
             if state.window.contains(h) || !in_batch.insert(h) {
                 out.push(Appended::Duplicate);
                 continue;
             }
+            floor = floor.max(stamp);
             let p = partition_of(&ev.user_id, self.partitions);
             let off = staged[p as usize];
             staged[p as usize] += 1;
-            batch.put_cf(cf, key(p, off), encode(received, ev));
+            batch.put_cf(cf, key(p, off), encode(floor, ev));
             out.push(Appended::At(p, off));
         }
         if !batch.is_empty() {
-            s.write(batch, true)?;
+            s.write(batch, sync)?;
         }
+        state.floor = floor;
         // Only what is durable joins the window: a failed write leaves it as it was.
         for (ev, a) in events.iter().zip(&out) {
             if let Appended::At(..) = a {
@@ -214,7 +241,19 @@ fn rebuild_window(s: &Store, next: &[u64], cap: usize) -> Result<Window> {
     Ok(w)
 }
 
-pub fn read(s: &Store, partition: u16, from: u64, limit: usize) -> Result<Vec<LogRecord>> {
+/// A stored record, or why it cannot be read (it is skipped and dead-lettered, never fatal).
+pub type Scanned = std::result::Result<LogRecord, Unreadable>;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unreadable {
+    pub offset: u64,
+    pub reason: String,
+    pub bytes: Vec<u8>,
+}
+
+/// Up to `limit` records of `partition` from offset `from` (inclusive). A record that does not
+/// decode comes back as [`Unreadable`] in its place; only a storage failure is an error.
+pub fn scan(s: &Store, partition: u16, from: u64, limit: usize) -> Result<Vec<Scanned>> {
     let mut out = Vec::with_capacity(limit.min(4096));
     let start = key(partition, from);
     for r in s.db.iterator_cf(
@@ -226,9 +265,18 @@ pub fn read(s: &Store, partition: u16, from: u64, limit: usize) -> Result<Vec<Lo
             break;
         }
         let offset = u64::from_be_bytes(k[2..].try_into().expect("8 bytes"));
-        out.push(decode(offset, &v)?);
+        out.push(decode(offset, &v).map_err(|e| Unreadable {
+            offset,
+            reason: e.to_string(),
+            bytes: v.to_vec(),
+        }));
     }
     Ok(out)
+}
+
+/// Up to `limit` readable records of `partition` from `from` (tests and tools).
+pub fn read(s: &Store, partition: u16, from: u64, limit: usize) -> Result<Vec<LogRecord>> {
+    Ok(scan(s, partition, from, limit)?.into_iter().filter_map(|r| r.ok()).collect())
 }
 
 #[cfg(test)]

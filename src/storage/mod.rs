@@ -2,6 +2,7 @@
 //! changes — contact states, timers, outbox entries, counters and the consumed log position —
 //! goes into one `WriteBatch`, so a crash never leaves half of it. WAL on.
 
+pub mod digest;
 pub mod log;
 pub mod tables;
 pub mod timers;

@@ -80,6 +80,22 @@ pub fn outbox_page(s: &Store, limit: usize) -> Result<Vec<(SendId, OutboxEntry)>
     Ok(out)
 }
 
+/// Every id waiting in the outbox, in key order.
+pub fn outbox_ids(s: &Store) -> Result<Vec<SendId>> {
+    s.db.iterator_cf(s.cf(CF_OUTBOX), rocksdb::IteratorMode::Start)
+        .map(|r| {
+            let (k, _) = r?;
+            Ok(SendId(u128::from_be_bytes(
+                k.as_ref().try_into().map_err(|_| corrupt(CF_OUTBOX, "key"))?,
+            )))
+        })
+        .collect()
+}
+
+pub fn delete_outbox(s: &Store, b: &mut WriteBatch, id: SendId) {
+    b.delete_cf(s.cf(CF_OUTBOX), id_key(id));
+}
+
 pub fn outbox_len(s: &Store) -> Result<u64> {
     Ok(s.db
         .property_int_value_cf(s.cf(CF_OUTBOX), "rocksdb.estimate-num-keys")?
@@ -116,20 +132,42 @@ pub fn sent_ids(s: &Store) -> Result<Vec<SendId>> {
         .collect()
 }
 
-// ---- positions: partition → last consumed log offset -----------------------------------------
+// ---- positions: partition → last consumed log offset and the partition's clock --------------
+
+/// Where a partition is: the last log offset it consumed (if any) and the input time it has
+/// reached (the clock restarts from here, and replay fires timers up to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Position {
+    pub offset: Option<u64>,
+    pub clock: Ts,
+}
 
 fn position_key(partition: u16) -> [u8; 2] {
     partition.to_be_bytes()
 }
 
-pub fn get_position(s: &Store, partition: u16) -> Result<Option<u64>> {
-    Ok(s.db
-        .get_pinned_cf(s.cf(CF_POSITIONS), position_key(partition))?
-        .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+pub fn get_position(s: &Store, partition: u16) -> Result<Position> {
+    let Some(v) = s.db.get_pinned_cf(s.cf(CF_POSITIONS), position_key(partition))? else {
+        return Ok(Position {
+            offset: None,
+            clock: Ts::MIN,
+        });
+    };
+    let bad = || corrupt(CF_POSITIONS, "value");
+    let offset = u64::from_be_bytes(v.get(0..8).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+    let clock = i64::from_be_bytes(v.get(8..16).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+    Ok(Position {
+        // u64::MAX: no record consumed yet, only timers (the clock still moved).
+        offset: (offset != u64::MAX).then_some(offset),
+        clock,
+    })
 }
 
-pub fn put_position(s: &Store, b: &mut WriteBatch, partition: u16, offset: u64) {
-    b.put_cf(s.cf(CF_POSITIONS), position_key(partition), offset.to_be_bytes());
+pub fn put_position(s: &Store, b: &mut WriteBatch, partition: u16, pos: Position) {
+    let mut v = [0u8; 16];
+    v[..8].copy_from_slice(&pos.offset.unwrap_or(u64::MAX).to_be_bytes());
+    v[8..].copy_from_slice(&pos.clock.to_be_bytes());
+    b.put_cf(s.cf(CF_POSITIONS), position_key(partition), v);
 }
 
 // ---- counters: workflow, version, step, metric → value (partition-local deltas summed) ------
