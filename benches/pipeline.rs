@@ -171,6 +171,24 @@ fn main() {
         .sends_decided
         .with_label_values(&["abandoned_cart"])
         .get();
+    let inputs = engine.metrics.inputs_processed.get();
+    let live_digest = dripline::storage::digest::digest(&engine.store, s.engine.partitions).expect("digest");
+    drop(engine);
+
+    // Replay: the same log rebuilt into a fresh directory (what an operator runs after a bug fix).
+    let replay = dripline::replay::run(
+        &s,
+        dripline::replay::Options {
+            source: dripline::replay::Source::Data(s.engine.data_dir.clone()),
+            into: Some(tmp.path().join("replayed")),
+            workflows: None,
+            send_unsent: false,
+            until: None,
+            progress: false,
+        },
+    )
+    .expect("replay");
+    let replay_rate = replay.records as f64 / replay.replay_seconds;
     println!("end to end:  {:>9.0} events/s  ({elapsed:.1} s)", e2e);
     println!("  of which:  parse + validate + append (fsync) {t_ingest:.1} s, process + commit {t_process:.1} s");
     println!(
@@ -178,6 +196,18 @@ fn main() {
         raw
     );
     println!("ratio:       {:>9.1} % of the raw limit", 100.0 * e2e / raw);
+    println!(
+        "replay:      {:>9.0} events/s  ({:.1} s; {:.2}× live; {} inputs; state digest {} the live one)",
+        replay_rate,
+        replay.replay_seconds,
+        replay_rate / e2e,
+        replay.inputs,
+        if replay.digest.as_ref() == Some(&live_digest) {
+            "equals"
+        } else {
+            "DIFFERS FROM"
+        }
+    );
     println!(
         "append→commit latency per batch: p50 {:.1} ms, p99 {:.1} ms",
         percentile(&latencies, 0.5),
@@ -187,8 +217,5 @@ fn main() {
         "peak RSS:    {:>9.0} MiB (contact cache {} per partition × {} partitions)",
         engine_rss, s.engine.cache_contacts_per_partition, s.engine.partitions
     );
-    println!(
-        "abandoned-cart emails decided: {decided}, inputs processed: {}",
-        engine.metrics.inputs_processed.get()
-    );
+    println!("abandoned-cart emails decided: {decided}, inputs processed: {inputs}");
 }

@@ -216,8 +216,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             action: StateCmd::Digest { data_dir },
         } => {
             let dir = data_dir.unwrap_or_else(|| settings.engine.data_dir.clone());
-            let store = dripline::storage::Store::open_read_only(&dir)
-                .with_context(|| format!("opening {}", dir.display()))?;
+            let store =
+                dripline::storage::Store::open_read_only(&dir).with_context(|| format!("opening {}", dir.display()))?;
             let d = dripline::storage::digest::digest(&store, settings.engine.partitions)?;
             println!("{:032x}  {} contacts", d.total, d.contacts());
             for (p, pd) in d.partitions.iter().enumerate() {
@@ -274,8 +274,8 @@ fn print_replay(r: &dripline::replay::Report, what_if: bool) {
     println!(
         "replayed {} records in {:.1} s ({:.0} records/s): {} inputs handled, {} duplicates dropped, {} bad records",
         r.records,
-        r.seconds,
-        r.records as f64 / r.seconds.max(1e-9),
+        r.replay_seconds,
+        r.records as f64 / r.replay_seconds.max(1e-9),
         r.inputs,
         r.duplicates,
         r.bad
@@ -284,7 +284,10 @@ fn print_replay(r: &dripline::replay::Report, what_if: bool) {
         println!("  bad record: {b}");
     }
     if r.bad > r.bad_listed.len() as u64 {
-        println!("  … and {} more (all in the dead letters)", r.bad - r.bad_listed.len() as u64);
+        println!(
+            "  … and {} more (all in the dead letters)",
+            r.bad - r.bad_listed.len() as u64
+        );
     }
     println!(
         "would send {}, of which {} were already sent; {}",
@@ -305,15 +308,28 @@ fn print_replay(r: &dripline::replay::Report, what_if: bool) {
     if what_if {
         use dripline::machine::Metric;
         println!("\nwhat-if, per workflow and step (actual → with the changed workflows):");
-        println!("{:<24} {:<20} {:<10} {:>8} {:>8} {:>8}", "workflow", "step", "", "actual", "what-if", "change");
+        println!(
+            "{:<24} {:<20} {:<10} {:>8} {:>8} {:>8}",
+            "workflow", "step", "metric", "actual", "what-if", "change"
+        );
         for ((wf, step, metric), (actual, replayed)) in &r.steps {
-            if !matches!(metric, Metric::Entered | Metric::Sent | Metric::Converted | Metric::Exited) {
+            if !matches!(
+                metric,
+                Metric::Entered | Metric::Sent | Metric::Converted | Metric::Exited
+            ) {
                 continue;
             }
             let a = actual.map_or("-".to_string(), |a| a.to_string());
             let change = replayed - actual.unwrap_or(0);
-            let mark = if change != 0 { format!("{change:+}") } else { String::new() };
-            println!("{wf:<24} {step:<20} {:<10} {a:>8} {replayed:>8} {mark:>8}", metric.as_str());
+            let mark = if change != 0 {
+                format!("{change:+}")
+            } else {
+                String::new()
+            };
+            println!(
+                "{wf:<24} {step:<20} {:<10} {a:>8} {replayed:>8} {mark:>8}",
+                metric.as_str()
+            );
         }
     }
 }

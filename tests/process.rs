@@ -350,7 +350,11 @@ fn dripline(args: &[&str]) -> String {
         .env("DRIPLINE__POLICY__QUIET_HOURS", "")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -396,10 +400,18 @@ templates:
         for c in 0..8 {
             let who = format!("c{}", round * 8 + c);
             let events = [
-                format!(r#"{{"type":"identify","userId":"{who}","messageId":"i-{who}","traits":{{"email":"{who}@example.org"}}}}"#),
+                format!(
+                    r#"{{"type":"identify","userId":"{who}","messageId":"i-{who}","traits":{{"email":"{who}@example.org"}}}}"#
+                ),
                 format!(r#"{{"type":"track","userId":"{who}","messageId":"s-{who}","event":"Signed Up"}}"#),
             ];
-            let (s, b) = http(port, "POST", "/v1/batch", &format!(r#"{{"batch":[{}]}}"#, events.join(","))).unwrap();
+            let (s, b) = http(
+                port,
+                "POST",
+                "/v1/batch",
+                &format!(r#"{{"batch":[{}]}}"#, events.join(",")),
+            )
+            .unwrap();
             assert_eq!(s, 200, "{b}");
         }
         // Some earlier contacts act while their waits are running or have run out.
@@ -419,12 +431,22 @@ templates:
     let replayed = tmp.path().join("replayed");
     let workflows = format!("DRIPLINE__WORKFLOWS__DIR={}", wf.display());
     let out = Command::new(env!("CARGO_BIN_EXE_dripline"))
-        .args(["replay", "--from-data", data.to_str().unwrap(), "--into", replayed.to_str().unwrap()])
+        .args([
+            "replay",
+            "--from-data",
+            data.to_str().unwrap(),
+            "--into",
+            replayed.to_str().unwrap(),
+        ])
         .env("DRIPLINE__WORKFLOWS__DIR", &wf)
         .env("DRIPLINE__POLICY__QUIET_HOURS", "")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{workflows}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{workflows}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report = String::from_utf8_lossy(&out.stdout);
     let again = dripline(&["state", "digest", "--data-dir", replayed.to_str().unwrap()]);
     assert_eq!(live, again, "live and replayed state differ; replay said:\n{report}");

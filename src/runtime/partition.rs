@@ -90,7 +90,10 @@ impl Partition {
                     // A record that cannot be decoded must not stall the partition.
                     let reason = format!("log partition {} offset {}: {}", self.id, bad.offset, bad.reason);
                     tables::put_dead_letter(&self.store, &mut self.batch, self.last_time, &reason, &bad.bytes);
-                    self.metrics.events_rejected.with_label_values(&["unreadable_record"]).inc();
+                    self.metrics
+                        .events_rejected
+                        .with_label_values(&["unreadable_record"])
+                        .inc();
                     self.position = Some(bad.offset);
                     continue;
                 }

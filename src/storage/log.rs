@@ -276,7 +276,10 @@ pub fn scan(s: &Store, partition: u16, from: u64, limit: usize) -> Result<Vec<Sc
 
 /// Up to `limit` readable records of `partition` from `from` (tests and tools).
 pub fn read(s: &Store, partition: u16, from: u64, limit: usize) -> Result<Vec<LogRecord>> {
-    Ok(scan(s, partition, from, limit)?.into_iter().filter_map(|r| r.ok()).collect())
+    Ok(scan(s, partition, from, limit)?
+        .into_iter()
+        .filter_map(|r| r.ok())
+        .collect())
 }
 
 #[cfg(test)]

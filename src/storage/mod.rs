@@ -44,6 +44,10 @@ pub type Result<T> = std::result::Result<T, StoreError>;
 
 pub struct Store {
     pub db: DB,
+    /// Bulk mode (replay into a fresh directory): writes skip the WAL and [`Store::finish_bulk`]
+    /// flushes the memtables at the end. A crash mid-replay loses only a directory that is
+    /// rebuilt from scratch anyway.
+    bulk: std::sync::atomic::AtomicBool,
 }
 
 impl Store {
@@ -82,6 +86,7 @@ impl Store {
         });
         Ok(Store {
             db: DB::open_cf_descriptors(&opts, dir, cfs)?,
+            bulk: Default::default(),
         })
     }
 
@@ -89,6 +94,7 @@ impl Store {
     pub fn open_read_only(dir: &Path) -> Result<Store> {
         Ok(Store {
             db: DB::open_cf_for_read_only(&Options::default(), dir, ALL, false)?,
+            bulk: Default::default(),
         })
     }
 
@@ -100,7 +106,23 @@ impl Store {
     /// to acknowledge (ingest), so an acknowledged event survives a power cut.
     pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
         let mut w = WriteOptions::default();
-        w.set_sync(sync);
+        if self.bulk.load(std::sync::atomic::Ordering::Relaxed) {
+            w.disable_wal(true);
+        } else {
+            w.set_sync(sync);
+        }
         Ok(self.db.write_opt(batch, &w)?)
+    }
+
+    pub fn start_bulk(&self) {
+        self.bulk.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Leaves bulk mode with everything written durably (memtables flushed to SST files).
+    pub fn finish_bulk(&self) -> Result<()> {
+        self.bulk.store(false, std::sync::atomic::Ordering::Relaxed);
+        let cfs: Vec<&ColumnFamily> = ALL.iter().map(|n| self.cf(n)).collect();
+        self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        Ok(())
     }
 }
