@@ -15,6 +15,29 @@ pub struct Settings {
     pub mail: MailSettings,
     pub engine: EngineSettings,
     pub http: HttpSettings,
+    pub kafka: KafkaSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaSettings {
+    /// Empty: the embedded log. Otherwise `host:port,…` and the engine joins a consumer group.
+    pub brokers: String,
+    pub group_id: String,
+    pub events_topic: String,
+    pub changelog_topic: String,
+    pub dead_letter_topic: String,
+    /// Timers fire on the wall clock only up to now minus this, while a partition is idle.
+    pub idle_timer_grace: String,
+    /// Extra librdkafka properties for every client (`security.protocol`, `sasl.*`, …).
+    #[serde(default)]
+    pub client: std::collections::BTreeMap<String, String>,
+}
+
+impl KafkaSettings {
+    pub fn enabled(&self) -> bool {
+        !self.brokers.trim().is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -106,6 +129,12 @@ impl Settings {
                 key: "engine",
                 reason: "partitions, workers and batch must be at least 1".into(),
             });
+        }
+        if settings.kafka.enabled() {
+            duration::parse(&settings.kafka.idle_timer_grace).map_err(|reason| ConfigError::Invalid {
+                key: "kafka.idle_timer_grace",
+                reason,
+            })?;
         }
         settings
             .mail

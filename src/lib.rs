@@ -8,6 +8,7 @@
 pub mod config;
 pub mod demo;
 pub mod event;
+pub mod kafka;
 pub mod machine;
 pub mod replay;
 pub mod runtime;

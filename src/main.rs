@@ -127,13 +127,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run => {
             let engine = std::sync::Arc::new(dripline::runtime::Engine::open(&settings)?);
-            eprintln!(
-                "dripline: {} workflows, {} partitions on {} worker threads, listening on http://{}",
-                engine.reg.latest().len(),
-                engine.partitions.len(),
-                settings.engine.workers,
-                settings.http.listen
-            );
+            if settings.kafka.enabled() {
+                eprintln!(
+                    "dripline: {} workflows, consumer group `{}` on {} at {}, listening on http://{}",
+                    engine.reg.latest().len(),
+                    settings.kafka.group_id,
+                    settings.kafka.events_topic,
+                    settings.kafka.brokers,
+                    settings.http.listen
+                );
+            } else {
+                eprintln!(
+                    "dripline: {} workflows, {} partitions on {} worker threads, listening on http://{}",
+                    engine.reg.latest().len(),
+                    engine.partitions.len(),
+                    settings.engine.workers,
+                    settings.http.listen
+                );
+            }
             let listen = settings.http.listen.clone();
             let workers = settings.engine.workers;
             let served = actix_web::rt::System::new().block_on(async move {

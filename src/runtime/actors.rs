@@ -7,6 +7,7 @@
 use super::Engine;
 use actix::prelude::*;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 const IDLE: Duration = Duration::from_millis(5);
@@ -105,6 +106,8 @@ impl Handler<Stop> for MailerActor {
 /// The running actors, to stop them in order: partitions first, then the mailer.
 pub struct Running {
     partitions: Vec<Addr<PartitionActor>>,
+    /// Kafka mode: the consumer-group member's thread and its stop flag.
+    kafka: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
     mailer: Addr<MailerActor>,
     arbiters: Vec<Arbiter>,
 }
@@ -122,12 +125,30 @@ pub fn start(engine: Arc<Engine>, workers: usize) -> Running {
             })
         })
         .collect();
+    let kafka = engine.changelog.clone().map(|changelog| {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (e, s) = (engine.clone(), stop.clone());
+        let handle = std::thread::Builder::new()
+            .name("kafka-consumer".into())
+            .spawn(move || {
+                let settings = e.settings.clone();
+                if let Err(err) = crate::kafka::consumer::run(e, &settings, changelog, s) {
+                    tracing::error!("kafka consumer stopped: {err:#}");
+                    // Without its consumer this instance can only do harm: stop the process and
+                    // let the group hand its partitions to the others.
+                    std::process::exit(1);
+                }
+            })
+            .expect("spawn the consumer thread");
+        (stop, handle)
+    });
     let mailer = {
         let engine = engine.clone();
         MailerActor::start_in_arbiter(&arbiters[workers.max(1)].handle(), move |_| MailerActor { engine })
     };
     Running {
         partitions,
+        kafka,
         mailer,
         arbiters,
     }
@@ -137,6 +158,10 @@ impl Running {
     pub async fn stop(self) {
         for p in &self.partitions {
             let _ = p.send(Stop).await;
+        }
+        if let Some((stop, handle)) = self.kafka {
+            stop.store(true, Ordering::SeqCst);
+            let _ = actix_web::rt::task::spawn_blocking(move || handle.join()).await;
         }
         let _ = self.mailer.send(Stop).await;
         for a in self.arbiters {

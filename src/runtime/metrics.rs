@@ -2,7 +2,7 @@
 //! Labels never carry contact ids or addresses.
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 pub struct Metrics {
@@ -23,6 +23,14 @@ pub struct Metrics {
     pub render_errors: IntCounter,
     pub rocksdb_write: Histogram,
     pub transport_latency: HistogramVec,
+    pub kafka_assigned_partitions: IntGauge,
+    pub kafka_rebalances: IntCounter,
+    pub kafka_lag_records: IntGaugeVec,
+    pub kafka_lag_seconds: GaugeVec,
+    pub kafka_restore_records: IntCounter,
+    pub kafka_restore_seconds: Histogram,
+    pub kafka_changelog_produce: Histogram,
+    pub kafka_dead_letters: IntCounterVec,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -134,6 +142,70 @@ impl Metrics {
                     )
                     .buckets(latency_buckets()),
                     &["transport"]
+                )
+                .unwrap()
+            ),
+            kafka_assigned_partitions: reg!(
+                IntGauge::new(
+                    "dripline_kafka_assigned_partitions",
+                    "Events-topic partitions this instance owns"
+                )
+                .unwrap()
+            ),
+            kafka_rebalances: reg!(
+                IntCounter::new("dripline_kafka_rebalances_total", "Consumer-group rebalances seen").unwrap()
+            ),
+            kafka_lag_records: reg!(
+                IntGaugeVec::new(
+                    Opts::new(
+                        "dripline_kafka_consumer_lag_records",
+                        "Records behind the partition's end"
+                    ),
+                    &["partition"]
+                )
+                .unwrap()
+            ),
+            kafka_lag_seconds: reg!(
+                GaugeVec::new(
+                    Opts::new(
+                        "dripline_kafka_consumer_lag_seconds",
+                        "Age of the last record handled while behind (0 when caught up)"
+                    ),
+                    &["partition"]
+                )
+                .unwrap()
+            ),
+            kafka_restore_records: reg!(
+                IntCounter::new(
+                    "dripline_kafka_restore_records_total",
+                    "Changelog records applied while restoring partitions"
+                )
+                .unwrap()
+            ),
+            kafka_restore_seconds: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new("dripline_kafka_restore_seconds", "Time to restore one partition")
+                        .buckets(prometheus::exponential_buckets(0.01, 4.0, 10).unwrap())
+                )
+                .unwrap()
+            ),
+            kafka_changelog_produce: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "dripline_kafka_changelog_produce_seconds",
+                        "Publishing one committed batch to the changelog, until acknowledged"
+                    )
+                    .buckets(latency_buckets())
+                )
+                .unwrap()
+            ),
+            kafka_dead_letters: reg!(
+                IntCounterVec::new(
+                    Opts::new(
+                        "dripline_kafka_dead_letters_total",
+                        "Records sent to the dead-letter topic"
+                    ),
+                    &["reason"]
                 )
                 .unwrap()
             ),

@@ -21,12 +21,17 @@ use rocksdb::WriteBatch;
 use std::sync::{Arc, Mutex};
 
 pub struct Engine {
+    pub settings: Settings,
     pub store: Arc<Store>,
     pub log: EmbeddedLog,
     pub reg: Arc<Registry>,
     pub metrics: Arc<Metrics>,
     pub partitions: Vec<Mutex<Partition>>,
     pub mailer: Mailer,
+    /// Kafka mode: the changelog (partitions are then hosted by the consumer-group member, not
+    /// in `partitions`) and the producer HTTP ingest writes to.
+    pub changelog: Option<Arc<crate::kafka::changelog::Changelog>>,
+    pub kafka_ingest: Option<crate::kafka::ingest::KafkaIngest>,
     batch: usize,
 }
 
@@ -63,7 +68,19 @@ impl Engine {
         tables::put_workflow_versions(&store, reg.stored_versions())?;
         let reg = Arc::new(reg);
         let metrics = Arc::new(Metrics::new());
-        let partitions = (0..e.partitions)
+        let (changelog, kafka_ingest) = if settings.kafka.enabled() {
+            let k = &settings.kafka;
+            let ingest = crate::kafka::ingest::KafkaIngest::new(k)?;
+            let n = ingest.partitions();
+            let changelog = crate::kafka::changelog::Changelog::new(k, store.clone(), metrics.clone(), n)?;
+            changelog.check_topics(n)?;
+            (Some(Arc::new(changelog)), Some(ingest))
+        } else {
+            (None, None)
+        };
+        // In Kafka mode the consumer-group member opens partitions as they are assigned.
+        let local_partitions = if changelog.is_some() { 0 } else { e.partitions };
+        let partitions = (0..local_partitions)
             .map(|p| {
                 Partition::open(
                     p,
@@ -83,7 +100,13 @@ impl Engine {
             settings.mail.message_id_domain.clone(),
             metrics.clone(),
         );
+        if let Some(c) = &changelog {
+            mailer.set_hook(c.clone());
+        }
         Ok(Engine {
+            settings: settings.clone(),
+            changelog,
+            kafka_ingest,
             store,
             log,
             reg,
@@ -123,6 +146,21 @@ impl Engine {
         }
         if !dead.is_empty() {
             self.store.write(dead, true)?;
+        }
+        if let Some(k) = &self.kafka_ingest {
+            // The broker's acknowledgement is the durability point; repeats are dropped by the
+            // consuming partition's messageId window.
+            let raw: Vec<std::borrow::Cow<[u8]>> = payloads
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !report.errors.iter().any(|e| e.index == *i))
+                .map(|(_, b)| with_type(b, kind_hint))
+                .collect();
+            let pairs: Vec<(&Event, &[u8])> = valid.iter().zip(raw.iter().map(|r| r.as_ref())).collect();
+            k.produce(&pairs, received)?;
+            report.accepted = valid.len();
+            self.metrics.events_ingested.inc_by(report.accepted as u64);
+            return Ok(report);
         }
         for a in self.log.append(&valid, received)? {
             match a {
@@ -194,7 +232,27 @@ impl Engine {
     }
 }
 
-fn reject_label(e: &crate::event::EventError) -> &'static str {
+/// The event as sent, with the `type` its endpoint implied written in when it has none, so the
+/// record stands on its own in the events topic.
+fn with_type(raw: &[u8], kind_hint: Option<EventKind>) -> std::borrow::Cow<'_, [u8]> {
+    let Some(kind) = kind_hint else {
+        return raw.into();
+    };
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(raw) {
+        Ok(mut o) if !o.contains_key("type") => {
+            let t = match kind {
+                EventKind::Track => "track",
+                EventKind::Identify => "identify",
+                EventKind::Page => "page",
+            };
+            o.insert("type".into(), t.into());
+            serde_json::to_vec(&o).expect("a JSON object").into()
+        }
+        _ => raw.into(),
+    }
+}
+
+pub(crate) fn reject_label(e: &crate::event::EventError) -> &'static str {
     use crate::event::EventError::*;
     match e {
         Json(_) => "invalid_json",

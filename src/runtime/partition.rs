@@ -37,6 +37,15 @@ pub struct Partition {
     last_time: Ts,
     batch: WriteBatch,
     fx: Vec<Effect>,
+    hook: Option<Arc<dyn CommitHook>>,
+}
+
+/// Sees every batch a partition (or the mailer, for a partition's sends) commits, before it is
+/// written locally: the Kafka changelog. May add local-only entries (its own checkpoint) to it.
+pub trait CommitHook: Send + Sync {
+    fn publish(&self, partition: u16, batch: &mut WriteBatch) -> Result<()>;
+    /// Whether this instance owns the partition now (the mailer sends only for those).
+    fn owns(&self, partition: u16) -> bool;
 }
 
 impl Partition {
@@ -63,7 +72,13 @@ impl Partition {
             last_time: pos.clock,
             batch: WriteBatch::default(),
             fx: Vec::new(),
+            hook: None,
         })
+    }
+
+    pub fn with_hook(mut self, hook: Arc<dyn CommitHook>) -> Self {
+        self.hook = Some(hook);
+        self
     }
 
     /// The next log offset this partition will consume.
@@ -81,13 +96,27 @@ impl Partition {
     /// stamped earlier can arrive after them. Commits once. Returns the inputs handled.
     pub fn poll(&mut self, log: &log::EmbeddedLog, wall: Ts, max: usize) -> Result<usize> {
         let records = log::scan(&self.store, self.id, self.next_offset(), max)?;
-        let mut n = 0;
         let consumed = records.len();
+        let mut n = self.handle(records, wall)?;
+        // Fewer records than asked for, and nothing appended since: timers may run up to `wall`.
+        if consumed < max && log.seal(self.id, wall) == self.next_offset() {
+            n += self.fire_idle(wall)?;
+        }
+        if n > 0 || consumed > 0 {
+            self.metrics.batch_size.observe(n as f64);
+            self.commit()?;
+        }
+        Ok(n.max(consumed))
+    }
+
+    /// Handles records in order, each after the timers due by its time; an unreadable one goes
+    /// to the dead letters (it must not stall the partition). Does not commit.
+    pub fn handle(&mut self, records: Vec<log::Scanned>, wall: Ts) -> Result<usize> {
+        let mut n = 0;
         for r in records {
             let r = match r {
                 Ok(r) => r,
                 Err(bad) => {
-                    // A record that cannot be decoded must not stall the partition.
                     let reason = format!("log partition {} offset {}: {}", self.id, bad.offset, bad.reason);
                     tables::put_dead_letter(&self.store, &mut self.batch, self.last_time, &reason, &bad.bytes);
                     self.metrics
@@ -109,15 +138,23 @@ impl Partition {
             self.position = Some(r.offset);
             n += 1;
         }
-        // Fewer records than asked for, and nothing appended since: timers may run up to `wall`.
-        if consumed < max && log.seal(self.id, wall) == self.next_offset() {
-            n += self.fire_until(wall.max(self.last_time), Some(wall))?;
-        }
-        if n > 0 || consumed > 0 {
-            self.metrics.batch_size.observe(n as f64);
-            self.commit()?;
-        }
-        Ok(n.max(consumed))
+        Ok(n)
+    }
+
+    /// When the next timer may be due (`None`: no timer pending).
+    pub fn next_due(&self) -> Option<Ts> {
+        self.timers.earliest()
+    }
+
+    /// Fires the timers due by `upto` (the log is idle up to there). Does not commit.
+    pub fn fire_idle(&mut self, upto: Ts) -> Result<usize> {
+        self.fire_until(upto.max(self.last_time), Some(upto))
+    }
+
+    /// Marks everything up to `offset` consumed (records that never became inputs: dead
+    /// letters, duplicates).
+    pub fn consumed_up_to(&mut self, offset: u64) {
+        self.position = Some(self.position.map_or(offset, |p| p.max(offset)));
     }
 
     fn fire_until(&mut self, t: Ts, wall: Option<Ts>) -> Result<usize> {
@@ -187,6 +224,7 @@ impl Partition {
                     match self.reg.render(wf, &cmd.template, &ctx) {
                         Ok(r) => {
                             let entry = OutboxEntry {
+                                partition: self.id,
                                 contact: contact.into(),
                                 workflow: cmd.workflow.to_string(),
                                 version: cmd.version,
@@ -267,6 +305,11 @@ impl Partition {
             tables::put_position(&self.store, &mut self.batch, self.id, pos);
         }
         if !self.batch.is_empty() {
+            if let Some(hook) = &self.hook {
+                // Published (and acknowledged) before it is visible locally: whatever the mailer
+                // can see is already in the changelog.
+                hook.publish(self.id, &mut self.batch)?;
+            }
             let started = std::time::Instant::now();
             self.store.write(std::mem::take(&mut self.batch), false)?;
             self.metrics.rocksdb_write.observe(started.elapsed().as_secs_f64());

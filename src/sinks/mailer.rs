@@ -6,10 +6,12 @@ use super::eml;
 use super::transport::{DeliverError, Transport};
 use crate::machine::SendId;
 use crate::runtime::metrics::Metrics;
+use crate::runtime::partition::CommitHook;
 use crate::storage::tables::{self, OutboxEntry};
 use crate::storage::{Store, StoreError};
 use lettre::message::Mailbox;
 use rocksdb::WriteBatch;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +28,9 @@ pub struct Mailer {
     from: Mailbox,
     domain: String,
     metrics: Arc<Metrics>,
+    /// Kafka mode: send only for partitions this instance owns, and publish each partition's
+    /// sent-ledger changes to its changelog before writing them locally.
+    hook: std::sync::OnceLock<Arc<dyn CommitHook>>,
 }
 
 impl Mailer {
@@ -36,15 +41,22 @@ impl Mailer {
             from,
             domain,
             metrics,
+            hook: std::sync::OnceLock::new(),
         }
+    }
+
+    pub fn set_hook(&self, hook: Arc<dyn CommitHook>) {
+        let _ = self.hook.set(hook);
     }
 
     /// Hands up to `limit` outbox entries to the transport. Returns how many left the outbox.
     pub fn drain(&self, limit: usize) -> Result<usize, MailerError> {
-        let page = tables::outbox_page(&self.store, limit)?;
-        let mut batch = WriteBatch::default();
+        let hook = self.hook.get();
+        let page = tables::outbox_page_where(&self.store, limit, |e| hook.is_none_or(|h| h.owns(e.partition)))?;
+        let mut batches: BTreeMap<u16, WriteBatch> = BTreeMap::new();
         let now = chrono::Utc::now().timestamp_millis();
         for (id, e) in &page {
+            let batch = batches.entry(e.partition).or_default();
             if !tables::is_sent(&self.store, *id)? {
                 let started = std::time::Instant::now();
                 let result = self.deliver(*id, e);
@@ -61,23 +73,33 @@ impl Mailer {
                         let payload =
                             serde_json::json!({"id": id.to_string(), "to": e.to, "workflow": e.workflow}).to_string();
                         let reason = format!("transport refused: {reason}");
-                        tables::put_dead_letter(&self.store, &mut batch, now, &reason, payload.as_bytes());
+                        tables::put_dead_letter(&self.store, batch, now, &reason, payload.as_bytes());
                         batch.delete_cf(self.store.cf(crate::storage::CF_OUTBOX), tables::id_key(*id));
                         continue;
                     }
                     Err(err) => {
                         self.metrics.sends.with_label_values(&[&e.workflow, "deferred"]).inc();
                         // Stays in the outbox for the next round; what went out so far is recorded.
-                        self.store.write(batch, true)?;
+                        self.write(batches)?;
                         return Err(err.into());
                     }
                 }
             }
-            tables::mark_sent(&self.store, &mut batch, *id, now);
+            tables::mark_sent(&self.store, batch, *id, now);
         }
-        self.store.write(batch, true)?;
+        self.write(batches)?;
         self.metrics.outbox_depth.set(tables::outbox_len(&self.store)? as i64);
         Ok(page.len())
+    }
+
+    fn write(&self, batches: BTreeMap<u16, WriteBatch>) -> Result<(), StoreError> {
+        for (p, mut batch) in batches {
+            if let Some(h) = self.hook.get() {
+                h.publish(p, &mut batch)?;
+            }
+            self.store.write(batch, true)?;
+        }
+        Ok(())
     }
 
     fn deliver(&self, id: SendId, e: &OutboxEntry) -> Result<(), DeliverError> {

@@ -66,14 +66,14 @@ pub enum Appended {
 }
 
 /// Message ids of the last `cap` accepted events, oldest evicted first.
-struct Window {
+pub struct Window {
     cap: usize,
     set: FxHashSet<u128>,
     order: VecDeque<u128>,
 }
 
 impl Window {
-    fn new(cap: usize) -> Self {
+    pub fn new(cap: usize) -> Self {
         Window {
             cap,
             set: FxHashSet::default(),
@@ -81,11 +81,11 @@ impl Window {
         }
     }
 
-    fn contains(&self, h: u128) -> bool {
+    pub fn contains(&self, h: u128) -> bool {
         self.set.contains(&h)
     }
 
-    fn insert(&mut self, h: u128) {
+    pub fn insert(&mut self, h: u128) {
         if self.cap == 0 || !self.set.insert(h) {
             return;
         }
@@ -97,7 +97,7 @@ impl Window {
     }
 }
 
-fn id_hash(message_id: &str) -> u128 {
+pub fn id_hash(message_id: &str) -> u128 {
     xxhash_rust::xxh3::xxh3_128(message_id.as_bytes())
 }
 

@@ -36,6 +36,8 @@ const ALL: [&str; 9] = [
 pub enum StoreError {
     #[error("rocksdb: {0}")]
     Rocks(#[from] rocksdb::Error),
+    #[error("changelog: {0}")]
+    Changelog(String),
     #[error("corrupt record in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
 }

@@ -38,6 +38,9 @@ pub fn contacts(s: &Store) -> impl Iterator<Item = Result<(String, Vec<u8>)>> + 
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OutboxEntry {
+    /// The input partition whose processing decided it (its owner sends it).
+    #[serde(default)]
+    pub partition: u16,
     pub contact: String,
     pub workflow: String,
     pub version: u32,
@@ -65,17 +68,28 @@ pub fn put_outbox(s: &Store, b: &mut WriteBatch, id: SendId, e: &OutboxEntry) {
 
 /// Up to `limit` outbox entries, oldest id order (ids are hashes: no priority implied).
 pub fn outbox_page(s: &Store, limit: usize) -> Result<Vec<(SendId, OutboxEntry)>> {
+    outbox_page_where(s, limit, |_| true)
+}
+
+/// Up to `limit` outbox entries that satisfy `keep` (Kafka mode: of the partitions owned).
+pub fn outbox_page_where(
+    s: &Store,
+    limit: usize,
+    keep: impl Fn(&OutboxEntry) -> bool,
+) -> Result<Vec<(SendId, OutboxEntry)>> {
     let mut out = vec![];
-    for r in
-        s.db.iterator_cf(s.cf(CF_OUTBOX), rocksdb::IteratorMode::Start)
-            .take(limit)
-    {
+    for r in s.db.iterator_cf(s.cf(CF_OUTBOX), rocksdb::IteratorMode::Start) {
+        if out.len() >= limit {
+            break;
+        }
         let (k, v) = r?;
         let id = SendId(u128::from_be_bytes(
             k.as_ref().try_into().map_err(|_| corrupt(CF_OUTBOX, "key"))?,
         ));
-        let e = serde_json::from_slice(&v).map_err(|e| corrupt(CF_OUTBOX, &e.to_string()))?;
-        out.push((id, e));
+        let e: OutboxEntry = serde_json::from_slice(&v).map_err(|e| corrupt(CF_OUTBOX, &e.to_string()))?;
+        if keep(&e) {
+            out.push((id, e));
+        }
     }
     Ok(out)
 }

@@ -140,6 +140,16 @@ impl TimerQueue {
         None
     }
 
+    /// The earliest time a timer may be due (the horizon when the cache ran dry: something may
+    /// be due from there); `None` when no timer is stored.
+    pub fn earliest(&self) -> Option<Ts> {
+        match self.cache.first() {
+            Some(k) => Some(k.due),
+            None if self.horizon == Ts::MAX => None,
+            None => Some(self.horizon),
+        }
+    }
+
     pub fn cached(&self) -> usize {
         self.cache.len()
     }

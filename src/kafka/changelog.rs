@@ -1,0 +1,298 @@
+//! The changelog: every batch a partition commits (and every sent-ledger update the mailer makes
+//! for it) is published to the changelog topic's partition of the same number, and acknowledged,
+//! before it is written locally. Whatever an instance can see or send is therefore already in
+//! the changelog, and a new owner restores a partition by applying it.
+//!
+//! A record mirrors one RocksDB write: key = table name, a zero byte, the table's own key; value
+//! = the table's value, or none (a tombstone) for a delete, so compaction keeps the latest of
+//! each key. Each instance remembers, per partition, the last changelog offset its store holds
+//! (a local-only key in `positions`); restoring applies only what came after it.
+
+use super::{KafkaError, client_config, producer_config};
+use crate::config::KafkaSettings;
+use crate::runtime::metrics::Metrics;
+use crate::runtime::partition::CommitHook;
+use crate::storage::{
+    CF_CONTACTS, CF_COUNTERS, CF_DEAD, CF_OUTBOX, CF_POSITIONS, CF_SENT, CF_TIMERS, Result, Store, StoreError,
+};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Message, Offset, TopicPartitionList};
+use rocksdb::{WriteBatch, WriteBatchIteratorCf};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The tables a partition's state is made of (the log and workflow versions are not).
+const MIRRORED: [&str; 7] = [
+    CF_CONTACTS,
+    CF_TIMERS,
+    CF_OUTBOX,
+    CF_SENT,
+    CF_POSITIONS,
+    CF_COUNTERS,
+    CF_DEAD,
+];
+
+pub struct Changelog {
+    producer: FutureProducer,
+    settings: KafkaSettings,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+    /// RocksDB column family id → table name, learnt once from a probe batch.
+    tables: HashMap<u32, &'static str>,
+    owned: Vec<AtomicBool>,
+    /// Highest changelog offset this store holds, per partition.
+    checkpoints: Vec<AtomicI64>,
+    /// Serialises publishes per partition with their checkpoint writes.
+    publishing: Vec<Mutex<()>>,
+}
+
+fn checkpoint_key(partition: u16) -> [u8; 3] {
+    let p = partition.to_be_bytes();
+    [b'c', p[0], p[1]]
+}
+
+/// Collects a batch's writes to the mirrored tables.
+struct Collect<'a> {
+    tables: &'a HashMap<u32, &'static str>,
+    out: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+}
+
+impl Collect<'_> {
+    fn record(&mut self, cf: u32, key: &[u8], value: Option<&[u8]>) {
+        if let Some(name) = self.tables.get(&cf) {
+            let mut k = Vec::with_capacity(name.len() + 1 + key.len());
+            k.extend_from_slice(name.as_bytes());
+            k.push(0);
+            k.extend_from_slice(key);
+            self.out.push((k, value.map(<[u8]>::to_vec)));
+        }
+    }
+}
+
+impl WriteBatchIteratorCf for Collect<'_> {
+    fn put_cf(&mut self, cf: u32, key: &[u8], value: &[u8]) {
+        self.record(cf, key, Some(value));
+    }
+    fn delete_cf(&mut self, cf: u32, key: &[u8]) {
+        self.record(cf, key, None);
+    }
+    fn merge_cf(&mut self, _: u32, _: &[u8], _: &[u8]) {}
+}
+
+impl Changelog {
+    pub fn new(
+        settings: &KafkaSettings,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        partitions: usize,
+    ) -> std::result::Result<Self, KafkaError> {
+        // Column family ids are not exposed by the bindings: a probe batch with one put per
+        // table reveals them through the iterator.
+        let mut probe = WriteBatch::default();
+        for name in MIRRORED {
+            probe.put_cf(store.cf(name), name.as_bytes(), []);
+        }
+        struct Ids(HashMap<u32, &'static str>);
+        impl WriteBatchIteratorCf for Ids {
+            fn put_cf(&mut self, cf: u32, key: &[u8], _: &[u8]) {
+                if let Some(name) = MIRRORED.iter().find(|n| n.as_bytes() == key) {
+                    self.0.insert(cf, name);
+                }
+            }
+            fn delete_cf(&mut self, _: u32, _: &[u8]) {}
+            fn merge_cf(&mut self, _: u32, _: &[u8], _: &[u8]) {}
+        }
+        let mut ids = Ids(HashMap::new());
+        probe.iterate_cf(&mut ids);
+        let checkpoints = (0..partitions)
+            .map(|p| {
+                let stored = store
+                    .db
+                    .get_cf(store.cf(CF_POSITIONS), checkpoint_key(p as u16))
+                    .ok()
+                    .flatten()
+                    .and_then(|v| v.try_into().ok().map(i64::from_be_bytes))
+                    .unwrap_or(-1);
+                AtomicI64::new(stored)
+            })
+            .collect();
+        Ok(Changelog {
+            producer: producer_config(settings).create()?,
+            settings: settings.clone(),
+            store,
+            metrics,
+            tables: ids.0,
+            owned: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
+            checkpoints,
+            publishing: (0..partitions).map(|_| Mutex::new(())).collect(),
+        })
+    }
+
+    /// The changelog must mirror the events topic partition for partition; the dead-letter
+    /// topic must exist.
+    pub fn check_topics(&self, events_partitions: usize) -> std::result::Result<(), KafkaError> {
+        use rdkafka::producer::Producer;
+        let client = self.producer.client();
+        let n = super::partition_count(client, &self.settings.changelog_topic)?;
+        if n != events_partitions {
+            return Err(KafkaError::Topic {
+                topic: self.settings.changelog_topic.clone(),
+                reason: format!("has {n} partitions; it needs the events topic's {events_partitions}"),
+            });
+        }
+        super::partition_count(client, &self.settings.dead_letter_topic)?;
+        Ok(())
+    }
+
+    pub fn set_owned(&self, partition: u16, owned: bool) {
+        if let Some(o) = self.owned.get(partition as usize) {
+            o.store(owned, Ordering::SeqCst);
+        }
+        let n = self.owned.iter().filter(|o| o.load(Ordering::SeqCst)).count();
+        self.metrics.kafka_assigned_partitions.set(n as i64);
+    }
+
+    pub fn owned_count(&self) -> usize {
+        self.owned.iter().filter(|o| o.load(Ordering::SeqCst)).count()
+    }
+
+    /// Brings the local store up to the changelog's end for `partition` (a no-op when this
+    /// store wrote or applied everything there is). Returns the records applied.
+    pub fn restore(&self, partition: u16) -> std::result::Result<u64, KafkaError> {
+        let started = Instant::now();
+        let topic = &self.settings.changelog_topic;
+        let mut cfg = client_config(&self.settings);
+        cfg.set("group.id", format!("{}.restore", self.settings.group_id))
+            .set("enable.auto.commit", "false")
+            .set("enable.partition.eof", "true");
+        let consumer: BaseConsumer = cfg.create()?;
+        let (low, high) = consumer.fetch_watermarks(topic, partition as i32, Duration::from_secs(10))?;
+        let held = self.checkpoints[partition as usize].load(Ordering::SeqCst);
+        let from = (held + 1).max(low);
+        if from >= high {
+            return Ok(0);
+        }
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(topic, partition as i32, Offset::Offset(from))?;
+        consumer.assign(&tpl)?;
+        let (mut applied, mut last) = (0u64, from - 1);
+        let mut batch = WriteBatch::default();
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while last + 1 < high {
+            if Instant::now() > deadline {
+                return Err(KafkaError::Topic {
+                    topic: topic.clone(),
+                    reason: format!("restore of partition {partition} stalled at offset {last} of {high}"),
+                });
+            }
+            let Some(m) = consumer.poll(Duration::from_millis(500)) else {
+                continue;
+            };
+            let m = match m {
+                Ok(m) => m,
+                Err(rdkafka::error::KafkaError::PartitionEOF(_)) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            last = m.offset();
+            let key = m.key().unwrap_or_default();
+            let Some(z) = key.iter().position(|b| *b == 0) else {
+                continue;
+            };
+            let Some(name) = MIRRORED.iter().find(|n| n.as_bytes() == &key[..z]) else {
+                continue;
+            };
+            let cf = self.store.cf(name);
+            match m.payload() {
+                Some(v) => batch.put_cf(cf, &key[z + 1..], v),
+                None => batch.delete_cf(cf, &key[z + 1..]),
+            }
+            applied += 1;
+            if batch.len() >= 4096 {
+                self.apply(partition, &mut batch, last).map_err(store_err)?;
+            }
+            self.metrics.kafka_restore_records.inc();
+        }
+        self.apply(partition, &mut batch, last).map_err(store_err)?;
+        self.metrics
+            .kafka_restore_seconds
+            .observe(started.elapsed().as_secs_f64());
+        tracing::info!(
+            "partition {partition}: restored {applied} changelog records ({from}..{high}) in {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        Ok(applied)
+    }
+
+    fn apply(&self, partition: u16, batch: &mut WriteBatch, last: i64) -> Result<()> {
+        self.note_checkpoint(partition, batch, last);
+        self.store.write(std::mem::take(batch), true)
+    }
+
+    fn note_checkpoint(&self, partition: u16, batch: &mut WriteBatch, offset: i64) {
+        let c = &self.checkpoints[partition as usize];
+        let held = c.fetch_max(offset, Ordering::SeqCst).max(offset);
+        batch.put_cf(
+            self.store.cf(CF_POSITIONS),
+            checkpoint_key(partition),
+            held.to_be_bytes(),
+        );
+    }
+}
+
+fn store_err(e: StoreError) -> KafkaError {
+    KafkaError::Topic {
+        topic: "changelog".into(),
+        reason: e.to_string(),
+    }
+}
+
+impl CommitHook for Changelog {
+    fn publish(&self, partition: u16, batch: &mut WriteBatch) -> Result<()> {
+        let mut c = Collect {
+            tables: &self.tables,
+            out: Vec::with_capacity(batch.len()),
+        };
+        batch.iterate_cf(&mut c);
+        if c.out.is_empty() {
+            return Ok(());
+        }
+        let _one_at_a_time = self.publishing[partition as usize].lock().expect("publish lock");
+        let started = Instant::now();
+        let topic = self.settings.changelog_topic.as_str();
+        let pending: Vec<_> = c
+            .out
+            .iter()
+            .map(|(k, v)| {
+                let mut r = FutureRecord::<[u8], [u8]>::to(topic)
+                    .partition(partition as i32)
+                    .key(&k[..]);
+                if let Some(v) = v {
+                    r = r.payload(&v[..]);
+                }
+                self.producer.send_result(r).map_err(|(e, _)| e)
+            })
+            .collect();
+        let mut last = -1;
+        for p in pending {
+            let delivered = p.map_err(|e| StoreError::Changelog(e.to_string())).and_then(|f| {
+                futures::executor::block_on(f).map_err(|_| StoreError::Changelog("producer gone".into()))
+            })?;
+            let d = delivered.map_err(|(e, _)| StoreError::Changelog(e.to_string()))?;
+            last = last.max(d.offset);
+        }
+        self.metrics
+            .kafka_changelog_produce
+            .observe(started.elapsed().as_secs_f64());
+        self.note_checkpoint(partition, batch, last);
+        Ok(())
+    }
+
+    fn owns(&self, partition: u16) -> bool {
+        self.owned
+            .get(partition as usize)
+            .is_some_and(|o| o.load(Ordering::SeqCst))
+    }
+}

@@ -1,0 +1,383 @@
+//! The consumer-group member. Each assigned partition of the events topic feeds its own
+//! partition processor, in offset order; the offset is committed in the same RocksDB batch as
+//! the state it produced (offsets committed to Kafka are advisory, for lag tooling). On
+//! assignment the partition is restored from the changelog if the local store is behind, and
+//! consumption resumes at the stored offset + 1; on revocation the partition commits first.
+//!
+//! Input time is the record's timestamp, kept monotonic per partition. While a partition is
+//! idle its timers fire on the wall clock up to now minus `idle_timer_grace`.
+
+use super::changelog::Changelog;
+use super::{KafkaError, client_config, producer_config};
+use crate::config::Settings;
+use crate::event::Event;
+use crate::runtime::Engine;
+use crate::runtime::partition::{CommitHook, Partition};
+use crate::storage::log::{LogRecord, Window, id_hash};
+use crate::time::Ts;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaRespErr;
+use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The partitions this instance owns, shared by the poll loop and the rebalance callbacks
+/// (which librdkafka runs inside `poll`, on the same thread).
+struct Owned {
+    parts: BTreeMap<u16, Partition>,
+    windows: BTreeMap<u16, Window>,
+    /// Timestamp of the last record handled, per partition (lag in seconds).
+    last_ts: BTreeMap<u16, Ts>,
+}
+
+struct Ctx {
+    engine: Arc<Engine>,
+    changelog: Arc<Changelog>,
+    owned: Arc<Mutex<Owned>>,
+    topic: String,
+    dedup_window: usize,
+    cache: usize,
+}
+
+impl ClientContext for Ctx {
+    /// librdkafka's statistics (every second) carry each partition's high watermark: lag is
+    /// measured against the offset committed with the state, in records and in seconds.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        let Some(topic) = stats.topics.get(&self.topic) else {
+            return;
+        };
+        let Ok(owned) = self.owned.try_lock() else {
+            return;
+        };
+        let now = chrono::Utc::now().timestamp_millis();
+        let m = &self.engine.metrics;
+        for (p, part) in &owned.parts {
+            let Some(sp) = topic.partitions.get(&(*p as i32)) else {
+                continue;
+            };
+            if sp.hi_offset < 0 {
+                continue;
+            }
+            let lag = (sp.hi_offset - part.next_offset() as i64).max(0);
+            let label = p.to_string();
+            m.kafka_lag_records.with_label_values(&[&label]).set(lag);
+            let secs = match (lag, owned.last_ts.get(p)) {
+                (0, _) | (_, None) => 0.0,
+                (_, Some(t)) => ((now - t).max(0)) as f64 / 1000.0,
+            };
+            m.kafka_lag_seconds.with_label_values(&[&label]).set(secs);
+        }
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let m = &self.engine.metrics;
+        m.kafka_rebalances.inc();
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                let mut owned = self.owned.lock().expect("owned");
+                let assigned: Vec<u16> = tpl
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|e| e.partition() as u16)
+                    .collect();
+                for p in assigned {
+                    match self.take_over(p) {
+                        Ok(part) => {
+                            let next = part.next_offset();
+                            owned.parts.insert(p, part);
+                            owned.windows.insert(p, Window::new(self.dedup_window));
+                            self.changelog.set_owned(p, true);
+                            let at = if next == 0 {
+                                Offset::Beginning
+                            } else {
+                                Offset::Offset(next as i64)
+                            };
+                            if let Err(e) = tpl.set_partition_offset(&self.topic, p as i32, at) {
+                                tracing::error!("partition {p}: cannot seek to {next}: {e}");
+                            }
+                        }
+                        Err(e) => tracing::error!("partition {p}: cannot take over: {e:#}"),
+                    }
+                }
+                tracing::info!("assigned partitions {:?}", owned.parts.keys().collect::<Vec<_>>());
+                drop(owned);
+                if let Err(e) = consumer.assign(tpl) {
+                    tracing::error!("assign: {e}");
+                }
+            }
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                let mut owned = self.owned.lock().expect("owned");
+                for e in tpl.elements_for_topic(&self.topic) {
+                    let p = e.partition() as u16;
+                    // Drain: what was handled is committed (and in the changelog) before release.
+                    if let Some(mut part) = owned.parts.remove(&p) {
+                        if let Err(e) = part.commit() {
+                            tracing::error!("partition {p}: commit on revoke: {e}");
+                        }
+                    }
+                    owned.windows.remove(&p);
+                    owned.last_ts.remove(&p);
+                    self.changelog.set_owned(p, false);
+                    m.kafka_lag_records.with_label_values(&[&p.to_string()]).set(0);
+                }
+                tracing::info!("revoked; keeping {:?}", owned.parts.keys().collect::<Vec<_>>());
+                drop(owned);
+                if let Err(e) = consumer.unassign() {
+                    tracing::error!("unassign: {e}");
+                }
+            }
+            other => tracing::error!("rebalance error: {other:?}"),
+        }
+    }
+}
+
+impl Ctx {
+    /// Restores the partition's state from the changelog if this store is behind, then opens
+    /// its processor (fresh cache and timer queue over the restored tables).
+    fn take_over(&self, p: u16) -> anyhow::Result<Partition> {
+        self.changelog.restore(p)?;
+        let e = &self.engine;
+        let hook: Arc<dyn CommitHook> = self.changelog.clone();
+        Ok(Partition::open(p, e.store.clone(), e.reg.clone(), e.metrics.clone(), self.cache)?.with_hook(hook))
+    }
+}
+
+/// Runs the group member until `stop` is set; then commits every owned partition and leaves
+/// the group (which revokes them, for another member to take over).
+pub fn run(
+    engine: Arc<Engine>,
+    settings: &Settings,
+    changelog: Arc<Changelog>,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<()> {
+    let k = &settings.kafka;
+    let grace = crate::workflow::duration::parse(&k.idle_timer_grace).map_err(anyhow::Error::msg)?;
+    let owned = Arc::new(Mutex::new(Owned {
+        parts: BTreeMap::new(),
+        windows: BTreeMap::new(),
+        last_ts: BTreeMap::new(),
+    }));
+    let ctx = Ctx {
+        engine: engine.clone(),
+        changelog,
+        owned: owned.clone(),
+        topic: k.events_topic.clone(),
+        dedup_window: settings.engine.dedup_window,
+        cache: settings.engine.cache_contacts_per_partition,
+    };
+    let mut cfg = client_config(k);
+    cfg.set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", "1000");
+    let consumer: BaseConsumer<Ctx> = cfg.create_with_context(ctx)?;
+    consumer.subscribe(&[&k.events_topic])?;
+    let mut member = Member {
+        consumer,
+        owned: owned.clone(),
+        dead: producer_config(k).create()?,
+        engine,
+        settings: k.clone(),
+        grace,
+        batch_max: settings.engine.batch,
+        last_commit: Instant::now(),
+    };
+    while !stop.load(Ordering::SeqCst) {
+        // A failure (broker down: the changelog cannot be published) leaves the batch staged in
+        // its partition; the next round publishes and commits it. Nothing is skipped.
+        if let Err(e) = member.round() {
+            tracing::warn!("consumer round failed, retrying: {e:#}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let consumer = member.consumer;
+    {
+        let mut o = owned.lock().expect("owned");
+        for part in o.parts.values_mut() {
+            part.commit()?;
+        }
+    }
+    consumer.unsubscribe();
+    // Serve the revocation that leaving the group triggers.
+    let _ = consumer.poll(Duration::from_millis(100));
+    Ok(())
+}
+
+/// Sends an unreadable record to the dead-letter topic, headers naming why and where from.
+fn dead_letter(
+    producer: &FutureProducer,
+    k: &crate::config::KafkaSettings,
+    m: &rdkafka::message::OwnedMessage,
+    reason: &str,
+    label: &str,
+    metrics: &crate::runtime::metrics::Metrics,
+) -> Result<(), KafkaError> {
+    let partition = m.partition().to_string();
+    let offset = m.offset().to_string();
+    let headers = OwnedHeaders::new()
+        .insert(Header {
+            key: "dripline.reason",
+            value: Some(reason),
+        })
+        .insert(Header {
+            key: "dripline.source.topic",
+            value: Some(m.topic()),
+        })
+        .insert(Header {
+            key: "dripline.source.partition",
+            value: Some(&partition),
+        })
+        .insert(Header {
+            key: "dripline.source.offset",
+            value: Some(&offset),
+        });
+    let mut r = FutureRecord::<[u8], [u8]>::to(&k.dead_letter_topic).headers(headers);
+    if let Some(key) = m.key() {
+        r = r.key(key);
+    }
+    if let Some(v) = m.payload() {
+        r = r.payload(v);
+    }
+    metrics.kafka_dead_letters.with_label_values(&[label]).inc();
+    let f = producer.send_result(r).map_err(|(e, _)| e)?;
+    futures::executor::block_on(f)
+        .map_err(|_| KafkaError::Client(rdkafka::error::KafkaError::Canceled))?
+        .map_err(|(e, _)| e)?;
+    Ok(())
+}
+
+struct Member {
+    consumer: BaseConsumer<Ctx>,
+    owned: Arc<Mutex<Owned>>,
+    dead: FutureProducer,
+    engine: Arc<Engine>,
+    settings: crate::config::KafkaSettings,
+    grace: i64,
+    batch_max: usize,
+    last_commit: Instant,
+}
+
+impl Member {
+    /// One round: a batch of records handled per partition, idle partitions' timers fired,
+    /// everything touched committed.
+    fn round(&mut self) -> anyhow::Result<()> {
+        let (consumer, owned, dead, engine, k, grace, batch_max) = (
+            &self.consumer,
+            &self.owned,
+            &self.dead,
+            &self.engine,
+            &self.settings,
+            self.grace,
+            self.batch_max,
+        );
+        let last_commit = &mut self.last_commit;
+        // Gather up to a batch: wait for the first record, take what else is already here.
+        let mut msgs = Vec::new();
+        let mut wait = Duration::from_millis(50);
+        while msgs.len() < batch_max {
+            match consumer.poll(wait) {
+                Some(Ok(m)) => msgs.push(m.detach()),
+                Some(Err(e)) => {
+                    tracing::warn!("consumer: {e}");
+                    break;
+                }
+                None => break,
+            }
+            wait = Duration::ZERO;
+        }
+        let wall = chrono::Utc::now().timestamp_millis();
+        let mut by_part: BTreeMap<u16, Vec<rdkafka::message::OwnedMessage>> = BTreeMap::new();
+        for m in msgs {
+            by_part.entry(m.partition() as u16).or_default().push(m);
+        }
+        let mut o = owned.lock().expect("owned");
+        let Owned {
+            parts,
+            windows,
+            last_ts,
+        } = &mut *o;
+        let mut dlq = Vec::new();
+        let mut touched = Vec::new();
+        for (p, part) in parts.iter_mut() {
+            let records = by_part.remove(p).unwrap_or_default();
+            if records.is_empty() {
+                // Idle: timers due by now minus the grace fire on the wall clock, once the
+                // partition has consumed everything the broker has (asked only when a timer
+                // is due): a backlog is never overtaken by timers.
+                let upto = wall - grace;
+                if part.next_due().is_some_and(|d| d <= upto) {
+                    let caught_up = consumer
+                        .fetch_watermarks(&k.events_topic, *p as i32, Duration::from_secs(5))
+                        .is_ok_and(|(_, high)| part.next_offset() as i64 >= high);
+                    if caught_up && part.fire_idle(upto)? > 0 {
+                        part.commit()?;
+                    }
+                }
+                continue;
+            }
+            let window = windows.get_mut(p).expect("a window per owned partition");
+            let mut inputs = Vec::with_capacity(records.len());
+            let mut last_offset = 0;
+            for m in &records {
+                last_offset = m.offset() as u64;
+                let ts = m.timestamp().to_millis().unwrap_or(wall);
+                last_ts.insert(*p, ts);
+                match m.payload().map(Event::parse) {
+                    Some(Ok(ev)) => {
+                        let h = id_hash(&ev.message_id);
+                        if window.contains(h) {
+                            engine.metrics.events_rejected.with_label_values(&["duplicate"]).inc();
+                            continue;
+                        }
+                        window.insert(h);
+                        inputs.push(Ok(LogRecord {
+                            offset: m.offset() as u64,
+                            received: ts,
+                            event: ev,
+                        }));
+                    }
+                    Some(Err(e)) => dlq.push(dead_letter(
+                        dead,
+                        k,
+                        m,
+                        &e.to_string(),
+                        crate::runtime::reject_label(&e),
+                        &engine.metrics,
+                    )),
+                    None => dlq.push(dead_letter(dead, k, m, "empty record", "empty", &engine.metrics)),
+                }
+            }
+            part.handle(inputs, wall)?;
+            part.consumed_up_to(last_offset);
+            touched.push(*p);
+        }
+        // Dead letters are in their topic before the position that passes them is committed.
+        for d in dlq {
+            d?;
+        }
+        for p in touched {
+            parts.get_mut(&p).expect("owned").commit()?;
+        }
+        // Advisory offsets for lag tooling, once a second; the truth is in RocksDB.
+        if last_commit.elapsed() > Duration::from_secs(1) && !parts.is_empty() {
+            let mut tpl = TopicPartitionList::new();
+            for (p, part) in parts.iter() {
+                if part.next_offset() > 0 {
+                    tpl.add_partition_offset(&k.events_topic, *p as i32, Offset::Offset(part.next_offset() as i64))?;
+                }
+            }
+            if tpl.count() > 0 {
+                let _ = consumer.commit(&tpl, CommitMode::Async);
+            }
+            *last_commit = Instant::now();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,52 @@
+//! HTTP ingest with Kafka configured: valid events are produced to the events topic (key = the
+//! contact id, so a contact's events stay in order in one partition; value = the event as
+//! received) by an idempotent acks=all producer, and acknowledged once the broker has them.
+
+use super::{KafkaError, producer_config};
+use crate::config::KafkaSettings;
+use crate::event::Event;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+
+pub struct KafkaIngest {
+    producer: FutureProducer,
+    topic: String,
+    partitions: usize,
+}
+
+impl KafkaIngest {
+    pub fn new(settings: &KafkaSettings) -> Result<Self, KafkaError> {
+        let producer: FutureProducer = producer_config(settings).create()?;
+        // Fail at start, not at the first request, when the topic is missing.
+        let partitions = super::partition_count(producer.client(), &settings.events_topic)?;
+        Ok(KafkaIngest {
+            producer,
+            topic: settings.events_topic.clone(),
+            partitions,
+        })
+    }
+
+    /// The events topic's partition count.
+    pub fn partitions(&self) -> usize {
+        self.partitions
+    }
+
+    /// Produces each (event, raw JSON) and waits for every acknowledgement.
+    pub fn produce(&self, events: &[(&Event, &[u8])], received: i64) -> Result<(), KafkaError> {
+        let pending: Vec<_> = events
+            .iter()
+            .map(|(ev, raw)| {
+                let r = FutureRecord::to(&self.topic)
+                    .key(ev.user_id.as_bytes())
+                    .payload(*raw)
+                    .timestamp(received);
+                self.producer.send_result(r).map_err(|(e, _)| e)
+            })
+            .collect();
+        for p in pending {
+            let delivery = futures::executor::block_on(p?)
+                .map_err(|_| KafkaError::Client(rdkafka::error::KafkaError::Canceled))?;
+            delivery.map_err(|(e, _)| e)?;
+        }
+        Ok(())
+    }
+}
