@@ -4,6 +4,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+# A real Kafka-compatible broker for tests/kafka.rs: tansu 0.6.0 (Apache-2.0, from crates.io),
+# built once into ~/.cache (about 17 minutes on two cores) and reused after that.
+TANSU="$HOME/.cache/tansu/bin/tansu"
+if [ ! -x "$TANSU" ]; then
+  echo "test: installing the tansu broker (once)" >&2
+  cargo install tansu --version 0.6.0 --locked --features dynostore,libsql \
+    --root "$HOME/.cache/tansu" --target-dir "$HOME/.cache/tansu-build" --quiet
+fi
+export DRIPLINE_TANSU="$TANSU"
 cargo fmt --all -- --check
 cargo clippy --release --all-targets -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then

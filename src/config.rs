@@ -90,6 +90,9 @@ pub struct MailSettings {
     pub transport: String,
     pub smtp_host: String,
     pub smtp_port: u16,
+    /// Messages per second at most, across every instance (0: no limit). In Kafka mode each
+    /// instance sends its share: this times the fraction of partitions it owns.
+    pub rate_per_second: f64,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -181,6 +181,7 @@ fn start(broker: &Broker, group: &str, dir: &Path) -> Instance {
         // A dead member is noticed within seconds, not the default 45.
         .env("DRIPLINE__KAFKA__CLIENT__SESSION_TIMEOUT_MS", "6000")
         .env("DRIPLINE__KAFKA__CLIENT__HEARTBEAT_INTERVAL_MS", "500")
+        .env("DRIPLINE__MAIL__RATE_PER_SECOND", "1000")
         .env("RUST_LOG", "info")
         .stderr(std::fs::File::create(dir.join("run.log")).unwrap())
         .spawn()
@@ -446,6 +447,10 @@ fn handover(how: Handover) {
     });
     settle(&broker, "pair", &[&a, &b]);
     assert!(!a.sent().is_empty() && !b.sent().is_empty(), "both members sent mail");
+    // The global send rate is split by the share of partitions each owns.
+    let rate = |i: &Instance| i.metric("dripline_mail_rate_limit_messages_per_second");
+    assert_eq!(rate(&a) + rate(&b), 1000.0);
+    assert_eq!(rate(&a), 1000.0 * a.metric("dripline_kafka_assigned_partitions") / 8.0);
 
     // More traffic; the member that joined second goes while it flows in.
     let second = clickstream(100, 150, "b");

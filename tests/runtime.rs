@@ -240,3 +240,38 @@ fn a_single_pump_fires_timers_due_after_the_last_record() {
         "decided at the timer's due time, not the pump's"
     );
 }
+
+/// `mail.rate_per_second` holds sends back: 12 welcome emails at 8/s cannot all go out in
+/// less than (12 − 8 burst) / 8 = half a second. (A lower bound only: it cannot be flaky.)
+#[test]
+fn the_send_rate_limit_paces_the_mailer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = settings(tmp.path());
+    s.mail.rate_per_second = 8.0;
+    let engine = Engine::open(&s).unwrap();
+    let t0 = parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
+    let events: Vec<serde_json::Value> = (0..12)
+        .flat_map(|i| {
+            [
+                json!({"type": "identify", "userId": format!("u{i}"), "messageId": format!("i{i}"), "traits": {"email": format!("u{i}@example.org")}}),
+                json!({"type": "track", "userId": format!("u{i}"), "messageId": format!("n{i}"), "event": "Newsletter Subscribed"}),
+            ]
+        })
+        .collect();
+    engine.ingest_values(&events, None, t0).unwrap();
+    engine.pump(t0).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(engine.mailer.drain(100).unwrap(), 12);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(450),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(emls(tmp.path()).len(), 12);
+    assert!(
+        engine
+            .metrics
+            .render()
+            .contains("dripline_mail_rate_limit_messages_per_second 8")
+    );
+}

@@ -290,6 +290,10 @@ impl CommitHook for Changelog {
         Ok(())
     }
 
+    fn share(&self) -> f64 {
+        self.owned_count() as f64 / self.owned.len().max(1) as f64
+    }
+
     fn owns(&self, partition: u16) -> bool {
         self.owned
             .get(partition as usize)

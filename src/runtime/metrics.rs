@@ -23,6 +23,7 @@ pub struct Metrics {
     pub render_errors: IntCounter,
     pub rocksdb_write: Histogram,
     pub transport_latency: HistogramVec,
+    pub mail_rate_limit: prometheus::Gauge,
     pub kafka_assigned_partitions: IntGauge,
     pub kafka_rebalances: IntCounter,
     pub kafka_lag_records: IntGaugeVec,
@@ -142,6 +143,13 @@ impl Metrics {
                     )
                     .buckets(latency_buckets()),
                     &["transport"]
+                )
+                .unwrap()
+            ),
+            mail_rate_limit: reg!(
+                prometheus::Gauge::new(
+                    "dripline_mail_rate_limit_messages_per_second",
+                    "This instance's share of mail.rate_per_second (0: no limit)"
                 )
                 .unwrap()
             ),

@@ -99,7 +99,8 @@ impl Engine {
             settings.mail.from.parse()?,
             settings.mail.message_id_domain.clone(),
             metrics.clone(),
-        );
+        )
+        .with_rate(settings.mail.rate_per_second);
         if let Some(c) = &changelog {
             mailer.set_hook(c.clone());
         }

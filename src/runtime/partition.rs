@@ -46,6 +46,8 @@ pub trait CommitHook: Send + Sync {
     fn publish(&self, partition: u16, batch: &mut WriteBatch) -> Result<()>;
     /// Whether this instance owns the partition now (the mailer sends only for those).
     fn owns(&self, partition: u16) -> bool;
+    /// The fraction of all partitions this instance owns (its share of the send rate).
+    fn share(&self) -> f64;
 }
 
 impl Partition {

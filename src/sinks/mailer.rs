@@ -31,6 +31,9 @@ pub struct Mailer {
     /// Kafka mode: send only for partitions this instance owns, and publish each partition's
     /// sent-ledger changes to its changelog before writing them locally.
     hook: std::sync::OnceLock<Arc<dyn CommitHook>>,
+    /// `mail.rate_per_second` (0: none) and the limiter for this instance's share of it.
+    rate: f64,
+    limiter: std::sync::Mutex<Option<(f64, governor::DefaultDirectRateLimiter)>>,
 }
 
 impl Mailer {
@@ -42,6 +45,43 @@ impl Mailer {
             domain,
             metrics,
             hook: std::sync::OnceLock::new(),
+            rate: 0.0,
+            limiter: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn with_rate(mut self, per_second: f64) -> Self {
+        self.rate = per_second.max(0.0);
+        self
+    }
+
+    /// Waits for room under this instance's share of the global rate. The share is the
+    /// fraction of partitions owned (1 without Kafka), re-read so a rebalance takes effect.
+    /// This instance's share of `mail.rate_per_second` (0: no limit).
+    pub fn effective_rate(&self) -> f64 {
+        self.rate * self.hook.get().map_or(1.0, |h| h.share())
+    }
+
+    fn pace(&self) {
+        if self.rate <= 0.0 {
+            return;
+        }
+        let rate = self.effective_rate();
+        let mut guard = self.limiter.lock().expect("limiter lock");
+        if guard.as_ref().is_none_or(|(r, _)| (*r - rate).abs() > 1e-9) {
+            *guard = (rate > 0.0).then(|| {
+                // One cell per 1/rate seconds, bursts of at most a second's worth.
+                let period = std::time::Duration::from_secs_f64(1.0 / rate);
+                let burst = std::num::NonZeroU32::new((rate.ceil() as u32).max(1)).expect("non-zero");
+                let quota = governor::Quota::with_period(period).expect("a positive period");
+                (rate, governor::RateLimiter::direct(quota.allow_burst(burst)))
+            });
+        }
+        if let Some((_, limiter)) = guard.as_ref() {
+            let clock = governor::clock::DefaultClock::default();
+            while let Err(not_until) = limiter.check() {
+                std::thread::sleep(not_until.wait_time_from(governor::clock::Clock::now(&clock)));
+            }
         }
     }
 
@@ -51,6 +91,7 @@ impl Mailer {
 
     /// Hands up to `limit` outbox entries to the transport. Returns how many left the outbox.
     pub fn drain(&self, limit: usize) -> Result<usize, MailerError> {
+        self.metrics.mail_rate_limit.set(self.effective_rate());
         let hook = self.hook.get();
         let page = tables::outbox_page_where(&self.store, limit, |e| hook.is_none_or(|h| h.owns(e.partition)))?;
         let mut batches: BTreeMap<u16, WriteBatch> = BTreeMap::new();
@@ -58,6 +99,7 @@ impl Mailer {
         for (id, e) in &page {
             let batch = batches.entry(e.partition).or_default();
             if !tables::is_sent(&self.store, *id)? {
+                self.pace();
                 let started = std::time::Instant::now();
                 let result = self.deliver(*id, e);
                 self.metrics
