@@ -107,3 +107,61 @@ impl Visitors {
         }
     }
 }
+
+/// The clickstream as the wire carries it, produced a chunk at a time so the benchmark holds no
+/// copy of the whole stream (peak RSS is then the engine's): one identify per contact, then
+/// session traffic. Two generators with the same seed yield the same events.
+pub struct Wire {
+    rng: Rng,
+    visitors: Visitors,
+    contacts: usize,
+    events: usize,
+    next: usize,
+}
+
+impl Wire {
+    pub fn new(contacts: usize, events: usize) -> Self {
+        let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+        let visitors = Visitors::new(&mut rng, contacts, true);
+        Wire {
+            rng,
+            visitors,
+            contacts,
+            events,
+            next: 0,
+        }
+    }
+
+    pub fn total(&self) -> usize {
+        self.contacts + self.events
+    }
+
+    pub fn chunk(&mut self, n: usize) -> Vec<Vec<u8>> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n && self.next < self.total() {
+            let k = self.next;
+            self.next += 1;
+            if k < self.contacts {
+                let tz = ["UTC", "Asia/Shanghai", "Europe/Moscow", "Asia/Jakarta"][k % 4];
+                out.push(format!(r#"{{"type":"identify","userId":"contact-{k}","messageId":"id-{k}","traits":{{"email":"contact-{k}@example.org","timezone":"{tz}"}}}}"#).into_bytes());
+                continue;
+            }
+            let i = k - self.contacts;
+            let c = self.visitors.next(&mut self.rng);
+            let ev = event(&mut self.rng, &format!("contact-{c}"), i);
+            let kind = match ev.kind {
+                dripline::event::EventKind::Track => "track",
+                dripline::event::EventKind::Page => "page",
+                dripline::event::EventKind::Identify => "identify",
+            };
+            let mut v = serde_json::json!({"type": kind, "userId": ev.user_id, "messageId": format!("ev-{i}"),
+                "properties": serde_json::Value::Object(ev.properties.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
+                "traits": serde_json::Value::Object(ev.traits.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())});
+            if ev.kind == dripline::event::EventKind::Track {
+                v["event"] = ev.name.clone().into();
+            }
+            out.push(serde_json::to_vec(&v).expect("json"));
+        }
+        out
+    }
+}

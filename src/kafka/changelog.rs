@@ -20,8 +20,8 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
 use rocksdb::{WriteBatch, WriteBatchIteratorCf};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// The tables a partition's state is made of (the log and workflow versions are not).
@@ -45,8 +45,6 @@ pub struct Changelog {
     owned: Vec<AtomicBool>,
     /// Highest changelog offset this store holds, per partition.
     checkpoints: Vec<AtomicI64>,
-    /// Serialises publishes per partition with their checkpoint writes.
-    publishing: Vec<Mutex<()>>,
 }
 
 fn checkpoint_key(partition: u16) -> [u8; 3] {
@@ -127,7 +125,6 @@ impl Changelog {
             tables: ids.0,
             owned: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
             checkpoints,
-            publishing: (0..partitions).map(|_| Mutex::new(())).collect(),
         })
     }
 
@@ -249,20 +246,24 @@ fn store_err(e: StoreError) -> KafkaError {
     }
 }
 
-impl CommitHook for Changelog {
-    fn publish(&self, partition: u16, batch: &mut WriteBatch) -> Result<()> {
+/// Records of one batch on their way to the changelog.
+pub struct Pending {
+    partition: u16,
+    started: Instant,
+    deliveries: Vec<std::result::Result<rdkafka::producer::DeliveryFuture, rdkafka::error::KafkaError>>,
+}
+
+impl Changelog {
+    /// Sends a batch's changes to the changelog without waiting: several partitions' batches
+    /// are then in flight together, and [`Changelog::complete`] waits for each.
+    pub fn send(&self, partition: u16, batch: &WriteBatch) -> Pending {
         let mut c = Collect {
             tables: &self.tables,
             out: Vec::with_capacity(batch.len()),
         };
         batch.iterate_cf(&mut c);
-        if c.out.is_empty() {
-            return Ok(());
-        }
-        let _one_at_a_time = self.publishing[partition as usize].lock().expect("publish lock");
-        let started = Instant::now();
         let topic = self.settings.changelog_topic.as_str();
-        let pending: Vec<_> = c
+        let deliveries = c
             .out
             .iter()
             .map(|(k, v)| {
@@ -275,9 +276,22 @@ impl CommitHook for Changelog {
                 self.producer.send_result(r).map_err(|(e, _)| e)
             })
             .collect();
+        Pending {
+            partition,
+            started: Instant::now(),
+            deliveries,
+        }
+    }
+
+    /// Waits until every record of the batch is acknowledged, then notes the changelog
+    /// offset reached in the batch (a local-only key) for the restore to start after.
+    pub fn complete(&self, pending: Pending, batch: &mut WriteBatch) -> Result<()> {
+        if pending.deliveries.is_empty() {
+            return Ok(());
+        }
         let mut last = -1;
-        for p in pending {
-            let delivered = p.map_err(|e| StoreError::Changelog(e.to_string())).and_then(|f| {
+        for d in pending.deliveries {
+            let delivered = d.map_err(|e| StoreError::Changelog(e.to_string())).and_then(|f| {
                 futures::executor::block_on(f).map_err(|_| StoreError::Changelog("producer gone".into()))
             })?;
             let d = delivered.map_err(|(e, _)| StoreError::Changelog(e.to_string()))?;
@@ -285,9 +299,16 @@ impl CommitHook for Changelog {
         }
         self.metrics
             .kafka_changelog_produce
-            .observe(started.elapsed().as_secs_f64());
-        self.note_checkpoint(partition, batch, last);
+            .observe(pending.started.elapsed().as_secs_f64());
+        self.note_checkpoint(pending.partition, batch, last);
         Ok(())
+    }
+}
+
+impl CommitHook for Changelog {
+    fn publish(&self, partition: u16, batch: &mut WriteBatch) -> Result<()> {
+        let pending = self.send(partition, batch);
+        self.complete(pending, batch)
     }
 
     fn share(&self) -> f64 {

@@ -32,6 +32,10 @@ struct Owned {
     windows: BTreeMap<u16, Window>,
     /// Timestamp of the last record handled, per partition (lag in seconds).
     last_ts: BTreeMap<u16, Ts>,
+    /// High watermarks from librdkafka's statistics (cheap, up to a second old), and when the
+    /// broker was last asked for a fresh one, per partition.
+    hi: BTreeMap<u16, i64>,
+    asked: BTreeMap<u16, Instant>,
 }
 
 struct Ctx {
@@ -50,9 +54,14 @@ impl ClientContext for Ctx {
         let Some(topic) = stats.topics.get(&self.topic) else {
             return;
         };
-        let Ok(owned) = self.owned.try_lock() else {
+        let Ok(mut owned) = self.owned.try_lock() else {
             return;
         };
+        for (p, sp) in &topic.partitions {
+            if *p >= 0 && sp.hi_offset >= 0 {
+                owned.hi.insert(*p as u16, sp.hi_offset);
+            }
+        }
         let now = chrono::Utc::now().timestamp_millis();
         let m = &self.engine.metrics;
         for (p, part) in &owned.parts {
@@ -162,7 +171,10 @@ pub fn run(
         parts: BTreeMap::new(),
         windows: BTreeMap::new(),
         last_ts: BTreeMap::new(),
+        hi: BTreeMap::new(),
+        asked: BTreeMap::new(),
     }));
+    let changelog_for_member = changelog.clone();
     let ctx = Ctx {
         engine: engine.clone(),
         changelog,
@@ -180,6 +192,7 @@ pub fn run(
     let consumer: BaseConsumer<Ctx> = cfg.create_with_context(ctx)?;
     consumer.subscribe(&[&k.events_topic])?;
     let mut member = Member {
+        changelog: changelog_for_member,
         consumer,
         owned: owned.clone(),
         dead: producer_config(k).create()?,
@@ -255,6 +268,7 @@ fn dead_letter(
 
 struct Member {
     consumer: BaseConsumer<Ctx>,
+    changelog: Arc<Changelog>,
     owned: Arc<Mutex<Owned>>,
     dead: FutureProducer,
     engine: Arc<Engine>,
@@ -278,6 +292,7 @@ impl Member {
             self.batch_max,
         );
         let last_commit = &mut self.last_commit;
+        let self_changelog = &self.changelog;
         // Gather up to a batch: wait for the first record, take what else is already here.
         let mut msgs = Vec::new();
         let mut wait = Duration::from_millis(50);
@@ -302,6 +317,8 @@ impl Member {
             parts,
             windows,
             last_ts,
+            hi,
+            asked,
         } = &mut *o;
         let mut dlq = Vec::new();
         let mut touched = Vec::new();
@@ -312,7 +329,11 @@ impl Member {
                 // partition has consumed everything the broker has (asked only when a timer
                 // is due): a backlog is never overtaken by timers.
                 let upto = wall - grace;
-                if part.next_due().is_some_and(|d| d <= upto) {
+                let behind = hi.get(p).is_some_and(|h| (part.next_offset() as i64) < *h);
+                let recently = asked.get(p).is_some_and(|t| t.elapsed() < Duration::from_millis(500));
+                if part.next_due().is_some_and(|d| d <= upto) && !behind && !recently {
+                    // The statistics say caught up; the broker confirms (at most twice a second).
+                    asked.insert(*p, Instant::now());
                     let caught_up = consumer
                         .fetch_watermarks(&k.events_topic, *p as i32, Duration::from_secs(5))
                         .is_ok_and(|(_, high)| part.next_offset() as i64 >= high);
@@ -362,8 +383,18 @@ impl Member {
         for d in dlq {
             d?;
         }
-        for p in touched {
-            parts.get_mut(&p).expect("owned").commit()?;
+        // All touched partitions' changes go to the changelog together; each is written
+        // locally once its own records are acknowledged.
+        let mut pending = Vec::with_capacity(touched.len());
+        for p in &touched {
+            let part = parts.get_mut(p).expect("owned");
+            part.stage()?;
+            pending.push(self_changelog.send(*p, part.staged()));
+        }
+        for (p, pend) in touched.iter().zip(pending) {
+            let part = parts.get_mut(p).expect("owned");
+            self_changelog.complete(pend, part.staged())?;
+            part.write_staged()?;
         }
         // Advisory offsets for lag tooling, once a second; the truth is in RocksDB.
         if last_commit.elapsed() > Duration::from_secs(1) && !parts.is_empty() {

@@ -279,6 +279,20 @@ impl Partition {
 
     /// Writes everything staged, with the consumed position, as one batch.
     pub fn commit(&mut self) -> Result<()> {
+        self.stage()?;
+        if !self.batch.is_empty() {
+            if let Some(hook) = &self.hook {
+                // Published (and acknowledged) before it is visible locally: whatever the mailer
+                // can see is already in the changelog.
+                hook.publish(self.id, &mut self.batch)?;
+            }
+        }
+        self.write_staged()
+    }
+
+    /// The first half of a commit: everything pending (dirty contacts, counters, the position)
+    /// staged into the batch, for a caller that publishes several partitions' batches at once.
+    pub fn stage(&mut self) -> Result<()> {
         for id in self.dirty.drain() {
             if let Some(st) = self.cache.peek(&id) {
                 tables::put_contact(&self.store, &mut self.batch, &id, st);
@@ -306,12 +320,16 @@ impl Partition {
             };
             tables::put_position(&self.store, &mut self.batch, self.id, pos);
         }
+        Ok(())
+    }
+
+    pub fn staged(&mut self) -> &mut WriteBatch {
+        &mut self.batch
+    }
+
+    /// The second half: the staged batch written locally, as one WriteBatch.
+    pub fn write_staged(&mut self) -> Result<()> {
         if !self.batch.is_empty() {
-            if let Some(hook) = &self.hook {
-                // Published (and acknowledged) before it is visible locally: whatever the mailer
-                // can see is already in the changelog.
-                hook.publish(self.id, &mut self.batch)?;
-            }
             let started = std::time::Instant::now();
             self.store.write(std::mem::take(&mut self.batch), false)?;
             self.metrics.rocksdb_write.observe(started.elapsed().as_secs_f64());

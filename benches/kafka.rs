@@ -1,0 +1,149 @@
+//! dripline on Kafka, with the broker (tansu) on loopback: the same clickstream as the pipeline
+//! benchmark is produced to an 8-partition events topic (untimed), then measured in the same run:
+//!
+//! - the raw consume rate: one consumer in its own group reads every record and discards it;
+//! - one dripline instance: the consumer-group member processing every record through the
+//!   shipped workflows, committing state to RocksDB and publishing each batch to the changelog.
+//!
+//! `DRIPLINE_BENCH_CONTACTS` / `DRIPLINE_BENCH_EVENTS` scale it; `DRIPLINE_TANSU` names the
+//! broker binary (default `~/.cache/tansu/bin/tansu`, which `scripts/test.sh` installs).
+
+mod common;
+
+use common::Wire;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn main() {
+    let contacts = env("DRIPLINE_BENCH_CONTACTS", 50_000);
+    let events = env("DRIPLINE_BENCH_EVENTS", 150_000);
+    let tansu = std::env::var("DRIPLINE_TANSU")
+        .unwrap_or_else(|_| format!("{}/.cache/tansu/bin/tansu", std::env::var("HOME").unwrap()));
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let mut broker = Command::new(&tansu)
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", "sqlite://tansu.db"])
+        .current_dir(tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {tansu}: {e}"));
+    let addr = format!("127.0.0.1:{port}");
+    while std::net::TcpStream::connect(&addr).is_err() {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for (topic, n) in [("events", "8"), ("changelog", "8"), ("dead", "1")] {
+        let ok = Command::new(&tansu)
+            .args(["topic", "create", topic, "--partitions", n, "--broker", &url])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    // Produce the clickstream (untimed), keyed by contact, a minute of traffic per 1024 events.
+    let mut wire = Wire::new(contacts, events);
+    let total = wire.total();
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &addr)
+        .set("linger.ms", "20")
+        .set("batch.num.messages", "10000")
+        .create()
+        .unwrap();
+    let mut ts = chrono::Utc::now().timestamp_millis() - 30 * 24 * 3_600_000;
+    loop {
+        let chunk = wire.chunk(1024);
+        if chunk.is_empty() {
+            break;
+        }
+        ts += 60_000;
+        for bytes in &chunk {
+            let user = dripline::event::Event::parse(bytes).expect("valid").user_id;
+            let mut r = BaseRecord::to("events").key(&user).payload(bytes).timestamp(ts);
+            while let Err((_, back)) = p.send(r) {
+                p.poll(Duration::from_millis(5));
+                r = back;
+            }
+        }
+        p.poll(Duration::ZERO);
+    }
+    p.flush(Duration::from_secs(120)).unwrap();
+    println!("kafka: {contacts} contacts, {total} events on 8 partitions, tansu on loopback");
+
+    // Raw: consume everything and discard it.
+    let raw = {
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &addr)
+            .set("group.id", "raw")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .create()
+            .unwrap();
+        c.subscribe(&["events"]).unwrap();
+        let (mut n, mut started) = (0, None);
+        while n < total {
+            if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+                started.get_or_insert_with(Instant::now);
+                std::hint::black_box(m.payload());
+                n += 1;
+            }
+        }
+        n as f64 / started.unwrap().elapsed().as_secs_f64()
+    };
+
+    // One dripline instance: the consumer-group member on this thread's sibling.
+    let mut s = dripline::config::Settings::load(None).expect("settings");
+    s.workflows.dir = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows").into();
+    s.engine.data_dir = tmp.path().join("data");
+    s.mail.outbox_dir = tmp.path().join("mail");
+    s.kafka.brokers = addr.clone();
+    s.kafka.group_id = "dripline".into();
+    s.kafka.events_topic = "events".into();
+    s.kafka.changelog_topic = "changelog".into();
+    s.kafka.dead_letter_topic = "dead".into();
+    let engine = Arc::new(dripline::runtime::Engine::open(&s).expect("engine"));
+    let changelog = engine.changelog.clone().expect("kafka mode");
+    let stop = Arc::new(AtomicBool::new(false));
+    let member = {
+        let (e, st, stop) = (engine.clone(), s.clone(), stop.clone());
+        std::thread::spawn(move || dripline::kafka::consumer::run(e, &st, changelog, stop))
+    };
+    let counted = |e: &dripline::runtime::Engine| {
+        e.metrics.inputs_processed.get() - e.metrics.timers_fired.get()
+            + e.metrics.events_rejected.with_label_values(&["duplicate"]).get()
+    };
+    while counted(&engine) == 0 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = Instant::now();
+    while counted(&engine) < total as u64 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let rate = total as f64 / elapsed;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    member.join().unwrap().expect("member");
+    let produce = engine.metrics.kafka_changelog_produce.get_sample_count();
+    println!("raw consume: {raw:>9.0} records/s (consume and discard)");
+    println!(
+        "dripline:    {rate:>9.0} events/s on one instance ({:.1} % of raw; {elapsed:.1} s; {produce} changelog publishes)",
+        100.0 * rate / raw
+    );
+    let _ = broker.kill();
+    let _ = broker.wait();
+}
