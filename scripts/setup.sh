@@ -4,7 +4,7 @@
 set -euo pipefail
 need=()
 # prometheus: the tests scrape the engine with a real Prometheus server.
-for pkg in cmake clang libclang-dev libcurl4-openssl-dev prometheus; do
+for pkg in cmake clang libclang-dev libcurl4-openssl-dev prometheus openssl; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -13,11 +13,13 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# A real SMTP server for the tests (Python aiosmtpd).
-if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
-  echo "setup: installing aiosmtpd (pip)" >&2
-  python3 -m pip install --quiet --disable-pip-version-check aiosmtpd 2>/dev/null \
-    || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages aiosmtpd
-fi
+# A real SMTP server for the tests (Python aiosmtpd) and a real DKIM verifier (dkimpy).
+for mod in aiosmtpd:aiosmtpd dkim:dkimpy; do
+  if ! python3 -c "import ${mod%%:*}" 2>/dev/null; then
+    echo "setup: installing ${mod#*:} (pip)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check "${mod#*:}" 2>/dev/null \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${mod#*:}"
+  fi
+done
 command -v cargo >/dev/null || { echo "setup: cargo not found; install Rust (rustup) first" >&2; exit 1; }
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/dripline-target}"

@@ -88,11 +88,176 @@ pub struct MailSettings {
     pub message_id_domain: String,
     pub outbox_dir: PathBuf,
     pub transport: String,
-    pub smtp_host: String,
-    pub smtp_port: u16,
-    /// Messages per second at most, across every instance (0: no limit). In Kafka mode each
-    /// instance sends its share: this times the fraction of partitions it owns.
-    pub rate_per_second: f64,
+    /// Base URL recipients reach this engine's HTTP server at (unsubscribe and tracking links).
+    pub public_url: String,
+    /// HMAC-SHA256 key signing unsubscribe and tracking tokens.
+    pub secret: String,
+    /// `mailto:` address of the `List-Unsubscribe` header.
+    pub unsubscribe_mailto: String,
+    /// A message larger than this is refused (dead letter with the reason), never sent.
+    pub max_message_bytes: usize,
+    /// Delivery results become events in the contact's stream (`Email Delivered`, …).
+    pub delivery_events: bool,
+    pub smtp: SmtpSettings,
+    pub rate: RateSettings,
+    pub warmup: WarmupSettings,
+    pub retry: RetrySettings,
+    pub tracking: TrackingSettings,
+    pub dkim: DkimSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpSettings {
+    pub host: String,
+    pub port: u16,
+    /// `none`, `starttls` (upgrade after EHLO, required) or `tls` (implicit TLS, port 465).
+    pub tls: String,
+    pub username: String,
+    pub password: String,
+    /// Persistent connections (one mailer actor each).
+    pub connections: usize,
+    pub timeout: String,
+    /// EHLO name; empty: this host's name.
+    pub hello_name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateSettings {
+    /// Messages per second across every instance (0: no limit). In Kafka mode each instance
+    /// takes the share of the partitions it owns, as for every limit below.
+    pub per_second: f64,
+    /// Quotas per clock hour and UTC day (0: none).
+    pub per_hour: u64,
+    pub per_day: u64,
+    /// Messages per second to one recipient domain not listed in `domains` (0: no limit).
+    pub default_domain_per_second: f64,
+    /// Messages per second per recipient domain, e.g. `"gmail.com" = 50`.
+    #[serde(default)]
+    pub domains: std::collections::BTreeMap<String, f64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarmupSettings {
+    /// First day (YYYY-MM-DD, UTC) of sending from a new IP; empty: no warm-up.
+    pub start: String,
+    /// Most messages on day 1, 2, …; past the last day the warm-up is over.
+    pub daily: Vec<u64>,
+    /// At most this share of the day's allowance in one hour.
+    pub hour_share: f64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// First retry delay after a 4xx; doubles per attempt up to `max`, with full jitter.
+    pub initial: String,
+    pub max: String,
+    /// Still deferred this long after the first attempt: a soft bounce.
+    pub max_age: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrackingSettings {
+    /// An open pixel in HTML bodies.
+    pub opens: bool,
+    /// Links in HTML bodies rewritten through signed click redirects.
+    pub clicks: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DkimSettings {
+    /// Empty: no DKIM signature.
+    pub selector: String,
+    pub domain: String,
+    /// PEM private key (RSA PKCS#1 or, with `algorithm = "ed25519"`, the raw base64 key).
+    pub private_key_file: PathBuf,
+    pub algorithm: String,
+}
+
+/// The parsed sending limits (durations in milliseconds).
+#[derive(Debug, Clone)]
+pub struct MailTiming {
+    pub smtp_timeout: std::time::Duration,
+    pub retry_initial: i64,
+    pub retry_max: i64,
+    pub retry_max_age: i64,
+    pub warmup_start: Option<chrono::NaiveDate>,
+}
+
+impl MailSettings {
+    pub fn timing(&self) -> Result<MailTiming, ConfigError> {
+        let d = |key: &'static str, v: &str| duration::parse(v).map_err(|reason| ConfigError::Invalid { key, reason });
+        let warmup_start = if self.warmup.start.trim().is_empty() {
+            None
+        } else {
+            Some(
+                chrono::NaiveDate::parse_from_str(self.warmup.start.trim(), "%Y-%m-%d").map_err(|e| {
+                    ConfigError::Invalid {
+                        key: "mail.warmup.start",
+                        reason: format!("`{}` is not YYYY-MM-DD: {e}", self.warmup.start),
+                    }
+                })?,
+            )
+        };
+        Ok(MailTiming {
+            smtp_timeout: std::time::Duration::from_millis(d("mail.smtp.timeout", &self.smtp.timeout)? as u64),
+            retry_initial: d("mail.retry.initial", &self.retry.initial)?,
+            retry_max: d("mail.retry.max", &self.retry.max)?,
+            retry_max_age: d("mail.retry.max_age", &self.retry.max_age)?,
+            warmup_start,
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
+        if !matches!(self.transport.as_str(), "file" | "smtp") {
+            return bad(
+                "mail.transport",
+                format!("`{}` is not `file` or `smtp`", self.transport),
+            );
+        }
+        if !matches!(self.smtp.tls.as_str(), "none" | "starttls" | "tls") {
+            return bad(
+                "mail.smtp.tls",
+                format!("`{}` is not `none`, `starttls` or `tls`", self.smtp.tls),
+            );
+        }
+        if self.smtp.connections == 0 {
+            return bad("mail.smtp.connections", "must be at least 1".into());
+        }
+        if self.secret.len() < 16 {
+            return bad("mail.secret", "must be at least 16 characters".into());
+        }
+        if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
+            return bad(
+                "mail.public_url",
+                format!("`{}` is not an http(s) URL", self.public_url),
+            );
+        }
+        let r = &self.rate;
+        if r.per_second < 0.0 || r.default_domain_per_second < 0.0 || r.domains.values().any(|v| *v <= 0.0) {
+            return bad(
+                "mail.rate",
+                "rates must be positive (0 turns a global or default limit off)".into(),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.warmup.hour_share) || self.warmup.hour_share == 0.0 {
+            return bad("mail.warmup.hour_share", "must be in (0, 1]".into());
+        }
+        if !matches!(self.dkim.algorithm.as_str(), "rsa" | "ed25519") {
+            return bad(
+                "mail.dkim.algorithm",
+                format!("`{}` is not `rsa` or `ed25519`", self.dkim.algorithm),
+            );
+        }
+        self.timing()?;
+        Ok(())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,12 +285,7 @@ impl Settings {
             .build()?
             .try_deserialize()?;
         settings.policy()?;
-        if !matches!(settings.mail.transport.as_str(), "file" | "smtp") {
-            return Err(ConfigError::Invalid {
-                key: "mail.transport",
-                reason: format!("`{}` is not `file` or `smtp`", settings.mail.transport),
-            });
-        }
+        settings.mail.validate()?;
         let e = &settings.engine;
         if e.partitions == 0 || e.workers == 0 || e.batch == 0 {
             return Err(ConfigError::Invalid {

@@ -85,7 +85,7 @@ pub fn run(settings: &Settings, events: &Path, out: &Path) -> anyhow::Result<Dem
         })
         .collect();
     mails.sort_by(|a, b| (a.at, &a.to, &a.workflow).cmp(&(b.at, &b.to, &b.workflow)));
-    while engine.mailer.drain(1024)? > 0 {}
+    while engine.drain_mail(1024)? > 0 {}
     let mut per_workflow = BTreeMap::new();
     for m in &mails {
         *per_workflow.entry(m.workflow.clone()).or_insert(0) += 1;

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod event;
 pub mod kafka;
+pub mod links;
 pub mod machine;
 pub mod replay;
 pub mod runtime;

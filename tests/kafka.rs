@@ -181,7 +181,7 @@ fn start(broker: &Broker, group: &str, dir: &Path) -> Instance {
         // A dead member is noticed within seconds, not the default 45.
         .env("DRIPLINE__KAFKA__CLIENT__SESSION_TIMEOUT_MS", "6000")
         .env("DRIPLINE__KAFKA__CLIENT__HEARTBEAT_INTERVAL_MS", "500")
-        .env("DRIPLINE__MAIL__RATE_PER_SECOND", "1000")
+        .env("DRIPLINE__MAIL__RATE__PER_SECOND", "1000")
         .env("RUST_LOG", "info")
         .stderr(std::fs::File::create(dir.join("run.log")).unwrap())
         .spawn()

@@ -115,15 +115,27 @@ fn http_ingest_produces_emails_and_metrics() {
     assert!(ann.1.contains("Subject: Welcome, ann!"), "{}", ann.1);
     let stem = ann.0.file_stem().unwrap().to_str().unwrap();
     assert!(ann.1.contains(&format!("Message-ID: <{stem}@")), "{}", ann.1);
-    let (s, metrics) = http(e.port, "GET", "/metrics", "").unwrap();
-    assert_eq!(s, 200);
-    for needle in [
-        "dripline_events_ingested_total 7",
+    let needles = [
+        // 7 posted, then 3 `Email Delivered` events from the mailer (appended just after the
+        // files are written, hence the wait).
+        "dripline_events_ingested_total 10",
         "dripline_events_rejected_total{reason=\"missing_field\"} 1",
         "dripline_sends_total{result=\"accepted\",workflow=\"welcome_series\"} 3",
         "dripline_processing_latency_seconds_count",
         "dripline_rocksdb_write_seconds_count",
-    ] {
+    ];
+    let mut metrics = String::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        let (s, m) = http(e.port, "GET", "/metrics", "").unwrap();
+        assert_eq!(s, 200);
+        metrics = m;
+        if needles.iter().all(|n| metrics.contains(n)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for needle in needles {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
     assert_eq!(http(e.port, "GET", "/readyz", "").unwrap().0, 200);

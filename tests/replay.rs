@@ -133,7 +133,7 @@ fn send_unsent_keeps_only_what_the_source_never_sent() {
     engine.pump(t0 + 60_000).unwrap();
     let decided = tables::outbox_ids(&engine.store).unwrap().len() as u64;
     assert_eq!(
-        engine.mailer.drain(4).unwrap(),
+        engine.drain_mail(4).unwrap(),
         4,
         "the mailer got through four before stopping"
     );

@@ -39,7 +39,7 @@ fn ingest_to_eml_with_a_restart_in_the_middle_of_a_wait() {
             .unwrap();
         assert_eq!((r.accepted, r.duplicates, r.errors.len()), (2, 0, 0));
         assert_eq!(engine.pump(t0).unwrap(), 2);
-        engine.mailer.drain(100).unwrap();
+        engine.drain_mail(100).unwrap();
         assert!(emls(tmp.path()).is_empty(), "the reminder waits an hour");
         let st = engine.contact("ann").unwrap().unwrap();
         assert_eq!(st.enrollments.len(), 1);
@@ -49,7 +49,7 @@ fn ingest_to_eml_with_a_restart_in_the_middle_of_a_wait() {
     // Restart: a new engine over the same directory picks the timer up from RocksDB.
     let engine = Engine::open(&settings(tmp.path())).unwrap();
     assert_eq!(engine.pump(t0 + HOUR + MINUTE).unwrap(), 1, "the 1h timer fires once");
-    assert_eq!(engine.mailer.drain(100).unwrap(), 1);
+    assert_eq!(engine.drain_mail(100).unwrap(), 1);
     let mails = emls(tmp.path());
     assert_eq!(mails.len(), 1);
     assert!(mails[0].contains("To: ann@example.org"), "{}", mails[0]);
@@ -60,7 +60,7 @@ fn ingest_to_eml_with_a_restart_in_the_middle_of_a_wait() {
     );
     assert!(mails[0].contains("Hi Ann"), "{}", mails[0]);
     // Draining again sends nothing twice.
-    assert_eq!(engine.mailer.drain(100).unwrap(), 0);
+    assert_eq!(engine.drain_mail(100).unwrap(), 0);
     assert_eq!(engine.pump(t0 + 2 * HOUR).unwrap(), 0);
 }
 
@@ -102,7 +102,7 @@ fn duplicates_are_dropped_and_malformed_events_dead_lettered_without_losing_the_
         .unwrap();
     assert_eq!((again.accepted, again.duplicates), (0, 1));
     engine.pump(t0).unwrap();
-    engine.mailer.drain(100).unwrap();
+    engine.drain_mail(100).unwrap();
     let mails = emls(tmp.path());
     assert_eq!(mails.len(), 1, "one welcome, not two");
     let dead = dripline::storage::tables::dead_letters(&engine.store).unwrap();
@@ -151,7 +151,7 @@ fn timers_page_in_from_rocksdb_in_due_order_across_many_contacts() {
     );
     assert_eq!(engine.pump(t0 + 2 * HOUR).unwrap(), 4500, "the other nine");
     assert_eq!(engine.pump(t0 + 2 * HOUR).unwrap(), 0, "each timer fires once");
-    assert_eq!(engine.mailer.drain(10_000).unwrap(), 6000);
+    assert_eq!(engine.drain_mail(10_000).unwrap(), 6000);
     assert_eq!(dripline::storage::tables::sent_ids(&engine.store).unwrap().len(), 6000);
 }
 
@@ -209,7 +209,7 @@ fn engine_states_equal_the_pure_simulation_even_with_a_tiny_cache() {
         let stored = engine.contact(&id).unwrap().unwrap();
         assert_eq!(stored.encode(), sim.contacts[&id].encode(), "{id} differs");
     }
-    engine.mailer.drain(100_000).unwrap();
+    engine.drain_mail(100_000).unwrap();
     assert_eq!(emls(tmp.path()).len(), sim.sent.len());
 }
 
@@ -241,13 +241,13 @@ fn a_single_pump_fires_timers_due_after_the_last_record() {
     );
 }
 
-/// `mail.rate_per_second` holds sends back: 12 welcome emails at 8/s cannot all go out in
+/// `mail.rate.per_second` holds sends back: 12 welcome emails at 8/s cannot all go out in
 /// less than (12 − 8 burst) / 8 = half a second. (A lower bound only: it cannot be flaky.)
 #[test]
 fn the_send_rate_limit_paces_the_mailer() {
     let tmp = tempfile::tempdir().unwrap();
     let mut s = settings(tmp.path());
-    s.mail.rate_per_second = 8.0;
+    s.mail.rate.per_second = 8.0;
     let engine = Engine::open(&s).unwrap();
     let t0 = parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
     let events: Vec<serde_json::Value> = (0..12)
@@ -261,7 +261,7 @@ fn the_send_rate_limit_paces_the_mailer() {
     engine.ingest_values(&events, None, t0).unwrap();
     engine.pump(t0).unwrap();
     let started = std::time::Instant::now();
-    assert_eq!(engine.mailer.drain(100).unwrap(), 12);
+    assert_eq!(engine.drain_mail(100).unwrap(), 12);
     assert!(
         started.elapsed() >= std::time::Duration::from_millis(450),
         "{:?}",

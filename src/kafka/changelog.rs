@@ -13,7 +13,8 @@ use crate::config::KafkaSettings;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::partition::CommitHook;
 use crate::storage::{
-    CF_CONTACTS, CF_COUNTERS, CF_DEAD, CF_OUTBOX, CF_POSITIONS, CF_SENT, CF_TIMERS, Result, Store, StoreError,
+    CF_CONTACTS, CF_COUNTERS, CF_DEAD, CF_OUTBOX, CF_POSITIONS, CF_SENT, CF_SUPPRESSIONS, CF_TIMERS, Result, Store,
+    StoreError,
 };
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -25,7 +26,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The tables a partition's state is made of (the log and workflow versions are not).
-const MIRRORED: [&str; 7] = [
+const MIRRORED: [&str; 8] = [
     CF_CONTACTS,
     CF_TIMERS,
     CF_OUTBOX,
@@ -33,6 +34,7 @@ const MIRRORED: [&str; 7] = [
     CF_POSITIONS,
     CF_COUNTERS,
     CF_DEAD,
+    CF_SUPPRESSIONS,
 ];
 
 pub struct Changelog {

@@ -59,6 +59,9 @@ impl Handler<Stop> for PartitionActor {
     }
 }
 
+/// Drives mailer rounds on its own arbiter; the SMTP connection actors it starts live there
+/// too. Rounds never overlap (atomic responses), and the next one comes at once while there is
+/// work, or when the limits and backoffs say something can go again.
 pub struct MailerActor {
     engine: Arc<Engine>,
 }
@@ -70,36 +73,54 @@ impl Actor for MailerActor {
     }
 }
 
-impl MailerActor {
-    fn drain(&self) -> usize {
-        let n = self.engine.mailer.drain(512).unwrap_or_else(|e| {
-            tracing::warn!("mailer: {e}; retrying");
-            0
-        });
-        if let Ok(t) = crate::storage::timers::count(&self.engine.store) {
-            self.engine.metrics.timers_pending.set(t as i64);
-        }
-        n
-    }
-}
+const MAIL_ROUND: usize = 1024;
 
 impl Handler<Poll> for MailerActor {
-    type Result = ();
-    fn handle(&mut self, _: Poll, ctx: &mut Self::Context) {
-        if self.drain() > 0 {
-            ctx.notify(Poll);
-        } else {
-            ctx.notify_later(Poll, Duration::from_millis(20));
-        }
+    type Result = AtomicResponse<Self, ()>;
+    fn handle(&mut self, _: Poll, _: &mut Self::Context) -> Self::Result {
+        let engine = self.engine.clone();
+        let round = async move {
+            let r = engine.send_mail(MAIL_ROUND).await;
+            if let Ok(t) = crate::storage::timers::count(&engine.store) {
+                engine.metrics.timers_pending.set(t as i64);
+            }
+            r
+        };
+        AtomicResponse::new(Box::pin(round.into_actor(self).map(|r, _, ctx| match r {
+            Ok(round) if round.handled > 0 => {
+                ctx.notify(Poll);
+            }
+            Ok(round) => {
+                let pause = round.wait.unwrap_or(Duration::from_millis(20));
+                ctx.notify_later(Poll, pause.clamp(Duration::from_millis(1), Duration::from_millis(250)));
+            }
+            Err(e) => {
+                tracing::warn!("mailer: {e:#}; retrying");
+                ctx.notify_later(Poll, Duration::from_millis(500));
+            }
+        })))
     }
 }
 
 impl Handler<Stop> for MailerActor {
-    type Result = ();
-    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
-        // Whatever the partitions committed before stopping goes out now.
-        while self.drain() > 0 {}
-        ctx.stop();
+    type Result = AtomicResponse<Self, ()>;
+    fn handle(&mut self, _: Stop, _: &mut Self::Context) -> Self::Result {
+        // What the partitions committed before stopping goes out now, as far as the limits
+        // and the transport allow in a few seconds; the rest waits in the outbox for next time.
+        let engine = self.engine.clone();
+        let drain = async move {
+            let until = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < until {
+                match engine.send_mail(MAIL_ROUND).await {
+                    Ok(r) if r.handled > 0 => continue,
+                    Ok(r) if r.wait.is_some_and(|w| w < Duration::from_millis(500)) => {
+                        actix_web::rt::time::sleep(r.wait.unwrap_or_default()).await;
+                    }
+                    _ => break,
+                }
+            }
+        };
+        AtomicResponse::new(Box::pin(drain.into_actor(self).map(|_, _, ctx| ctx.stop())))
     }
 }
 

@@ -24,6 +24,12 @@ pub struct Metrics {
     pub rocksdb_write: Histogram,
     pub transport_latency: HistogramVec,
     pub mail_rate_limit: prometheus::Gauge,
+    pub mail_deliveries: IntCounterVec,
+    pub mail_rate_wait: Histogram,
+    pub mail_retries: IntCounter,
+    pub mail_outbox_oldest: prometheus::Gauge,
+    pub smtp_connections: IntGauge,
+    pub mail_feedback: IntCounterVec,
     pub kafka_assigned_partitions: IntGauge,
     pub kafka_rebalances: IntCounter,
     pub kafka_lag_records: IntGaugeVec,
@@ -149,7 +155,58 @@ impl Metrics {
             mail_rate_limit: reg!(
                 prometheus::Gauge::new(
                     "dripline_mail_rate_limit_messages_per_second",
-                    "This instance's share of mail.rate_per_second (0: no limit)"
+                    "This instance's share of mail.rate.per_second (0: no limit)"
+                )
+                .unwrap()
+            ),
+            mail_deliveries: reg!(
+                IntCounterVec::new(
+                    Opts::new(
+                        "dripline_mail_deliveries_total",
+                        "Delivery attempts by result and recipient domain (a domain of mail.rate.domains, else `other`)"
+                    ),
+                    &["result", "domain"]
+                )
+                .unwrap()
+            ),
+            mail_rate_wait: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "dripline_mail_rate_limit_wait_seconds",
+                        "Time a message waited for the send rate limiter"
+                    )
+                    .buckets(latency_buckets())
+                )
+                .unwrap()
+            ),
+            mail_retries: reg!(
+                IntCounter::new(
+                    "dripline_mail_retries_total",
+                    "Deferred (4xx) messages scheduled for another attempt"
+                )
+                .unwrap()
+            ),
+            mail_outbox_oldest: reg!(
+                prometheus::Gauge::new(
+                    "dripline_mail_outbox_oldest_age_seconds",
+                    "Age of the oldest message waiting in the outbox (0: empty)"
+                )
+                .unwrap()
+            ),
+            smtp_connections: reg!(
+                IntGauge::new(
+                    "dripline_smtp_connections_open",
+                    "Open SMTP connections of the mailer pool"
+                )
+                .unwrap()
+            ),
+            mail_feedback: reg!(
+                IntCounterVec::new(
+                    Opts::new(
+                        "dripline_mail_feedback_events_total",
+                        "Unsubscribes, opens and clicks received through signed links"
+                    ),
+                    &["kind"]
                 )
                 .unwrap()
             ),

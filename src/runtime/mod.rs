@@ -9,7 +9,6 @@ use crate::config::Settings;
 use crate::event::{Event, EventKind};
 use crate::machine::ContactState;
 use crate::sinks::mailer::Mailer;
-use crate::sinks::transport::Transport;
 use crate::storage::log::{Appended, EmbeddedLog};
 use crate::storage::{Store, tables};
 use crate::time::Ts;
@@ -32,6 +31,8 @@ pub struct Engine {
     /// in `partitions`) and the producer HTTP ingest writes to.
     pub changelog: Option<Arc<crate::kafka::changelog::Changelog>>,
     pub kafka_ingest: Option<crate::kafka::ingest::KafkaIngest>,
+    /// Signs unsubscribe and tracking links.
+    pub links: Arc<crate::links::Links>,
     batch: usize,
 }
 
@@ -78,6 +79,7 @@ impl Engine {
         } else {
             (None, None)
         };
+        let links = Arc::new(crate::links::Links::from_settings(&settings.mail));
         // In Kafka mode the consumer-group member opens partitions as they are assigned.
         let local_partitions = if changelog.is_some() { 0 } else { e.partitions };
         let partitions = (0..local_partitions)
@@ -89,18 +91,11 @@ impl Engine {
                     metrics.clone(),
                     e.cache_contacts_per_partition,
                 )
-                .map(Mutex::new)
+                .map(|p| Mutex::new(p.with_links(links.clone())))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let log = EmbeddedLog::open(store.clone(), e.partitions, e.dedup_window)?;
-        let mailer = Mailer::new(
-            store.clone(),
-            Transport::from_settings(&settings.mail),
-            settings.mail.from.parse()?,
-            settings.mail.message_id_domain.clone(),
-            metrics.clone(),
-        )
-        .with_rate(settings.mail.rate_per_second);
+        let mailer = Mailer::new(store.clone(), &settings.mail, links.clone(), metrics.clone())?;
         if let Some(c) = &changelog {
             mailer.set_hook(c.clone());
         }
@@ -114,8 +109,85 @@ impl Engine {
             metrics,
             partitions,
             mailer,
+            links,
             batch: e.batch,
         })
+    }
+
+    /// One mailer round: decide, append the delivery events durably, then commit the outbox
+    /// changes (so a crash between the two repeats events, dropped as duplicates, and loses
+    /// none). Runs on the mailer actor's arbiter when the transport is SMTP.
+    pub async fn send_mail(&self, limit: usize) -> anyhow::Result<crate::sinks::mailer::Round> {
+        let mut round = self.mailer.dispatch(limit).await?;
+        let feedback = std::mem::take(&mut round.feedback);
+        if !feedback.is_empty() {
+            let report = self.ingest_values(&feedback, None, chrono::Utc::now().timestamp_millis())?;
+            if let Some(err) = report.errors.first() {
+                tracing::error!("delivery event refused: {}", err.reason);
+            }
+        }
+        let summary = crate::sinks::mailer::Round {
+            handled: round.handled,
+            delivered: round.delivered,
+            wait: round.wait,
+            feedback,
+            ..Default::default()
+        };
+        self.mailer.commit(round)?;
+        Ok(summary)
+    }
+
+    /// [`Engine::send_mail`] on this thread, for the file transport (tests, the demo): returns
+    /// how many outbox entries were handled.
+    pub fn drain_mail(&self, limit: usize) -> anyhow::Result<usize> {
+        Ok(futures::executor::block_on(self.send_mail(limit))?.handled)
+    }
+
+    /// Records an unsubscribe from a signed link: suppression at once (mail already in the
+    /// outbox is held back) and an `Unsubscribed` event into the contact's stream.
+    pub fn unsubscribe(&self, claims: &crate::links::Claims, only_workflow: bool) -> anyhow::Result<()> {
+        let partition = crate::storage::log::partition_of(&claims.contact, self.settings.engine.partitions);
+        let mut sup = tables::get_suppression(&self.store, &claims.contact)?.unwrap_or_default();
+        if only_workflow {
+            sup.workflows.insert(claims.workflow.clone());
+        } else {
+            sup.marketing = true;
+        }
+        let mut batch = WriteBatch::default();
+        tables::put_suppression(&self.store, &mut batch, &claims.contact, &sup);
+        if let Some(c) = &self.changelog {
+            crate::runtime::partition::CommitHook::publish(c.as_ref(), partition, &mut batch)?;
+        }
+        self.store.write(batch, true)?;
+        let id: crate::machine::SendId = claims.message.parse()?;
+        let workflow = only_workflow.then_some(claims.workflow.as_str());
+        let ev = crate::sinks::mailer::feedback_event(
+            &claims.contact,
+            id,
+            crate::machine::FeedbackKind::Unsubscribed,
+            workflow,
+            None,
+        );
+        self.ingest_values(&[ev], None, chrono::Utc::now().timestamp_millis())?;
+        Ok(())
+    }
+
+    /// An open or a click from a signed link, as an event in the contact's stream.
+    pub fn engagement(&self, claims: &crate::links::Claims, kind: crate::machine::FeedbackKind) -> anyhow::Result<()> {
+        let id: crate::machine::SendId = claims.message.parse()?;
+        let mut ev = crate::sinks::mailer::feedback_event(&claims.contact, id, kind, Some(&claims.workflow), None);
+        if let Some(url) = &claims.url {
+            ev["properties"]["url"] = url.clone().into();
+            // Each distinct link clicked counts; repeats of the same one are dropped.
+            let mid = format!(
+                "{}:{:x}",
+                ev["messageId"].as_str().unwrap_or_default(),
+                xxhash_rust::xxh3::xxh3_64(url.as_bytes())
+            );
+            ev["messageId"] = mid.into();
+        }
+        self.ingest_values(&[ev], None, chrono::Utc::now().timestamp_millis())?;
+        Ok(())
     }
 
     /// Validates and durably appends events given as JSON bytes (one event each); invalid ones

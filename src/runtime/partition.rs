@@ -38,6 +38,8 @@ pub struct Partition {
     batch: WriteBatch,
     fx: Vec<Effect>,
     hook: Option<Arc<dyn CommitHook>>,
+    /// Signs the unsubscribe and preference links templates can show (`{{ unsubscribe_url }}`).
+    links: Option<Arc<crate::links::Links>>,
 }
 
 /// Sees every batch a partition (or the mailer, for a partition's sends) commits, before it is
@@ -75,7 +77,13 @@ impl Partition {
             batch: WriteBatch::default(),
             fx: Vec::new(),
             hook: None,
+            links: None,
         })
+    }
+
+    pub fn with_links(mut self, links: Arc<crate::links::Links>) -> Self {
+        self.links = Some(links);
+        self
     }
 
     pub fn with_hook(mut self, hook: Arc<dyn CommitHook>) -> Self {
@@ -222,7 +230,15 @@ impl Partition {
                     let Some(wf) = self.reg.get(&cmd.workflow, cmd.version) else {
                         continue;
                     };
-                    let ctx = template_context(contact, &cmd.traits, &cmd.event, &[]);
+                    let unsubscribe = self
+                        .links
+                        .as_ref()
+                        .map(|l| l.unsubscribe_url(contact, &cmd.workflow, &cmd.id.to_string()));
+                    let extra: Vec<(&str, minijinja::Value)> = unsubscribe
+                        .into_iter()
+                        .map(|u| ("unsubscribe_url", minijinja::Value::from(u)))
+                        .collect();
+                    let ctx = template_context(contact, &cmd.traits, &cmd.event, &extra);
                     match self.reg.render(wf, &cmd.template, &ctx) {
                         Ok(r) => {
                             let entry = OutboxEntry {
@@ -237,6 +253,9 @@ impl Partition {
                                 html: r.html,
                                 text: r.text,
                                 decided_at: at,
+                                attempts: 0,
+                                first_attempt: 0,
+                                not_before: 0,
                             };
                             tables::put_outbox(&self.store, &mut self.batch, cmd.id, &entry);
                             self.metrics.sends_decided.with_label_values(&[&cmd.workflow]).inc();

@@ -26,6 +26,8 @@ pub struct Mail<'a> {
     pub workflow: &'a str,
     pub version: u32,
     pub kind: MailKind,
+    /// Transport additions such as `List-Unsubscribe`.
+    pub headers: Vec<(&'static str, String)>,
 }
 
 pub fn message_id(id: SendId, domain: &str) -> String {
@@ -47,11 +49,14 @@ pub fn build(cmd: &Mail, from: &Mailbox, domain: &str, date: std::time::SystemTi
         .subject(rendered.subject.replace(['\r', '\n'], " "))
         .message_id(Some(message_id(cmd.id, domain)))
         .date(date);
-    for (name, value) in [
+    let fixed = [
         header("X-Dripline-Workflow", format!("{} v{}", cmd.workflow, cmd.version)),
         header("X-Dripline-Kind", format!("{:?}", cmd.kind).to_lowercase()),
-    ] {
-        b = b.raw_header(HeaderValue::new(name, value));
+    ];
+    let extra = cmd.headers.iter().map(|(n, v)| header(n, v.clone()));
+    for (name, value) in fixed.into_iter().chain(extra) {
+        // Values we build ourselves, but folded line breaks must never split a header.
+        b = b.raw_header(HeaderValue::new(name, value.replace(['\r', '\n'], " ")));
     }
     let body = match (&rendered.html, &rendered.text) {
         (Some(h), Some(t)) => MultiPart::alternative_plain_html(t.clone(), h.clone()),
@@ -68,11 +73,11 @@ pub fn build(cmd: &Mail, from: &Mailbox, domain: &str, date: std::time::SystemTi
 }
 
 /// Writes `<dir>/<send id>.eml` atomically (temp file, then rename).
-pub fn write(dir: &Path, id: SendId, msg: &Message) -> Result<PathBuf, EmlError> {
+pub fn write(dir: &Path, id: SendId, formatted: &[u8]) -> Result<PathBuf, EmlError> {
     std::fs::create_dir_all(dir).map_err(|e| EmlError::Io(dir.into(), e))?;
     let path = dir.join(format!("{id}.eml"));
     let tmp = dir.join(format!(".{id}.tmp"));
-    std::fs::write(&tmp, msg.formatted()).map_err(|e| EmlError::Io(tmp.clone(), e))?;
+    std::fs::write(&tmp, formatted).map_err(|e| EmlError::Io(tmp.clone(), e))?;
     std::fs::rename(&tmp, &path).map_err(|e| EmlError::Io(path.clone(), e))?;
     Ok(path)
 }

@@ -1,5 +1,8 @@
-//! Where decided sends go: rendered into RFC 5322 messages and handed to a transport.
+//! Where decided sends go: rendered into RFC 5322 messages (signed links, tracking, DKIM) and
+//! handed by the mailer to a transport: `.eml` files or a pool of SMTP connection actors.
 
 pub mod eml;
 pub mod mailer;
+pub mod smtp;
+pub mod tracking;
 pub mod transport;

@@ -1,37 +1,37 @@
-//! Transports a built message can be handed to: `.eml` files (the embedded default) or SMTP
-//! through lettre's pooled client. A transient failure leaves the message for a later try; a
-//! permanent one is reported so the mailer can take it out of the outbox.
+//! Transports a built message can be handed to: `.eml` files (the embedded default) or the SMTP
+//! connection pool. Both answer with an [`Outcome`]; the mailer decides what it means for the
+//! outbox entry.
 
 use super::eml;
+pub use super::smtp::Outcome;
+use super::smtp::SmtpPool;
 use crate::config::MailSettings;
 use crate::machine::SendId;
-use lettre::{Message, Transport as _};
+use futures::future::BoxFuture;
+use lettre::address::Envelope;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 pub enum Transport {
-    File { dir: PathBuf },
-    Smtp(Box<lettre::SmtpTransport>),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum DeliverError {
-    /// Try again later: server down, 4xx, I/O.
-    #[error("transient: {0}")]
-    Transient(String),
-    /// The server refused this message for good (5xx).
-    #[error("permanent: {0}")]
-    Permanent(String),
+    File {
+        dir: PathBuf,
+    },
+    Smtp {
+        settings: Box<MailSettings>,
+        /// Started on first use, on the mailer actor's arbiter (the connection actors live there).
+        pool: Mutex<Option<Arc<SmtpPool>>>,
+        open: prometheus::IntGauge,
+    },
 }
 
 impl Transport {
-    pub fn from_settings(mail: &MailSettings) -> Transport {
+    pub fn from_settings(mail: &MailSettings, open: prometheus::IntGauge) -> Transport {
         match mail.transport.as_str() {
-            "smtp" => Transport::Smtp(Box::new(
-                lettre::SmtpTransport::builder_dangerous(mail.smtp_host.clone())
-                    .port(mail.smtp_port)
-                    .timeout(Some(std::time::Duration::from_secs(10)))
-                    .build(),
-            )),
+            "smtp" => Transport::Smtp {
+                settings: Box::new(mail.clone()),
+                pool: Mutex::new(None),
+                open,
+            },
             _ => Transport::File {
                 dir: mail.outbox_dir.clone(),
             },
@@ -41,22 +41,38 @@ impl Transport {
     pub fn name(&self) -> &'static str {
         match self {
             Transport::File { .. } => "file",
-            Transport::Smtp(_) => "smtp",
+            Transport::Smtp { .. } => "smtp",
         }
     }
 
-    pub fn deliver(&self, id: SendId, msg: &Message) -> Result<(), DeliverError> {
+    /// Messages worth having in flight at once.
+    pub fn concurrency(&self) -> usize {
         match self {
-            Transport::File { dir } => eml::write(dir, id, msg)
-                .map(|_| ())
-                .map_err(|e| DeliverError::Transient(e.to_string())),
-            Transport::Smtp(smtp) => smtp.send(msg).map(|_| ()).map_err(|e| {
-                if e.is_permanent() {
-                    DeliverError::Permanent(e.to_string())
-                } else {
-                    DeliverError::Transient(e.to_string())
-                }
-            }),
+            Transport::File { .. } => 1,
+            Transport::Smtp { settings, .. } => settings.smtp.connections.max(1) * 2,
+        }
+    }
+
+    /// Hands the message over at once (the returned future only waits for the answer).
+    pub fn deliver(&self, id: SendId, envelope: Envelope, message: Arc<[u8]>) -> BoxFuture<'static, Outcome> {
+        match self {
+            Transport::File { dir } => {
+                let outcome = match eml::write(dir, id, &message) {
+                    Ok(_) => Outcome::Accepted,
+                    Err(e) => Outcome::Unavailable(e.to_string()),
+                };
+                Box::pin(std::future::ready(outcome))
+            }
+            Transport::Smtp { settings, pool, open } => {
+                let pool = {
+                    let mut guard = pool.lock().expect("pool lock");
+                    match guard.as_ref() {
+                        Some(p) if p.alive() => p.clone(),
+                        _ => guard.insert(Arc::new(SmtpPool::start(settings, open.clone()))).clone(),
+                    }
+                };
+                Box::pin(pool.deliver(envelope, message))
+            }
         }
     }
 }

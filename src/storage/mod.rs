@@ -19,8 +19,9 @@ pub const CF_POSITIONS: &str = "positions";
 pub const CF_COUNTERS: &str = "counters";
 pub const CF_WORKFLOWS: &str = "workflows";
 pub const CF_DEAD: &str = "dead_letters";
+pub const CF_SUPPRESSIONS: &str = "suppressions";
 
-const ALL: [&str; 9] = [
+const ALL: [&str; 10] = [
     CF_LOG,
     CF_CONTACTS,
     CF_TIMERS,
@@ -30,6 +31,7 @@ const ALL: [&str; 9] = [
     CF_COUNTERS,
     CF_WORKFLOWS,
     CF_DEAD,
+    CF_SUPPRESSIONS,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -83,7 +85,7 @@ impl Store {
             o
         };
         let cfs = ALL.iter().map(|n| match *n {
-            CF_CONTACTS | CF_SENT | CF_COUNTERS => ColumnFamilyDescriptor::new(*n, point()),
+            CF_CONTACTS | CF_SENT | CF_COUNTERS | CF_SUPPRESSIONS => ColumnFamilyDescriptor::new(*n, point()),
             _ => ColumnFamilyDescriptor::new(*n, Options::default()),
         });
         Ok(Store {

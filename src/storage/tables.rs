@@ -2,7 +2,8 @@
 //! dead letters. Each is a set of typed key/value codecs over its column family.
 
 use super::{
-    CF_CONTACTS, CF_COUNTERS, CF_DEAD, CF_OUTBOX, CF_POSITIONS, CF_SENT, CF_WORKFLOWS, Result, Store, StoreError,
+    CF_CONTACTS, CF_COUNTERS, CF_DEAD, CF_OUTBOX, CF_POSITIONS, CF_SENT, CF_SUPPRESSIONS, CF_WORKFLOWS, Result, Store,
+    StoreError,
 };
 use crate::machine::{ContactState, Metric, SendId};
 use crate::time::Ts;
@@ -52,6 +53,16 @@ pub struct OutboxEntry {
     pub text: Option<String>,
     /// Input time of the decision (the email's Date).
     pub decided_at: Ts,
+    /// Delivery attempts the receiver deferred (4xx) so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// Wall time of the first attempt (0: none yet): the age that turns deferrals into a
+    /// soft bounce counts from it.
+    #[serde(default)]
+    pub first_attempt: Ts,
+    /// Wall time before which the entry is not retried (backoff after a deferral).
+    #[serde(default)]
+    pub not_before: Ts,
 }
 
 pub fn id_key(id: SendId) -> [u8; 16] {
@@ -94,6 +105,68 @@ pub fn outbox_page_where(
     Ok(out)
 }
 
+/// Outbox entries with their ids.
+pub type OutboxPage = Vec<(SendId, OutboxEntry)>;
+
+/// Up to `limit` outbox entries from key `after` on (exclusive), wrapping to the start once at
+/// the end: the mailer walks the outbox round-robin so entries it must skip (backoff, a domain
+/// at its limit) do not starve the ones behind them. Returns the page and the cursor to resume
+/// from (`None`: the walk wrapped around).
+pub fn outbox_walk(
+    s: &Store,
+    after: Option<SendId>,
+    limit: usize,
+    keep: impl Fn(&OutboxEntry) -> bool,
+) -> Result<(OutboxPage, Option<SendId>)> {
+    let mut out = vec![];
+    // First from just past the cursor to the end, then (if the cursor was set) from the start
+    // up to the cursor.
+    let from = after.and_then(|a| a.0.checked_add(1)).map(u128::to_be_bytes);
+    let mut passes = vec![from];
+    if after.is_some() {
+        passes.push(None);
+    }
+    for (pass, from) in passes.iter().enumerate() {
+        let mode = match from {
+            Some(k) => rocksdb::IteratorMode::From(k, rocksdb::Direction::Forward),
+            None => rocksdb::IteratorMode::Start,
+        };
+        for r in s.db.iterator_cf(s.cf(CF_OUTBOX), mode) {
+            let (k, v) = r?;
+            let id = SendId(u128::from_be_bytes(
+                k.as_ref().try_into().map_err(|_| corrupt(CF_OUTBOX, "key"))?,
+            ));
+            if pass == 1 && after.is_some_and(|a| id > a) {
+                break;
+            }
+            let e: OutboxEntry = serde_json::from_slice(&v).map_err(|e| corrupt(CF_OUTBOX, &e.to_string()))?;
+            if keep(&e) {
+                out.push((id, e));
+                if out.len() >= limit {
+                    return Ok((out, Some(id)));
+                }
+            }
+        }
+    }
+    Ok((out, None))
+}
+
+/// The oldest decision time among outbox entries (the age of the backlog), scanning at most
+/// `limit` entries.
+pub fn outbox_oldest(s: &Store, limit: usize) -> Result<Option<Ts>> {
+    let mut oldest: Option<Ts> = None;
+    for r in
+        s.db.iterator_cf(s.cf(CF_OUTBOX), rocksdb::IteratorMode::Start)
+            .take(limit)
+    {
+        let (_, v) = r?;
+        if let Ok(e) = serde_json::from_slice::<OutboxEntry>(&v) {
+            oldest = Some(oldest.map_or(e.decided_at, |o| o.min(e.decided_at)));
+        }
+    }
+    Ok(oldest)
+}
+
 /// Every id waiting in the outbox, in key order.
 pub fn outbox_ids(s: &Store) -> Result<Vec<SendId>> {
     s.db.iterator_cf(s.cf(CF_OUTBOX), rocksdb::IteratorMode::Start)
@@ -114,6 +187,74 @@ pub fn outbox_len(s: &Store) -> Result<u64> {
     Ok(s.db
         .property_int_value_cf(s.cf(CF_OUTBOX), "rocksdb.estimate-num-keys")?
         .unwrap_or(0))
+}
+
+// ---- suppressions: contact id → mail it must not get, effective at once --------------------
+
+/// Written by an unsubscribe or a bounce the moment it happens, so mail already waiting in the
+/// outbox is held back too (the contact's state learns the same from the event shortly after).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Suppression {
+    /// Unsubscribed from all marketing mail.
+    pub marketing: bool,
+    /// Hard bounce or complaint: no mail at all (internal alerts to staff still go).
+    pub all: bool,
+    /// Unsubscribed from these workflows only.
+    pub workflows: std::collections::BTreeSet<String>,
+}
+
+impl Suppression {
+    pub fn blocks(&self, kind: MailKind, workflow: &str) -> bool {
+        match kind {
+            MailKind::Internal => false,
+            MailKind::Transactional => self.all,
+            MailKind::Marketing => self.all || self.marketing || self.workflows.contains(workflow),
+        }
+    }
+}
+
+pub fn get_suppression(s: &Store, contact: &str) -> Result<Option<Suppression>> {
+    match s.db.get_pinned_cf(s.cf(CF_SUPPRESSIONS), contact.as_bytes())? {
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|e| corrupt(CF_SUPPRESSIONS, &e.to_string())),
+        None => Ok(None),
+    }
+}
+
+pub fn put_suppression(s: &Store, b: &mut WriteBatch, contact: &str, sup: &Suppression) {
+    b.put_cf(
+        s.cf(CF_SUPPRESSIONS),
+        contact.as_bytes(),
+        serde_json::to_vec(sup).expect("suppression encodes"),
+    );
+}
+
+// ---- send quotas: messages counted in the current hour and day ----------------------------
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuotaCount {
+    pub hour_start: Ts,
+    pub hour: u64,
+    pub day_start: Ts,
+    pub day: u64,
+}
+
+const QUOTA_KEY: &[u8] = b"mail-quota";
+
+pub fn get_quota(s: &Store) -> Result<QuotaCount> {
+    Ok(s.db
+        .get_pinned_cf(s.cf(CF_POSITIONS), QUOTA_KEY)?
+        .and_then(|v| serde_json::from_slice(&v).ok())
+        .unwrap_or_default())
+}
+
+pub fn put_quota(s: &Store, b: &mut WriteBatch, q: &QuotaCount) {
+    b.put_cf(
+        s.cf(CF_POSITIONS),
+        QUOTA_KEY,
+        serde_json::to_vec(q).expect("quota encodes"),
+    );
 }
 
 fn corrupt(table: &'static str, reason: &str) -> StoreError {

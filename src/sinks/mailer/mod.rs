@@ -1,0 +1,548 @@
+//! Drains the durable outbox through a transport, no faster than the limits allow, and turns
+//! what the receiver answered into outbox changes and events for the contact's stream.
+//!
+//! A round walks a page of the outbox (round-robin, so mail that must wait does not starve the
+//! rest), holds back what is suppressed, in backoff or over a limit, hands the rest to the
+//! transport with bounded concurrency and settles each answer:
+//! - accepted: the id goes into the sent ledger and the entry leaves the outbox, together;
+//! - 4xx: retried with exponential backoff and jitter, a soft bounce past `mail.retry.max_age`;
+//! - 5xx: a bounce: out of the outbox, the contact suppressed at once, an `Email Bounced` event;
+//! - no answer (server down): untouched, the pool backs off and tries again later.
+//!
+//! The caller appends the round's events durably before [`Mailer::commit`] writes its batch, so
+//! a crash in between repeats events (dropped as duplicates by their messageId), never loses them.
+
+pub mod limits;
+pub mod retry;
+
+use super::eml;
+use super::tracking;
+use super::transport::{Outcome, Transport};
+use crate::config::{MailSettings, MailTiming};
+use crate::links::Links;
+use crate::machine::{FeedbackKind, SendId};
+use crate::runtime::metrics::Metrics;
+use crate::runtime::partition::CommitHook;
+use crate::storage::tables::{self, OutboxEntry, Suppression};
+use crate::storage::{Store, StoreError};
+use crate::time::{SECOND, Ts};
+use crate::workflow::{MailKind, Rendered};
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
+use lettre::message::Mailbox;
+use limits::{Hold, Limits};
+use rocksdb::WriteBatch;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MailerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("mail configuration: {0}")]
+    Config(String),
+}
+
+/// Longest pause after the transport stopped answering.
+const MAX_PAUSE: i64 = 30 * SECOND;
+
+pub struct Mailer {
+    store: Arc<Store>,
+    transport: Transport,
+    from: Mailbox,
+    settings: MailSettings,
+    timing: MailTiming,
+    links: Arc<Links>,
+    dkim: Option<lettre::message::dkim::DkimConfig>,
+    metrics: Arc<Metrics>,
+    /// Kafka mode: send only for partitions this instance owns, and publish each partition's
+    /// outbox and ledger changes to its changelog before writing them locally.
+    hook: OnceLock<Arc<dyn CommitHook>>,
+    limits: tokio::sync::Mutex<Limits>,
+    walk: Mutex<Walk>,
+}
+
+/// Where the round-robin walk stands and whether the transport is resting.
+#[derive(Default)]
+struct Walk {
+    cursor: Option<SendId>,
+    paused_until: Ts,
+    pause: i64,
+}
+
+/// One round's decisions, written by [`Mailer::commit`] after its events are durable.
+#[derive(Default)]
+pub struct Round {
+    /// Entries that left the outbox (delivered, bounced, suppressed, refused) or were
+    /// rescheduled.
+    pub handled: usize,
+    pub delivered: usize,
+    /// Nothing more can go before this long (quota, domain rate, backoff, transport down).
+    pub wait: Option<Duration>,
+    /// Delivery results for the contacts' streams, as Segment track events.
+    pub feedback: Vec<serde_json::Value>,
+    pub(crate) batches: BTreeMap<u16, WriteBatch>,
+    pub(crate) quota: Option<tables::QuotaCount>,
+}
+
+impl Round {
+    fn batch(&mut self, partition: u16) -> &mut WriteBatch {
+        self.batches.entry(partition).or_default()
+    }
+
+    fn wait_at_most(&mut self, d: Duration) {
+        self.wait = Some(self.wait.map_or(d, |w| w.min(d)));
+    }
+}
+
+/// The Segment event a delivery result becomes in the contact's stream; its messageId is
+/// derived from the send id, so a repeat is dropped as a duplicate.
+pub fn feedback_event(
+    contact: &str,
+    id: SendId,
+    kind: FeedbackKind,
+    workflow: Option<&str>,
+    reason: Option<&str>,
+) -> serde_json::Value {
+    let name = kind.event_name();
+    let mut props = serde_json::json!({ "message_id": id.to_string() });
+    if let Some(w) = workflow {
+        props["workflow"] = w.into();
+    }
+    match kind {
+        FeedbackKind::Bounced => props["type"] = "hard".into(),
+        FeedbackKind::SoftBounced => props["type"] = "soft".into(),
+        _ => {}
+    }
+    if let Some(r) = reason {
+        props["reason"] = r.into();
+    }
+    serde_json::json!({
+        "type": "track",
+        "userId": contact,
+        "messageId": format!("feedback:{id}:{name}"),
+        "event": name,
+        "properties": props,
+    })
+}
+
+fn wall() -> Ts {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl Mailer {
+    pub fn new(
+        store: Arc<Store>,
+        settings: &MailSettings,
+        links: Arc<Links>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, MailerError> {
+        let timing = settings.timing().map_err(|e| MailerError::Config(e.to_string()))?;
+        let from = settings
+            .from
+            .parse()
+            .map_err(|e| MailerError::Config(format!("mail.from: {e}")))?;
+        let dkim = dkim_config(settings)?;
+        let quota = tables::get_quota(&store)?;
+        let limits = Limits::new(
+            settings.rate.clone(),
+            settings.warmup.clone(),
+            timing.warmup_start,
+            quota,
+        );
+        Ok(Mailer {
+            transport: Transport::from_settings(settings, metrics.smtp_connections.clone()),
+            store,
+            from,
+            settings: settings.clone(),
+            timing,
+            links,
+            dkim,
+            metrics,
+            hook: OnceLock::new(),
+            limits: tokio::sync::Mutex::new(limits),
+            walk: Mutex::new(Walk::default()),
+        })
+    }
+
+    pub fn set_hook(&self, hook: Arc<dyn CommitHook>) {
+        let _ = self.hook.set(hook);
+    }
+
+    /// This instance's share of `mail.rate.per_second` (0: no limit).
+    pub fn effective_rate(&self) -> f64 {
+        self.settings.rate.per_second * self.hook.get().map_or(1.0, |h| h.share())
+    }
+
+    /// Decides a round of up to `limit` outbox entries: what goes, what waits, what is refused.
+    pub async fn dispatch(&self, limit: usize) -> Result<Round, MailerError> {
+        let mut round = Round::default();
+        let now = wall();
+        {
+            let walk = self.walk.lock().expect("walk lock");
+            if now < walk.paused_until {
+                round.wait = Some(Duration::from_millis((walk.paused_until - now) as u64));
+                return Ok(round);
+            }
+        }
+        let hook = self.hook.get().cloned();
+        let mut limits = self.limits.lock().await;
+        limits.rescale(hook.as_ref().map_or(1.0, |h| h.share()));
+        self.metrics.mail_rate_limit.set(limits.global_rate());
+        let cursor = self.walk.lock().expect("walk lock").cursor;
+        let (page, next) = tables::outbox_walk(&self.store, cursor, limit, |e| {
+            hook.as_ref().is_none_or(|h| h.owns(e.partition))
+        })?;
+        self.walk.lock().expect("walk lock").cursor = next;
+
+        let mut in_flight = FuturesUnordered::new();
+        for (id, e) in page {
+            if tables::is_sent(&self.store, id)? {
+                // Accepted before a crash that came between the ledger and the delete.
+                tables::delete_outbox(&self.store, round.batch(e.partition), id);
+                round.handled += 1;
+                continue;
+            }
+            if e.not_before > now {
+                round.wait_at_most(Duration::from_millis((e.not_before - now) as u64));
+                continue;
+            }
+            if self.suppressed(&e)? {
+                tables::delete_outbox(&self.store, round.batch(e.partition), id);
+                self.metrics.sends.with_label_values(&[&e.workflow, "suppressed"]).inc();
+                round.handled += 1;
+                continue;
+            }
+            let (envelope, message) = match self.build(id, &e) {
+                Ok(built) => built,
+                Err(reason) => {
+                    // Never deliverable as decided (a malformed address, too large): a dead
+                    // letter with the reason, not a retry.
+                    self.refuse(&mut round, id, &e, &reason, now);
+                    continue;
+                }
+            };
+            let domain = envelope
+                .to()
+                .first()
+                .map(|a| a.domain().to_ascii_lowercase())
+                .unwrap_or_default();
+            let waited = Instant::now();
+            match limits.admit(&domain, now).await {
+                Ok(()) => {}
+                Err(Hold::Quota(at)) => {
+                    round.wait_at_most(Duration::from_millis((at - now).max(0) as u64));
+                    break;
+                }
+                Err(Hold::Domain(d)) => {
+                    round.wait_at_most(d);
+                    continue;
+                }
+            }
+            self.metrics.mail_rate_wait.observe(waited.elapsed().as_secs_f64());
+            let started = Instant::now();
+            let answer = self.transport.deliver(id, envelope, message);
+            in_flight.push(async move { (id, e, domain, answer.await, started.elapsed()) });
+            while in_flight.len() >= self.transport.concurrency() {
+                if let Some(done) = in_flight.next().await {
+                    self.settle(&mut round, &mut limits, done, wall());
+                }
+            }
+            if self.walk.lock().expect("walk lock").paused_until > now {
+                break;
+            }
+        }
+        while let Some(done) = in_flight.next().await {
+            self.settle(&mut round, &mut limits, done, wall());
+        }
+        limits.tidy();
+        round.quota = Some(limits.count);
+        Ok(round)
+    }
+
+    /// Writes a round's outbox, ledger and suppression changes (per partition, through the
+    /// changelog in Kafka mode) and the quota counts.
+    pub fn commit(&self, round: Round) -> Result<(), MailerError> {
+        for (p, mut batch) in round.batches {
+            if let Some(h) = self.hook.get() {
+                h.publish(p, &mut batch)?;
+            }
+            self.store.write(batch, true)?;
+        }
+        if let Some(q) = round.quota {
+            // Local to this instance (its share), so outside the mirrored partition batches.
+            let mut b = WriteBatch::default();
+            tables::put_quota(&self.store, &mut b, &q);
+            self.store.write(b, false)?;
+        }
+        self.metrics.outbox_depth.set(tables::outbox_len(&self.store)? as i64);
+        let age = tables::outbox_oldest(&self.store, 10_000)?.map_or(0.0, |t| (wall() - t).max(0) as f64 / 1e3);
+        self.metrics.mail_outbox_oldest.set(age);
+        Ok(())
+    }
+
+    fn domain_label<'a>(&self, domain: &'a str) -> &'a str {
+        if self.settings.rate.domains.contains_key(domain) {
+            domain
+        } else {
+            "other"
+        }
+    }
+
+    fn settle(
+        &self,
+        round: &mut Round,
+        limits: &mut Limits,
+        (id, mut e, domain, outcome, took): (SendId, OutboxEntry, String, Outcome, Duration),
+        now: Ts,
+    ) {
+        self.metrics
+            .transport_latency
+            .with_label_values(&[self.transport.name()])
+            .observe(took.as_secs_f64());
+        let result = match &outcome {
+            Outcome::Accepted => "delivered",
+            Outcome::Deferred(_) => "deferred",
+            Outcome::Rejected(_) => "bounced",
+            Outcome::Unavailable(_) => "unavailable",
+        };
+        self.metrics
+            .mail_deliveries
+            .with_label_values(&[result, self.domain_label(&domain)])
+            .inc();
+        let events = self.settings.delivery_events;
+        match outcome {
+            Outcome::Accepted => {
+                self.metrics.sends.with_label_values(&[&e.workflow, "accepted"]).inc();
+                let batch = round.batch(e.partition);
+                tables::mark_sent(&self.store, batch, id, now);
+                tables::delete_outbox(&self.store, batch, id);
+                if events {
+                    let ev = feedback_event(&e.contact, id, FeedbackKind::Delivered, Some(&e.workflow), None);
+                    round.feedback.push(ev);
+                }
+                round.handled += 1;
+                round.delivered += 1;
+                let mut walk = self.walk.lock().expect("walk lock");
+                walk.pause = 0;
+            }
+            Outcome::Deferred(reason) => {
+                e.attempts += 1;
+                if e.first_attempt == 0 {
+                    e.first_attempt = now;
+                }
+                if now - e.first_attempt >= self.timing.retry_max_age {
+                    self.metrics
+                        .sends
+                        .with_label_values(&[&e.workflow, "soft_bounced"])
+                        .inc();
+                    let why = format!("soft bounce: still deferred after {} attempts: {reason}", e.attempts);
+                    let batch = round.batch(e.partition);
+                    let payload = serde_json::json!({"id": id.to_string(), "to": e.to, "workflow": e.workflow});
+                    tables::put_dead_letter(&self.store, batch, now, &why, payload.to_string().as_bytes());
+                    tables::delete_outbox(&self.store, batch, id);
+                    if events {
+                        let ev = feedback_event(
+                            &e.contact,
+                            id,
+                            FeedbackKind::SoftBounced,
+                            Some(&e.workflow),
+                            Some(&reason),
+                        );
+                        round.feedback.push(ev);
+                    }
+                } else {
+                    self.metrics.sends.with_label_values(&[&e.workflow, "deferred"]).inc();
+                    self.metrics.mail_retries.inc();
+                    let delay = retry::backoff(e.attempts, self.timing.retry_initial, self.timing.retry_max);
+                    e.not_before = now + delay;
+                    round.wait_at_most(Duration::from_millis(delay as u64));
+                    tables::put_outbox(&self.store, round.batch(e.partition), id, &e);
+                    if events && e.attempts == 1 {
+                        let ev =
+                            feedback_event(&e.contact, id, FeedbackKind::Deferred, Some(&e.workflow), Some(&reason));
+                        round.feedback.push(ev);
+                    }
+                }
+                round.handled += 1;
+            }
+            Outcome::Rejected(reason) => {
+                self.metrics.sends.with_label_values(&[&e.workflow, "bounced"]).inc();
+                let batch = round.batch(e.partition);
+                let payload = serde_json::json!({"id": id.to_string(), "to": e.to, "workflow": e.workflow});
+                tables::put_dead_letter(
+                    &self.store,
+                    batch,
+                    now,
+                    &format!("bounced: {reason}"),
+                    payload.to_string().as_bytes(),
+                );
+                tables::delete_outbox(&self.store, batch, id);
+                // The address is bad: nothing more goes to this contact from now on, including
+                // mail already waiting; the contact's state learns it from the event.
+                let mut sup = tables::get_suppression(&self.store, &e.contact)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                sup.all = true;
+                tables::put_suppression(&self.store, round.batch(e.partition), &e.contact, &sup);
+                // A bounce is always reported: suppression must reach the contact's state.
+                round.feedback.push(feedback_event(
+                    &e.contact,
+                    id,
+                    FeedbackKind::Bounced,
+                    Some(&e.workflow),
+                    Some(&reason),
+                ));
+                round.handled += 1;
+            }
+            Outcome::Unavailable(reason) => {
+                limits.refund();
+                let mut walk = self.walk.lock().expect("walk lock");
+                walk.pause = (walk.pause * 2).clamp(SECOND / 2, MAX_PAUSE);
+                walk.paused_until = now + walk.pause;
+                // Come back to this entry first once the transport answers again.
+                walk.cursor = walk.cursor.min(id.0.checked_sub(1).map(SendId));
+                round.wait_at_most(Duration::from_millis(walk.pause as u64));
+                tracing::warn!("mail transport unavailable ({reason}); retrying in {} ms", walk.pause);
+            }
+        }
+    }
+
+    fn refuse(&self, round: &mut Round, id: SendId, e: &OutboxEntry, reason: &str, now: Ts) {
+        self.metrics.sends.with_label_values(&[&e.workflow, "refused"]).inc();
+        let batch = round.batch(e.partition);
+        let payload = serde_json::json!({"id": id.to_string(), "to": e.to, "workflow": e.workflow});
+        tables::put_dead_letter(
+            &self.store,
+            batch,
+            now,
+            &format!("refused: {reason}"),
+            payload.to_string().as_bytes(),
+        );
+        tables::delete_outbox(&self.store, batch, id);
+        round.handled += 1;
+    }
+
+    /// Held back by an unsubscribe or bounce recorded since the send was decided: the
+    /// suppression table (written the moment it happened) or the contact's committed state.
+    fn suppressed(&self, e: &OutboxEntry) -> Result<bool, StoreError> {
+        if e.kind == MailKind::Internal {
+            return Ok(false);
+        }
+        if tables::get_suppression(&self.store, &e.contact)?.is_some_and(|s| s.blocks(e.kind, &e.workflow)) {
+            return Ok(true);
+        }
+        Ok(tables::get_contact(&self.store, &e.contact)?.is_some_and(|st| {
+            Suppression {
+                marketing: st.unsubscribed,
+                all: st.suppressed,
+                workflows: st.unsubscribed_from.clone(),
+            }
+            .blocks(e.kind, &e.workflow)
+        }))
+    }
+
+    /// The message as it goes out: tracked links and pixel, unsubscribe headers on marketing
+    /// mail, DKIM signature; refused if it is over the size limit.
+    fn build(&self, id: SendId, e: &OutboxEntry) -> Result<(lettre::address::Envelope, Arc<[u8]>), String> {
+        let msg_id = id.to_string();
+        let links = &self.links;
+        let mut html = e.html.clone();
+        let track = &self.settings.tracking;
+        if e.kind != MailKind::Internal
+            && (track.opens || track.clicks)
+            && let Some(h) = &html
+        {
+            let click = |url: &str| links.click_url(&e.contact, &e.workflow, &msg_id, url);
+            let pixel = track.opens.then(|| links.open_url(&e.contact, &e.workflow, &msg_id));
+            let click_fn: Option<&dyn Fn(&str) -> String> = if track.clicks { Some(&click) } else { None };
+            html = Some(
+                tracking::rewrite_html(h, &self.settings.public_url, click_fn, pixel.as_deref())
+                    .map_err(|err| format!("cannot rewrite the HTML body: {err}"))?,
+            );
+        }
+        let mut headers = vec![];
+        if e.kind == MailKind::Marketing {
+            headers.push((
+                "List-Unsubscribe",
+                links.list_unsubscribe(&e.contact, &e.workflow, &msg_id),
+            ));
+            headers.push(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".to_owned()));
+        }
+        let rendered = Rendered {
+            subject: e.subject.clone(),
+            html,
+            text: e.text.clone(),
+        };
+        let mail = eml::Mail {
+            id,
+            to: &e.to,
+            rendered: &rendered,
+            workflow: &e.workflow,
+            version: e.version,
+            kind: e.kind,
+            headers,
+        };
+        let date = std::time::UNIX_EPOCH + Duration::from_millis(e.decided_at.max(0) as u64);
+        let mut msg =
+            eml::build(&mail, &self.from, &self.settings.message_id_domain, date).map_err(|err| err.to_string())?;
+        if let Some(dkim) = &self.dkim {
+            msg.sign(dkim);
+        }
+        let bytes = msg.formatted();
+        if bytes.len() > self.settings.max_message_bytes {
+            return Err(format!(
+                "message is {} bytes, over mail.max_message_bytes = {}",
+                bytes.len(),
+                self.settings.max_message_bytes
+            ));
+        }
+        Ok((msg.envelope().clone(), bytes.into()))
+    }
+}
+
+fn dkim_config(mail: &MailSettings) -> Result<Option<lettre::message::dkim::DkimConfig>, MailerError> {
+    use lettre::message::dkim::{DkimCanonicalization, DkimCanonicalizationType, DkimConfig, DkimSigningAlgorithm};
+    use lettre::message::header::HeaderName;
+    let d = &mail.dkim;
+    if d.selector.is_empty() {
+        return Ok(None);
+    }
+    let pem = std::fs::read_to_string(&d.private_key_file).map_err(|e| {
+        MailerError::Config(format!(
+            "mail.dkim.private_key_file {}: {e}",
+            d.private_key_file.display()
+        ))
+    })?;
+    let algorithm = if d.algorithm == "ed25519" {
+        DkimSigningAlgorithm::Ed25519
+    } else {
+        DkimSigningAlgorithm::Rsa
+    };
+    let key = lettre::message::dkim::DkimSigningKey::new(pem.trim(), algorithm)
+        .map_err(|e| MailerError::Config(format!("mail.dkim.private_key_file: {e}")))?;
+    let headers = [
+        "From",
+        "To",
+        "Subject",
+        "Date",
+        "Message-ID",
+        "List-Unsubscribe",
+        "List-Unsubscribe-Post",
+    ]
+    .into_iter()
+    .map(HeaderName::new_from_ascii_str)
+    .collect();
+    Ok(Some(DkimConfig::new(
+        d.selector.clone(),
+        d.domain.clone(),
+        key,
+        headers,
+        DkimCanonicalization {
+            header: DkimCanonicalizationType::Relaxed,
+            body: DkimCanonicalizationType::Relaxed,
+        },
+    )))
+}

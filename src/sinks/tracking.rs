@@ -1,0 +1,74 @@
+//! Engagement tracking in HTML bodies, rewritten with lol_html (a streaming HTML rewriter): each
+//! http(s) link goes through a signed click redirect, and an open pixel is appended to the
+//! body. Links to this engine itself (unsubscribe, preferences) are left alone.
+
+use lol_html::html_content::ContentType;
+use lol_html::{RewriteStrSettings, element, rewrite_str};
+use std::cell::Cell;
+
+/// `click(url)` gives the tracked URL for a destination; `pixel` the open pixel's URL.
+pub fn rewrite_html(
+    html: &str,
+    own_base: &str,
+    click: Option<&dyn Fn(&str) -> String>,
+    pixel: Option<&str>,
+) -> Result<String, lol_html::errors::RewritingError> {
+    let body_seen = Cell::new(false);
+    let pixel_tag = pixel.map(|p| {
+        format!(r#"<img src="{p}" width="1" height="1" alt="" style="display:block;border:0;width:1px;height:1px">"#)
+    });
+    let mut handlers = vec![];
+    if let Some(click) = click {
+        handlers.push(element!("a[href]", move |el| {
+            let href = el.get_attribute("href").unwrap_or_default();
+            // Attribute text is HTML: `&amp;` in a query string stands for `&`.
+            let target = href.trim().replace("&amp;", "&");
+            let lower = target.to_ascii_lowercase();
+            if (lower.starts_with("http://") || lower.starts_with("https://")) && !target.starts_with(own_base) {
+                el.set_attribute("href", &click(&target))?;
+            }
+            Ok(())
+        }));
+    }
+    if let Some(tag) = &pixel_tag {
+        handlers.push(element!("body", |el| {
+            body_seen.set(true);
+            el.append(tag, ContentType::Html);
+            Ok(())
+        }));
+    }
+    let mut out = rewrite_str(
+        html,
+        RewriteStrSettings {
+            element_content_handlers: handlers,
+            ..RewriteStrSettings::new()
+        },
+    )?;
+    if let (Some(tag), false) = (&pixel_tag, body_seen.get()) {
+        // A fragment without <body>: the pixel goes at the end.
+        out.push_str(tag);
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn links_are_wrapped_own_and_non_http_links_kept_and_the_pixel_lands_in_the_body() {
+        let html = r#"<html><body><p>Hi <a href="https://shop.example.com/cart?a=1&amp;b=2">cart</a>
+            <a href="mailto:help@example.com">help</a> <a href="https://me.example/u/tok">unsubscribe</a></p></body></html>"#;
+        let click = |u: &str| format!("https://me.example/c/{}", u.len());
+        let out = rewrite_html(html, "https://me.example", Some(&click), Some("https://me.example/o/t")).unwrap();
+        // "https://shop.example.com/cart?a=1&b=2" is 37 characters once `&amp;` is decoded.
+        assert!(out.contains(r#"href="https://me.example/c/37""#), "{out}");
+        assert!(out.contains(r#"href="mailto:help@example.com""#), "{out}");
+        assert!(out.contains(r#"href="https://me.example/u/tok""#), "{out}");
+        let pixel = out.find(r#"<img src="https://me.example/o/t""#).expect("pixel");
+        assert!(pixel < out.find("</body>").unwrap(), "{out}");
+
+        let fragment = rewrite_html("<p>no body</p>", "x", None, Some("P")).unwrap();
+        assert!(fragment.starts_with("<p>no body</p><img src=\"P\""), "{fragment}");
+    }
+}

@@ -1,0 +1,176 @@
+//! The mailer's message building on the file transport: header injection, size limit, DKIM,
+//! tracking only where it belongs.
+
+mod common;
+
+use dripline::machine::SendId;
+use dripline::runtime::Engine;
+use dripline::storage::tables::{self, OutboxEntry};
+use dripline::workflow::MailKind;
+use std::path::Path;
+
+fn entry(to: &str, subject: &str, kind: MailKind, html: &str) -> OutboxEntry {
+    OutboxEntry {
+        partition: 0,
+        contact: "c1".into(),
+        workflow: "wf".into(),
+        version: 1,
+        step: "s".into(),
+        kind,
+        to: to.into(),
+        subject: subject.into(),
+        html: Some(html.into()),
+        text: None,
+        decided_at: 1_700_000_000_000,
+        attempts: 0,
+        first_attempt: 0,
+        not_before: 0,
+    }
+}
+
+fn put(engine: &Engine, id: u128, e: &OutboxEntry) {
+    let mut b = rocksdb::WriteBatch::default();
+    tables::put_outbox(&engine.store, &mut b, SendId(id), e);
+    engine.store.write(b, true).unwrap();
+}
+
+fn eml(dir: &Path, id: u128) -> Option<String> {
+    std::fs::read_to_string(dir.join("mail").join(format!("{}.eml", SendId(id)))).ok()
+}
+
+#[test]
+fn contact_data_cannot_inject_headers_and_oversized_mail_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = common::settings(tmp.path());
+    s.mail.max_message_bytes = 4096;
+    let engine = Engine::open(&s).unwrap();
+    let bcc = "\r\nBcc: victim@example.net\r\nX-Evil: 1";
+    put(
+        &engine,
+        1,
+        &entry(
+            "ann@example.org",
+            &format!("Hello{bcc}"),
+            MailKind::Marketing,
+            "<p>x</p>",
+        ),
+    );
+    put(
+        &engine,
+        2,
+        &entry(&format!("bob@example.org{bcc}"), "Hi", MailKind::Marketing, "<p>x</p>"),
+    );
+    put(
+        &engine,
+        3,
+        &entry(
+            "cat@example.org",
+            "Big",
+            MailKind::Transactional,
+            &"<p>long</p>".repeat(1000),
+        ),
+    );
+    assert_eq!(engine.drain_mail(10).unwrap(), 3);
+
+    let ann = eml(tmp.path(), 1).expect("the subject is sanitised, the mail goes");
+    let headers = ann.split("\r\n\r\n").next().unwrap();
+    assert!(
+        !headers
+            .lines()
+            .any(|l| l.starts_with("Bcc:") || l.starts_with("X-Evil:")),
+        "{headers}"
+    );
+    assert!(
+        headers.contains("Subject: Hello  Bcc: victim@example.net  X-Evil: 1"),
+        "{headers}"
+    );
+    assert!(eml(tmp.path(), 2).is_none(), "an address with CR/LF is refused");
+    assert!(eml(tmp.path(), 3).is_none(), "over the size limit");
+    let dead: Vec<String> = tables::dead_letters(&engine.store)
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        dead.iter().any(|r| r.starts_with("refused: invalid address")),
+        "{dead:?}"
+    );
+    assert!(
+        dead.iter().any(|r| r.contains("over mail.max_message_bytes = 4096")),
+        "{dead:?}"
+    );
+    assert!(
+        tables::outbox_ids(&engine.store).unwrap().is_empty(),
+        "refusals leave the outbox"
+    );
+}
+
+#[test]
+fn marketing_mail_is_tracked_and_signed_internal_mail_is_left_alone() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = common::settings(tmp.path());
+    // A throwaway 1024-bit RSA key (PKCS#1), for the signature only.
+    let key = tmp.path().join("dkim.pem");
+    let out = std::process::Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&key)
+        .arg("1024")
+        .output()
+        .expect("openssl");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    s.mail.dkim.selector = "s1".into();
+    s.mail.dkim.domain = "example.com".into();
+    s.mail.dkim.private_key_file = key;
+    let engine = Engine::open(&s).unwrap();
+    let html = r#"<html><body><a href="https://shop.example.com/x">shop</a></body></html>"#;
+    put(
+        &engine,
+        10,
+        &entry("ann@example.org", "News", MailKind::Marketing, html),
+    );
+    put(
+        &engine,
+        11,
+        &entry("sales@example.com", "Hot lead", MailKind::Internal, html),
+    );
+    assert_eq!(engine.drain_mail(10).unwrap(), 2);
+
+    let news = eml(tmp.path(), 10).unwrap();
+    let body = news.replace("=\r\n", "").replace("=3D", "=");
+    assert!(body.contains("href=\"http://127.0.0.1:8080/c/"), "{body}");
+    assert!(body.contains("<img src=\"http://127.0.0.1:8080/o/"), "{body}");
+    assert!(news.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+    assert!(
+        news.contains("\r\nDKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=s1;"),
+        "{news}"
+    );
+    // A real verifier (dkimpy) checks the signature against the public key as DNS would give it.
+    let der = std::process::Command::new("openssl")
+        .args(["rsa", "-pubout", "-outform", "DER", "-in"])
+        .arg(&s.mail.dkim.private_key_file)
+        .output()
+        .unwrap();
+    assert!(der.status.success());
+    let pubkey = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &der.stdout);
+    let verify = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import sys, dkim\n\
+             rec = ('v=DKIM1; k=rsa; p=' + sys.argv[2]).encode()\n\
+             ok = dkim.verify(open(sys.argv[1], 'rb').read(), dnsfunc=lambda name, timeout=5: rec)\n\
+             sys.exit(0 if ok else 1)",
+        ])
+        .arg(tmp.path().join("mail").join(format!("{}.eml", SendId(10))))
+        .arg(&pubkey)
+        .output()
+        .expect("python3 with dkimpy (scripts/setup.sh installs it)");
+    assert!(
+        verify.status.success(),
+        "DKIM signature does not verify: {}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let alert = eml(tmp.path(), 11).unwrap();
+    let body = alert.replace("=\r\n", "").replace("=3D", "=");
+    assert!(body.contains("href=\"https://shop.example.com/x\""), "{body}");
+    assert!(!body.contains("/o/") && !alert.contains("List-Unsubscribe"), "{alert}");
+}
