@@ -3,8 +3,9 @@
 # points cargo at a target directory under ~/.cache so repeat builds are warm.
 set -euo pipefail
 need=()
-# prometheus: the tests scrape the engine with a real Prometheus server.
-for pkg in cmake clang libclang-dev libcurl4-openssl-dev prometheus openssl; do
+# prometheus: the tests scrape the engine with a real Prometheus server; chromium and its
+# driver: the preference page is tested in a real browser; openssl: a DKIM test key.
+for pkg in cmake clang libclang-dev libcurl4-openssl-dev prometheus openssl chromium chromium-driver; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -13,8 +14,9 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
-# A real SMTP server for the tests (Python aiosmtpd) and a real DKIM verifier (dkimpy).
-for mod in aiosmtpd:aiosmtpd dkim:dkimpy; do
+# A real SMTP server for the tests (aiosmtpd), a real DKIM verifier (dkimpy) and the browser
+# driver's client (selenium, pointed at Debian's chromedriver: nothing is downloaded).
+for mod in aiosmtpd:aiosmtpd dkim:dkimpy selenium:selenium; do
   if ! python3 -c "import ${mod%%:*}" 2>/dev/null; then
     echo "setup: installing ${mod#*:} (pip)" >&2
     python3 -m pip install --quiet --disable-pip-version-check "${mod#*:}" 2>/dev/null \

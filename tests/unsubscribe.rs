@@ -37,6 +37,21 @@ templates:
     html: "<p>Receipt.</p>"
 "#;
 
+const NEWS: &str = r#"
+id: news
+name: News
+triggers:
+  - event: News Opted In
+entry: always
+steps:
+  - id: issue
+    send: issue
+templates:
+  issue:
+    subject: "News issue"
+    html: "<p>News.</p>"
+"#;
+
 struct Run(Child);
 
 impl Drop for Run {
@@ -106,10 +121,9 @@ fn tamper(path: &str) -> String {
     String::from_utf8(b).unwrap()
 }
 
-#[test]
-fn one_click_unsubscribe_stops_the_next_marketing_step_but_not_transactional_mail() {
-    let tmp = tempfile::tempdir().unwrap();
-    let workflows = tmp.path().join("workflows");
+/// `dripline run` over the trial and news workflows, links based at its own address.
+fn start(dir: &Path) -> (Run, u16, String) {
+    let workflows = dir.join("workflows");
     std::fs::create_dir_all(&workflows).unwrap();
     std::fs::copy(
         concat!(env!("CARGO_MANIFEST_DIR"), "/workflows/dripline.yaml"),
@@ -117,23 +131,80 @@ fn one_click_unsubscribe_stops_the_next_marketing_step_but_not_transactional_mai
     )
     .unwrap();
     std::fs::write(workflows.join("trial.yaml"), TRIAL).unwrap();
+    std::fs::write(workflows.join("news.yaml"), NEWS).unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let _run = Run(Command::new(env!("CARGO_BIN_EXE_dripline"))
+    let run = Run(Command::new(env!("CARGO_BIN_EXE_dripline"))
         .arg("run")
         .env("DRIPLINE__WORKFLOWS__DIR", &workflows)
-        .env("DRIPLINE__ENGINE__DATA_DIR", tmp.path().join("data"))
-        .env("DRIPLINE__MAIL__OUTBOX_DIR", tmp.path().join("mail"))
+        .env("DRIPLINE__ENGINE__DATA_DIR", dir.join("data"))
+        .env("DRIPLINE__MAIL__OUTBOX_DIR", dir.join("mail"))
         .env("DRIPLINE__MAIL__PUBLIC_URL", &base)
         .env("DRIPLINE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("DRIPLINE__POLICY__QUIET_HOURS", "")
         .env("DRIPLINE__POLICY__FREQUENCY_CAP__ENABLED", "false")
-        .stderr(std::fs::File::create(tmp.path().join("run.log")).unwrap())
+        .stderr(std::fs::File::create(dir.join("run.log")).unwrap())
         .spawn()
         .unwrap());
     wait_for(Duration::from_secs(20), || {
         TcpStream::connect(("127.0.0.1", port)).is_ok() && http(port, "GET", "/healthz", "").0 == 200
     });
+    (run, port, base)
+}
+
+#[test]
+fn the_preference_page_in_a_real_browser_unsubscribes_from_one_workflow_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_run, port, base) = start(tmp.path());
+    let batch = serde_json::json!({"batch": [
+        {"type": "identify", "userId": "carl", "messageId": "i-carl", "traits": {"email": "carl@example.org"}},
+        {"type": "track", "userId": "carl", "messageId": "t-carl", "event": "Trial Started"},
+    ]});
+    assert_eq!(http(port, "POST", "/v1/batch", &batch.to_string()).0, 200);
+    wait_for(Duration::from_secs(10), || mails(tmp.path()).len() == 1);
+    let tip = mails(tmp.path()).pop().unwrap();
+    let url = format!("{base}{}", link_path(&html_of(&tip), &base, "u"));
+
+    let browser = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/preferences_browser.py"
+        ))
+        .arg(&url)
+        .output()
+        .expect("python3 with selenium, chromium and chromium-driver (scripts/setup.sh installs them)");
+    let shown = String::from_utf8_lossy(&browser.stdout);
+    assert!(
+        browser.status.success(),
+        "{shown}{}",
+        String::from_utf8_lossy(&browser.stderr)
+    );
+    assert!(
+        shown.contains("Unsubscribed") && shown.contains("emails from trial_tips"),
+        "{shown}"
+    );
+
+    // The rest of the trial: tip 2 is held back, the receipt goes. Mail from another workflow
+    // still reaches carl: the unsubscribe was for trial_tips only.
+    wait_for(Duration::from_secs(20), || {
+        subjects_to(tmp.path(), "carl@example.org").len() == 2
+    });
+    let news = serde_json::json!({"type": "track", "userId": "carl", "messageId": "n-carl", "event": "News Opted In"});
+    assert_eq!(http(port, "POST", "/v1/track", &news.to_string()).0, 200);
+    wait_for(Duration::from_secs(10), || {
+        subjects_to(tmp.path(), "carl@example.org").len() == 3
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        subjects_to(tmp.path(), "carl@example.org"),
+        ["News issue", "Tip 1", "Your trial receipt"]
+    );
+}
+
+#[test]
+fn one_click_unsubscribe_stops_the_next_marketing_step_but_not_transactional_mail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_run, port, base) = start(tmp.path());
     let batch = serde_json::json!({"batch": [
         {"type": "identify", "userId": "ann", "messageId": "i-ann", "traits": {"email": "ann@example.org"}},
         {"type": "identify", "userId": "bob", "messageId": "i-bob", "traits": {"email": "bob@example.org"}},

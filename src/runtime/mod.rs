@@ -146,7 +146,6 @@ impl Engine {
     /// Records an unsubscribe from a signed link: suppression at once (mail already in the
     /// outbox is held back) and an `Unsubscribed` event into the contact's stream.
     pub fn unsubscribe(&self, claims: &crate::links::Claims, only_workflow: bool) -> anyhow::Result<()> {
-        let partition = crate::storage::log::partition_of(&claims.contact, self.settings.engine.partitions);
         let mut sup = tables::get_suppression(&self.store, &claims.contact)?.unwrap_or_default();
         if only_workflow {
             sup.workflows.insert(claims.workflow.clone());
@@ -155,9 +154,8 @@ impl Engine {
         }
         let mut batch = WriteBatch::default();
         tables::put_suppression(&self.store, &mut batch, &claims.contact, &sup);
-        if let Some(c) = &self.changelog {
-            crate::runtime::partition::CommitHook::publish(c.as_ref(), partition, &mut batch)?;
-        }
+        // Local: in Kafka mode the instance that owns the contact learns it from the event (the
+        // mailer also checks the contact's committed state before each send).
         self.store.write(batch, true)?;
         let id: crate::machine::SendId = claims.message.parse()?;
         let workflow = only_workflow.then_some(claims.workflow.as_str());

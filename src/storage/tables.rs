@@ -151,22 +151,6 @@ pub fn outbox_walk(
     Ok((out, None))
 }
 
-/// The oldest decision time among outbox entries (the age of the backlog), scanning at most
-/// `limit` entries.
-pub fn outbox_oldest(s: &Store, limit: usize) -> Result<Option<Ts>> {
-    let mut oldest: Option<Ts> = None;
-    for r in
-        s.db.iterator_cf(s.cf(CF_OUTBOX), rocksdb::IteratorMode::Start)
-            .take(limit)
-    {
-        let (_, v) = r?;
-        if let Ok(e) = serde_json::from_slice::<OutboxEntry>(&v) {
-            oldest = Some(oldest.map_or(e.decided_at, |o| o.min(e.decided_at)));
-        }
-    }
-    Ok(oldest)
-}
-
 /// Every id waiting in the outbox, in key order.
 pub fn outbox_ids(s: &Store) -> Result<Vec<SendId>> {
     s.db.iterator_cf(s.cf(CF_OUTBOX), rocksdb::IteratorMode::Start)

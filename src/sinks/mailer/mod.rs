@@ -67,6 +67,9 @@ pub struct Mailer {
 #[derive(Default)]
 struct Walk {
     cursor: Option<SendId>,
+    /// The oldest decision seen in the current pass over the outbox: the pass that ends
+    /// publishes it (exact as of that pass, and free: no scan of its own).
+    oldest: Option<Ts>,
     paused_until: Ts,
     pause: i64,
 }
@@ -194,7 +197,17 @@ impl Mailer {
         let (page, next) = tables::outbox_walk(&self.store, cursor, limit, |e| {
             hook.as_ref().is_none_or(|h| h.owns(e.partition))
         })?;
-        self.walk.lock().expect("walk lock").cursor = next;
+        {
+            let mut walk = self.walk.lock().expect("walk lock");
+            walk.cursor = next;
+            if let Some(seen) = page.iter().map(|(_, e)| e.decided_at).min() {
+                walk.oldest = Some(walk.oldest.map_or(seen, |o| o.min(seen)));
+            }
+            if next.is_none() {
+                let age = walk.oldest.take().map_or(0.0, |t| (now - t).max(0) as f64 / 1e3);
+                self.metrics.mail_outbox_oldest.set(age);
+            }
+        }
 
         let mut in_flight = FuturesUnordered::new();
         for (id, e) in page {
@@ -277,8 +290,6 @@ impl Mailer {
             self.store.write(b, false)?;
         }
         self.metrics.outbox_depth.set(tables::outbox_len(&self.store)? as i64);
-        let age = tables::outbox_oldest(&self.store, 10_000)?.map_or(0.0, |t| (wall() - t).max(0) as f64 / 1e3);
-        self.metrics.mail_outbox_oldest.set(age);
         Ok(())
     }
 
