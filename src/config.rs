@@ -50,6 +50,9 @@ pub struct EngineSettings {
     pub batch: usize,
     /// A `messageId` seen among the last this-many accepted events is dropped as a repeat.
     pub dedup_window: usize,
+    /// A busy partition commits every this-many inputs or this often, whichever comes first.
+    pub checkpoint_inputs: usize,
+    pub checkpoint_interval: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -293,6 +296,10 @@ impl Settings {
                 reason: "partitions, workers and batch must be at least 1".into(),
             });
         }
+        duration::parse(&e.checkpoint_interval).map_err(|reason| ConfigError::Invalid {
+            key: "engine.checkpoint_interval",
+            reason,
+        })?;
         if settings.kafka.enabled() {
             duration::parse(&settings.kafka.idle_timer_grace).map_err(|reason| ConfigError::Invalid {
                 key: "kafka.idle_timer_grace",

@@ -99,6 +99,9 @@ pub fn run(settings: &Settings, opts: Options) -> anyhow::Result<Report> {
     if let Some(w) = &opts.workflows {
         target.workflows.dir = w.clone();
     }
+    // A rebuild has no reader waiting on its commits: larger checkpoints, fewer batches.
+    target.engine.checkpoint_inputs = target.engine.checkpoint_inputs.max(1 << 17);
+    target.engine.checkpoint_interval = "10s".into();
     let engine = Engine::open(&target)?;
     engine.store.start_bulk();
     let parts = engine.partitions.len();
@@ -149,7 +152,7 @@ pub fn run(settings: &Settings, opts: Options) -> anyhow::Result<Report> {
             }
         }
         for (p, part) in engine.partitions.iter().enumerate() {
-            report.inputs += engine.pump_partition(part, upto.min(horizon(p, upto)))? as u64;
+            report.inputs += engine.pump_partition(part, upto.min(horizon(p, upto)), false)? as u64;
         }
         events.clear();
         stamps.clear();
@@ -179,8 +182,9 @@ pub fn run(settings: &Settings, opts: Options) -> anyhow::Result<Report> {
     }
     flush(&mut events, &mut stamps, &mut report)?;
     for (p, part) in engine.partitions.iter().enumerate() {
-        report.inputs += engine.pump_partition(part, horizon(p, last_stamp))? as u64;
+        report.inputs += engine.pump_partition(part, horizon(p, last_stamp), true)? as u64;
     }
+    engine.flush()?;
     bar.finish_and_clear();
     if !dead.is_empty() {
         engine.store.write(dead, false)?;

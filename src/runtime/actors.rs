@@ -37,7 +37,11 @@ impl Handler<Poll> for PartitionActor {
     type Result = ();
     fn handle(&mut self, _: Poll, ctx: &mut Self::Context) {
         let now = chrono::Utc::now().timestamp_millis();
-        match self.engine.pump_partition(&self.engine.partitions[self.partition], now) {
+        // An idle partition commits at once (low latency at low load); a busy one by checkpoint.
+        match self
+            .engine
+            .pump_partition(&self.engine.partitions[self.partition], now, true)
+        {
             Ok(n) if n > 0 => {
                 ctx.notify(Poll);
             }
@@ -55,6 +59,10 @@ impl Handler<Poll> for PartitionActor {
 impl Handler<Stop> for PartitionActor {
     type Result = ();
     fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        let p = &self.engine.partitions[self.partition];
+        if let Err(e) = p.lock().expect("partition lock").flush() {
+            tracing::error!("partition {}: final commit: {e:#}", self.partition);
+        }
         ctx.stop();
     }
 }

@@ -80,6 +80,12 @@ impl Engine {
             (None, None)
         };
         let links = Arc::new(crate::links::Links::from_settings(&settings.mail));
+        let checkpoint = partition::Checkpoint {
+            inputs: e.checkpoint_inputs,
+            interval: std::time::Duration::from_millis(
+                crate::workflow::duration::parse(&e.checkpoint_interval).map_err(anyhow::Error::msg)? as u64,
+            ),
+        };
         // In Kafka mode the consumer-group member opens partitions as they are assigned.
         let local_partitions = if changelog.is_some() { 0 } else { e.partitions };
         let partitions = (0..local_partitions)
@@ -91,7 +97,7 @@ impl Engine {
                     metrics.clone(),
                     e.cache_contacts_per_partition,
                 )
-                .map(|p| Mutex::new(p.with_links(links.clone())))
+                .map(|p| Mutex::new(p.with_links(links.clone()).with_checkpoint(checkpoint)))
             })
             .collect::<Result<Vec<_>, _>>()?;
         let log = EmbeddedLog::open(store.clone(), e.partitions, e.dedup_window)?;
@@ -277,20 +283,44 @@ impl Engine {
         }
     }
 
-    /// Processes everything appended so far (and timers due by `wall`) on this thread.
+    /// Processes everything appended so far (and timers due by `wall`) on this thread, and
+    /// commits it.
     pub fn pump(&self, wall: Ts) -> anyhow::Result<usize> {
         let mut total = 0;
         for p in &self.partitions {
-            total += self.pump_partition(p, wall)?;
+            total += self.pump_partition(p, wall, true)?;
         }
         Ok(total)
     }
 
-    pub(crate) fn pump_partition(&self, p: &Mutex<Partition>, wall: Ts) -> anyhow::Result<usize> {
+    /// As [`Engine::pump`], but commits only as the checkpoint settings say, as a saturated
+    /// partition actor does (the benchmark's path); [`Engine::flush`] commits the rest.
+    pub fn pump_lazy(&self, wall: Ts) -> anyhow::Result<usize> {
+        let mut total = 0;
+        for p in &self.partitions {
+            total += self.pump_partition(p, wall, false)?;
+        }
+        Ok(total)
+    }
+
+    /// Commits what every partition has handled and not committed yet.
+    pub fn flush(&self) -> anyhow::Result<()> {
+        for p in &self.partitions {
+            p.lock().expect("partition lock").flush()?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn pump_partition(
+        &self,
+        p: &Mutex<Partition>,
+        wall: Ts,
+        commit_when_drained: bool,
+    ) -> anyhow::Result<usize> {
         let mut p = p.lock().expect("partition lock");
         let mut total = 0;
         loop {
-            let n = p.poll(&self.log, wall, self.batch)?;
+            let n = p.poll(&self.log, wall, self.batch, commit_when_drained)?;
             total += n;
             if n < self.batch {
                 return Ok(total);

@@ -158,6 +158,11 @@ impl EmbeddedLog {
         self.partitions
     }
 
+    /// The offset the next record of each partition will get.
+    pub fn next_offsets(&self) -> Vec<u64> {
+        self.state.lock().expect("log lock").next.clone()
+    }
+
     /// Appends valid events received at `received` durably (fsynced), in order, dropping
     /// message ids repeated within the batch or the dedup window. One result per event.
     pub fn append(&self, events: &[Event], received: Ts) -> Result<Vec<Appended>> {
@@ -177,6 +182,7 @@ impl EmbeddedLog {
         let mut out = Vec::with_capacity(events.len());
         let mut staged = state.next.clone();
         let cf = s.cf(CF_LOG);
+        let mut records = Vec::with_capacity(events.len());
         for (ev, &stamp) in events.iter().zip(stamps) {
             let h = id_hash(&ev.message_id);
             if state.window.contains(h) || !in_batch.insert(h) {
@@ -187,8 +193,14 @@ impl EmbeddedLog {
             let p = partition_of(&ev.user_id, self.partitions);
             let off = staged[p as usize];
             staged[p as usize] += 1;
-            batch.put_cf(cf, key(p, off), encode(floor, ev));
+            records.push((key(p, off), encode(floor, ev)));
             out.push(Appended::At(p, off));
+        }
+        // In key order: the memtable inserts each record next to the previous one instead of
+        // searching its skiplist from the top for every partition switch.
+        records.sort_unstable_by_key(|r| r.0);
+        for (k, v) in &records {
+            batch.put_cf(cf, k, v);
         }
         if !batch.is_empty() {
             s.write(batch, sync)?;
