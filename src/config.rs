@@ -123,6 +123,9 @@ pub struct SmtpSettings {
     pub timeout: String,
     /// EHLO name; empty: this host's name.
     pub hello_name: String,
+    /// Extra trusted root certificates (PEM) for the server's TLS certificate, e.g. a private
+    /// relay's own CA; empty: the public web PKI roots only.
+    pub ca_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]

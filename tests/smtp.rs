@@ -25,10 +25,15 @@ impl Drop for SmtpServer {
 }
 
 fn smtp_server(port: u16, maildir: &Path) -> SmtpServer {
+    smtp_server_with(port, maildir, &[])
+}
+
+fn smtp_server_with(port: u16, maildir: &Path, options: &[&str]) -> SmtpServer {
     let child = Command::new("python3")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp_server.py"))
         .arg(port.to_string())
         .arg(maildir)
+        .args(options)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -273,4 +278,127 @@ fn a_receiver_that_keeps_deferring_ends_in_a_soft_bounce_after_the_maximum_age()
     assert_eq!(feedback_events(&engine)["Email Soft Bounced"], vec![who]);
     // A soft bounce does not suppress the contact.
     assert!(tables::get_suppression(&engine.store, who).unwrap().is_none());
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn starttls_and_auth_against_a_server_that_requires_both() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    // A private CA and a server certificate for localhost signed by it.
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=dripline test CA",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    std::fs::write(d.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(
+        d,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
+    let port = free_port();
+    let maildir = d.join("maildir");
+    let (cert, key) = (d.join("server.pem"), d.join("server.key"));
+    let _server = smtp_server_with(
+        port,
+        &maildir,
+        &[
+            "--starttls",
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+            "--auth",
+            "drip:s3cret",
+        ],
+    );
+    let mut s = settings(d, port);
+    s.mail.smtp.host = "localhost".into();
+    s.mail.smtp.tls = "starttls".into();
+    s.mail.smtp.ca_file = d.join("ca.pem");
+    s.mail.smtp.username = "drip".into();
+    s.mail.smtp.timeout = "3s".into();
+
+    // Wrong password: the server refuses AUTH, nothing is lost, the mail waits.
+    s.mail.smtp.password = "wrong".into();
+    let engine = Engine::open(&s).unwrap();
+    subscribe(&engine, &["tls1@example.org", "tls2@example.org"]);
+    let sys = actix::System::new();
+    let round = sys.block_on(engine.send_mail(100)).unwrap();
+    assert_eq!(round.delivered, 0);
+    assert_eq!(tables::outbox_ids(&engine.store).unwrap().len(), 2);
+    drop(engine);
+
+    // The right one: STARTTLS verified against the private CA, AUTH accepted, delivered.
+    s.mail.smtp.password = "s3cret".into();
+    let engine = Engine::open(&s).unwrap();
+    send_all(&sys, &engine, Duration::from_secs(20));
+    assert_eq!(delivered(&maildir).len(), 2);
+
+    // Without the CA the certificate is not trusted: nothing goes out in the clear instead.
+    let tmp2 = tempfile::tempdir().unwrap();
+    let mut untrusted = settings(tmp2.path(), port);
+    untrusted.mail.smtp.host = "localhost".into();
+    untrusted.mail.smtp.tls = "starttls".into();
+    untrusted.mail.smtp.username = "drip".into();
+    untrusted.mail.smtp.password = "s3cret".into();
+    let engine = Engine::open(&untrusted).unwrap();
+    subscribe(&engine, &["tls3@example.org"]);
+    let round = sys.block_on(engine.send_mail(100)).unwrap();
+    assert_eq!(round.delivered, 0);
+    assert_eq!(delivered(&maildir).len(), 2);
 }

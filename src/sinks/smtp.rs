@@ -8,7 +8,7 @@ use crate::config::{MailSettings, SmtpSettings};
 use actix::prelude::*;
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -40,6 +40,8 @@ struct Endpoint {
     credentials: Option<Credentials>,
     timeout: Duration,
     hello: ClientId,
+    /// Extra trusted roots (DER), from `mail.smtp.ca_file`.
+    roots: Vec<Vec<u8>>,
 }
 
 /// Connection actors for one SMTP server, used round-robin.
@@ -50,7 +52,7 @@ pub struct SmtpPool {
 
 impl SmtpPool {
     /// Starts the connection actors on the current arbiter (they connect on first use).
-    pub fn start(mail: &MailSettings, open: prometheus::IntGauge) -> SmtpPool {
+    pub fn start(mail: &MailSettings, open: prometheus::IntGauge) -> Result<SmtpPool, String> {
         let s: &SmtpSettings = &mail.smtp;
         let hello = if s.hello_name.is_empty() {
             ClientId::default()
@@ -64,6 +66,7 @@ impl SmtpPool {
             credentials: (!s.username.is_empty()).then(|| Credentials::new(s.username.clone(), s.password.clone())),
             timeout: mail.timing().map(|t| t.smtp_timeout).unwrap_or(Duration::from_secs(30)),
             hello,
+            roots: extra_roots(&s.ca_file)?,
         });
         let conns = (0..s.connections.max(1))
             .map(|_| {
@@ -75,10 +78,10 @@ impl SmtpPool {
                 .start()
             })
             .collect();
-        SmtpPool {
+        Ok(SmtpPool {
             conns,
             next: AtomicUsize::new(0),
-        }
+        })
     }
 
     pub fn connections(&self) -> usize {
@@ -194,7 +197,7 @@ async fn connect(ep: &Endpoint) -> Result<AsyncSmtpConnection, String> {
         .map_err(|e| format!("cannot connect to {}:{}: {e}", ep.host, ep.port))?;
     tcp.set_nodelay(true).map_err(|e| e.to_string())?;
     let stream: Box<dyn AsyncTokioStream> = if ep.tls == "tls" {
-        Box::new(ImplicitTls(tls_connect(&ep.host, tcp).await?))
+        Box::new(ImplicitTls(tls_connect(ep, tcp).await?))
     } else {
         Box::new(tcp)
     };
@@ -203,7 +206,11 @@ async fn connect(ep: &Endpoint) -> Result<AsyncSmtpConnection, String> {
             .await
             .map_err(|e| format!("SMTP greeting from {}:{}: {e}", ep.host, ep.port))?;
         if ep.tls == "starttls" {
-            let params = TlsParameters::new(ep.host.clone()).map_err(|e| e.to_string())?;
+            let mut params = TlsParameters::builder(ep.host.clone());
+            for der in &ep.roots {
+                params = params.add_root_certificate(Certificate::from_der(der.clone()).map_err(|e| e.to_string())?);
+            }
+            let params = params.build_rustls().map_err(|e| e.to_string())?;
             conn.starttls(params, &ep.hello)
                 .await
                 .map_err(|e| format!("STARTTLS with {}: {e}", ep.host))?;
@@ -220,10 +227,34 @@ async fn connect(ep: &Endpoint) -> Result<AsyncSmtpConnection, String> {
         .map_err(|_| format!("SMTP handshake with {}:{} timed out", ep.host, ep.port))?
 }
 
-async fn tls_connect(host: &str, tcp: TcpStream) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
-    let roots = rustls::RootCertStore {
+/// The certificates of a PEM file, as DER (empty path: none).
+pub(crate) fn extra_roots(path: &std::path::Path) -> Result<Vec<Vec<u8>>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    if path.as_os_str().is_empty() {
+        return Ok(vec![]);
+    }
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("mail.smtp.ca_file {}: {e}", path.display()))?
+        .map(|c| c.map(|c| c.to_vec()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("mail.smtp.ca_file {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("mail.smtp.ca_file {}: no certificate in it", path.display()));
+    }
+    Ok(certs)
+}
+
+async fn tls_connect(ep: &Endpoint, tcp: TcpStream) -> Result<tokio_rustls::client::TlsStream<TcpStream>, String> {
+    let host = ep.host.as_str();
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    for der in &ep.roots {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.clone()))
+            .map_err(|e| format!("mail.smtp.ca_file: {e}"))?;
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

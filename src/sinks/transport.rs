@@ -68,7 +68,10 @@ impl Transport {
                     let mut guard = pool.lock().expect("pool lock");
                     match guard.as_ref() {
                         Some(p) if p.alive() => p.clone(),
-                        _ => guard.insert(Arc::new(SmtpPool::start(settings, open.clone()))).clone(),
+                        _ => match SmtpPool::start(settings, open.clone()) {
+                            Ok(p) => guard.insert(Arc::new(p)).clone(),
+                            Err(e) => return Box::pin(std::future::ready(Outcome::Unavailable(e))),
+                        },
                     }
                 };
                 Box::pin(pool.deliver(envelope, message))

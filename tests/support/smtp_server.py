@@ -6,14 +6,18 @@ Recipients choose the answer by their local part, so one run covers every case:
   always451-* 451 always (a soft bounce once the retry age runs out)
   bounce550-* 550 always (no such user)
   anything else: accepted
-Usage: python3 smtp_server.py PORT MAILDIR
+Usage: python3 smtp_server.py PORT MAILDIR [--starttls CERT KEY] [--auth USER:PASSWORD]
+  --starttls: STARTTLS offered with this certificate and required before any mail;
+  --auth: AUTH (PLAIN/LOGIN) required, over TLS, with these credentials.
 """
+import argparse
 import asyncio
 import mailbox
-import sys
+import ssl
 from collections import Counter
 
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult, LoginPassword
 
 
 class Handler:
@@ -41,12 +45,37 @@ class Handler:
         return "250 Message accepted for delivery"
 
 
-async def main(port, maildir):
-    controller = Controller(Handler(maildir), hostname="127.0.0.1", port=port)
+def authenticator(user, password):
+    def check(server, session, envelope, mechanism, auth_data):
+        ok = isinstance(auth_data, LoginPassword) and (auth_data.login, auth_data.password) == (
+            user.encode(),
+            password.encode(),
+        )
+        # handled=False: aiosmtpd itself answers 535 to a failure.
+        return AuthResult(success=ok, handled=False)
+
+    return check
+
+
+async def main(args):
+    extra = {}
+    if args.starttls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(*args.starttls)
+        extra.update(tls_context=context, require_starttls=True)
+    if args.auth:
+        user, password = args.auth.split(":", 1)
+        extra.update(authenticator=authenticator(user, password), auth_required=True)
+    controller = Controller(Handler(args.maildir), hostname="127.0.0.1", port=args.port, **extra)
     controller.start()
     print("ready", flush=True)
     await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), sys.argv[2]))
+    parser = argparse.ArgumentParser()
+    parser.add_argument("port", type=int)
+    parser.add_argument("maildir")
+    parser.add_argument("--starttls", nargs=2, metavar=("CERT", "KEY"))
+    parser.add_argument("--auth")
+    asyncio.run(main(parser.parse_args()))

@@ -147,6 +147,10 @@ impl Mailer {
             .parse()
             .map_err(|e| MailerError::Config(format!("mail.from: {e}")))?;
         let dkim = dkim_config(settings)?;
+        if settings.transport == "smtp" {
+            // A CA file that cannot be read is a configuration error now, not a stuck outbox later.
+            super::smtp::extra_roots(&settings.smtp.ca_file).map_err(MailerError::Config)?;
+        }
         let quota = tables::get_quota(&store)?;
         let limits = Limits::new(
             settings.rate.clone(),
