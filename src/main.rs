@@ -27,8 +27,8 @@ enum Command {
     /// Run the engine: HTTP ingest, partition processors, timers on the wall clock, the mailer.
     /// SIGTERM stops intake, drains and commits.
     Run,
-    /// Append an NDJSON file of Segment events to the embedded log (engine stopped; while it
-    /// runs, POST to /v1/batch instead). The next `run` processes them.
+    /// Append an NDJSON file of Segment events to the embedded log; while `dripline run` holds
+    /// the store, the file goes to it through its /v1/batch endpoint instead.
     Ingest { file: PathBuf },
     /// Show one contact's state as JSON (works while the engine runs).
     Contact {
@@ -159,10 +159,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ingest { file } => {
-            let engine = dripline::runtime::Engine::open(&settings)?;
-            let r = dripline::sources::ndjson::ingest_file(&engine, &file, 1000)?;
+            let (r, via) = match dripline::runtime::Engine::open(&settings) {
+                Ok(engine) => (
+                    dripline::sources::ndjson::ingest_file(&engine, &file, 1000)?,
+                    String::new(),
+                ),
+                // A running engine holds the store: hand the file to it over HTTP instead.
+                Err(e) if e.downcast_ref::<dripline::runtime::StoreInUse>().is_some() => {
+                    let base = format!("http://{}", settings.http.listen);
+                    let r = dripline::sources::ndjson::ingest_file_http(&base, &file, 1000)
+                        .with_context(|| format!("{e}; sending to the running engine at {base} instead"))?;
+                    (r, format!(" (through the running engine at {base})"))
+                }
+                Err(e) => return Err(e),
+            };
             println!(
-                "{}: {} appended, {} duplicates dropped, {} rejected",
+                "{}{via}: {} appended, {} duplicates dropped, {} rejected",
                 file.display(),
                 r.accepted,
                 r.duplicates,

@@ -194,6 +194,10 @@ fn start(broker: &Broker, group: &str, dir: &Path) -> Instance {
     wait_for(Duration::from_secs(30), || {
         http(i.port, "GET", "/healthz", "").is_ok_and(|(s, _)| s == 200)
     });
+    // Ready only once the group has assigned this member its partitions (restored, if any).
+    wait_for(Duration::from_secs(60), || {
+        http(i.port, "GET", "/readyz", "").is_ok_and(|(s, _)| s == 200)
+    });
     i
 }
 

@@ -477,3 +477,43 @@ templates:
         "{sent} sent live; replay said:\n{report}"
     );
 }
+
+/// `dripline ingest` while `dripline run` holds the store: the file goes through the running
+/// engine's HTTP ingest, is processed, and malformed lines are reported with their numbers.
+#[test]
+fn ingest_while_the_engine_runs_goes_through_its_http_endpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let e = start(tmp.path(), &shipped(), port);
+    let file = tmp.path().join("events.ndjson");
+    std::fs::write(
+        &file,
+        [
+            r#"{"type":"identify","userId":"zoe","messageId":"i-zoe","traits":{"email":"zoe@example.org"}}"#,
+            "not json at all",
+            r#"{"type":"track","userId":"zoe","messageId":"n-zoe","event":"Newsletter Subscribed"}"#,
+            r#"{"type":"track","messageId":"no-user","event":"Newsletter Subscribed"}"#,
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dripline"))
+        .arg("ingest")
+        .arg(&file)
+        .env("DRIPLINE__ENGINE__DATA_DIR", tmp.path().join("data"))
+        .env("DRIPLINE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("through the running engine"), "{stdout}");
+    assert!(
+        stdout.contains("2 appended, 0 duplicates dropped, 2 rejected"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("line 2:") && stdout.contains("line 4:"), "{stdout}");
+    wait_for(Duration::from_secs(10), || {
+        emls(tmp.path()).iter().any(|(_, m)| m.contains("To: zoe@example.org"))
+    });
+    e.stop();
+}

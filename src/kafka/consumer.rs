@@ -89,6 +89,7 @@ impl ConsumerContext for Ctx {
         m.kafka_rebalances.inc();
         match err {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
+                self.engine.readiness.set_rebalancing(true);
                 let mut owned = self.owned.lock().expect("owned");
                 let assigned: Vec<u16> = tpl
                     .elements_for_topic(&self.topic)
@@ -119,8 +120,11 @@ impl ConsumerContext for Ctx {
                 if let Err(e) = consumer.assign(tpl) {
                     tracing::error!("assign: {e}");
                 }
+                self.engine.readiness.set_rebalancing(false);
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                // Not ready until the assignment that follows has been taken over.
+                self.engine.readiness.set_rebalancing(true);
                 let mut owned = self.owned.lock().expect("owned");
                 for e in tpl.elements_for_topic(&self.topic) {
                     let p = e.partition() as u16;

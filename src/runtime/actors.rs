@@ -134,6 +134,7 @@ impl Handler<Stop> for MailerActor {
 
 /// The running actors, to stop them in order: partitions first, then the mailer.
 pub struct Running {
+    engine: Arc<Engine>,
     partitions: Vec<Addr<PartitionActor>>,
     /// Kafka mode: the consumer-group member's thread and its stop flag.
     kafka: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
@@ -175,7 +176,9 @@ pub fn start(engine: Arc<Engine>, workers: usize) -> Running {
         let engine = engine.clone();
         MailerActor::start_in_arbiter(&arbiters[workers.max(1)].handle(), move |_| MailerActor { engine })
     };
+    engine.readiness.set_started();
     Running {
+        engine,
         partitions,
         kafka,
         mailer,
@@ -185,6 +188,7 @@ pub fn start(engine: Arc<Engine>, workers: usize) -> Running {
 
 impl Running {
     pub async fn stop(self) {
+        self.engine.readiness.set_stopping();
         for p in &self.partitions {
             let _ = p.send(Stop).await;
         }

@@ -33,18 +33,71 @@ pub struct Engine {
     pub kafka_ingest: Option<crate::kafka::ingest::KafkaIngest>,
     /// Signs unsubscribe and tracking links.
     pub links: Arc<crate::links::Links>,
+    pub readiness: Readiness,
     batch: usize,
 }
 
+/// What `/readyz` answers: ready once the actors run, until shutdown begins; in Kafka mode
+/// also not while a rebalance is handing partitions over (restores included).
+#[derive(Debug, Default)]
+pub struct Readiness {
+    started: std::sync::atomic::AtomicBool,
+    stopping: std::sync::atomic::AtomicBool,
+    rebalancing: std::sync::atomic::AtomicBool,
+}
+
+impl Readiness {
+    fn new(kafka: bool) -> Self {
+        let r = Readiness::default();
+        // A group member owns nothing until its first assignment.
+        r.rebalancing.store(kafka, std::sync::atomic::Ordering::SeqCst);
+        r
+    }
+
+    pub fn set_started(&self) {
+        self.started.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn set_stopping(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn set_rebalancing(&self, on: bool) {
+        self.rebalancing.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// `Err(reason)` while not ready.
+    pub fn check(&self) -> Result<(), &'static str> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.stopping.load(SeqCst) {
+            Err("shutting down")
+        } else if !self.started.load(SeqCst) {
+            Err("starting")
+        } else if self.rebalancing.load(SeqCst) {
+            Err("waiting for a partition assignment (rebalance or restore in progress)")
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// The store is held by a running `dripline run` (RocksDB allows one writer).
+#[derive(Debug, thiserror::Error)]
+#[error("the store {} is in use by another dripline process ({reason})", dir.display())]
+pub struct StoreInUse {
+    pub dir: std::path::PathBuf,
+    pub reason: String,
+}
+
 /// What happened to a request's events.
-#[derive(Debug, Default, serde::Serialize)]
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct IngestReport {
     pub accepted: usize,
     pub duplicates: usize,
     pub errors: Vec<IngestError>,
 }
 
-#[derive(Debug, serde::Serialize)]
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
 pub struct IngestError {
     pub index: usize,
     pub reason: String,
@@ -57,10 +110,10 @@ impl Engine {
         let e = &settings.engine;
         std::fs::create_dir_all(&e.data_dir).with_context(|| format!("creating {}", e.data_dir.display()))?;
         let store = Arc::new(Store::open(&e.data_dir).map_err(|err| match err {
-            crate::storage::StoreError::Rocks(r) if r.to_string().contains("lock") => anyhow::anyhow!(
-                "the store {} is in use by another dripline process ({r})",
-                e.data_dir.display()
-            ),
+            crate::storage::StoreError::Rocks(r) if r.to_string().contains("lock") => anyhow::Error::new(StoreInUse {
+                dir: e.data_dir.clone(),
+                reason: r.to_string(),
+            }),
             other => other.into(),
         })?);
         let history = tables::workflow_versions(&store)?;
@@ -116,6 +169,7 @@ impl Engine {
             partitions,
             mailer,
             links,
+            readiness: Readiness::new(settings.kafka.enabled()),
             batch: e.batch,
         })
     }

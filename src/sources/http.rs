@@ -80,10 +80,13 @@ async fn healthz() -> HttpResponse {
     HttpResponse::Ok().body("ok")
 }
 
-/// Ready once the engine is open (workflows loaded, store and log open): it is constructed
-/// before the server starts, so reaching this handler means ready.
-async fn readyz() -> HttpResponse {
-    HttpResponse::Ok().body("ready")
+/// Ready while the processors run (workflows loaded, store open, actors started), not once
+/// shutdown has begun, and in Kafka mode not while a rebalance or restore is in progress.
+async fn readyz(e: Data) -> HttpResponse {
+    match e.readiness.check() {
+        Ok(()) => HttpResponse::Ok().body("ready"),
+        Err(reason) => HttpResponse::ServiceUnavailable().body(format!("not ready: {reason}")),
+    }
 }
 
 /// A 1×1 transparent GIF.
