@@ -266,11 +266,11 @@ fn dead_letter(
     if let Some(v) = m.payload() {
         r = r.payload(v);
     }
-    metrics.kafka_dead_letters.with_label_values(&[label]).inc();
     let f = producer.send_result(r).map_err(|(e, _)| e)?;
     futures::executor::block_on(f)
         .map_err(|_| KafkaError::Client(rdkafka::error::KafkaError::Canceled))?
         .map_err(|(e, _)| e)?;
+    metrics.kafka_dead_letters.with_label_values(&[label]).inc();
     Ok(())
 }
 
@@ -372,24 +372,25 @@ impl Member {
                             event: ev,
                         }));
                     }
-                    Some(Err(e)) => dlq.push(dead_letter(
-                        dead,
-                        k,
-                        m,
-                        &e.to_string(),
-                        crate::runtime::reject_label(&e),
-                        &engine.metrics,
-                    )),
-                    None => dlq.push(dead_letter(dead, k, m, "empty record", "empty", &engine.metrics)),
+                    Some(Err(e)) => dlq.push((m.clone(), e.to_string(), crate::runtime::reject_label(&e))),
+                    None => dlq.push((m.clone(), "empty record".to_owned(), "empty")),
                 }
             }
             part.handle(inputs, wall)?;
             part.consumed_up_to(last_offset);
             touched.push(*p);
         }
-        // Dead letters are in their topic before the position that passes them is committed.
-        for d in dlq {
-            d?;
+        // Dead letters are in their topic before the position that passes them is committed:
+        // the records are already handled in memory, so a failed produce is retried here (the
+        // broker is down; nothing else could move either) rather than left to a later round
+        // that would commit past it.
+        for (m, reason, label) in dlq {
+            let mut pause = Duration::from_millis(200);
+            while let Err(e) = dead_letter(dead, k, &m, &reason, label, &engine.metrics) {
+                tracing::warn!("dead letter for offset {} not produced ({e}); retrying", m.offset());
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
         }
         // All touched partitions' changes go to the changelog together; each is written
         // locally once its own records are acknowledged.
