@@ -236,7 +236,7 @@ impl Mailer {
                 Err(reason) => {
                     // Never deliverable as decided (a malformed address, too large): a dead
                     // letter with the reason, not a retry.
-                    self.refuse(&mut round, id, &e, &reason, now);
+                    self.retire(&mut round, id, &e, "refused", &format!("refused: {reason}"), now);
                     continue;
                 }
             };
@@ -348,15 +348,8 @@ impl Mailer {
                     e.first_attempt = now;
                 }
                 if now - e.first_attempt >= self.timing.retry_max_age {
-                    self.metrics
-                        .sends
-                        .with_label_values(&[&e.workflow, "soft_bounced"])
-                        .inc();
                     let why = format!("soft bounce: still deferred after {} attempts: {reason}", e.attempts);
-                    let batch = round.batch(e.partition);
-                    let payload = serde_json::json!({"id": id.to_string(), "to": e.to, "workflow": e.workflow});
-                    tables::put_dead_letter(&self.store, batch, now, &why, payload.to_string().as_bytes());
-                    tables::delete_outbox(&self.store, batch, id);
+                    self.retire(round, id, &e, "soft_bounced", &why, now);
                     if events {
                         let ev = feedback_event(
                             &e.contact,
@@ -379,21 +372,11 @@ impl Mailer {
                             feedback_event(&e.contact, id, FeedbackKind::Deferred, Some(&e.workflow), Some(&reason));
                         round.feedback.push(ev);
                     }
+                    round.handled += 1;
                 }
-                round.handled += 1;
             }
             Outcome::Rejected(reason) => {
-                self.metrics.sends.with_label_values(&[&e.workflow, "bounced"]).inc();
-                let batch = round.batch(e.partition);
-                let payload = serde_json::json!({"id": id.to_string(), "to": e.to, "workflow": e.workflow});
-                tables::put_dead_letter(
-                    &self.store,
-                    batch,
-                    now,
-                    &format!("bounced: {reason}"),
-                    payload.to_string().as_bytes(),
-                );
-                tables::delete_outbox(&self.store, batch, id);
+                self.retire(round, id, &e, "bounced", &format!("bounced: {reason}"), now);
                 // The address is bad: nothing more goes to this contact from now on, including
                 // mail already waiting; the contact's state learns it from the event.
                 let mut sup = tables::get_suppression(&self.store, &e.contact)
@@ -410,7 +393,6 @@ impl Mailer {
                     Some(&e.workflow),
                     Some(&reason),
                 ));
-                round.handled += 1;
             }
             Outcome::Unavailable(reason) => {
                 limits.refund();
@@ -425,17 +407,12 @@ impl Mailer {
         }
     }
 
-    fn refuse(&self, round: &mut Round, id: SendId, e: &OutboxEntry, reason: &str, now: Ts) {
-        self.metrics.sends.with_label_values(&[&e.workflow, "refused"]).inc();
+    /// Takes an entry out of the outbox for good, as a dead letter with the reason.
+    fn retire(&self, round: &mut Round, id: SendId, e: &OutboxEntry, result: &str, reason: &str, now: Ts) {
+        self.metrics.sends.with_label_values(&[&e.workflow, result]).inc();
         let batch = round.batch(e.partition);
         let payload = serde_json::json!({"id": id.to_string(), "to": e.to, "workflow": e.workflow});
-        tables::put_dead_letter(
-            &self.store,
-            batch,
-            now,
-            &format!("refused: {reason}"),
-            payload.to_string().as_bytes(),
-        );
+        tables::put_dead_letter(&self.store, batch, now, reason, payload.to_string().as_bytes());
         tables::delete_outbox(&self.store, batch, id);
         round.handled += 1;
     }
