@@ -146,7 +146,7 @@ pub fn run(settings: &Settings, opts: Options) -> anyhow::Result<Report> {
         let Some(&upto) = stamps.last() else {
             return Ok(());
         };
-        for a in engine.log.append_at(events, stamps, false)? {
+        for a in engine.log.append_at(std::mem::take(events), stamps, false)? {
             if a == log::Appended::Duplicate {
                 report.duplicates += 1;
             }

@@ -153,7 +153,9 @@ impl Engine {
                 .map(|p| Mutex::new(p.with_links(links.clone()).with_checkpoint(checkpoint)))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let log = EmbeddedLog::open(store.clone(), e.partitions, e.dedup_window)?;
+        // The processors of this process take fresh records from memory (none in Kafka mode).
+        let tail = if partitions.is_empty() { 0 } else { 8192 };
+        let log = EmbeddedLog::open(store.clone(), e.partitions, e.dedup_window)?.with_tail(tail);
         let mailer = Mailer::new(store.clone(), &settings.mail, links.clone(), metrics.clone())?;
         if let Some(c) = &changelog {
             mailer.set_hook(c.clone());
@@ -293,7 +295,7 @@ impl Engine {
             self.metrics.events_ingested.inc_by(report.accepted as u64);
             return Ok(report);
         }
-        for a in self.log.append(&valid, received)? {
+        for a in self.log.append(valid, received)? {
             match a {
                 Appended::At(..) => report.accepted += 1,
                 Appended::Duplicate => {

@@ -140,7 +140,7 @@ impl Partition {
     /// stamped earlier can arrive after them. Commits when the [`Checkpoint`] says so, or when
     /// the log is drained and `commit_when_drained`. Returns the inputs handled.
     pub fn poll(&mut self, log: &log::EmbeddedLog, wall: Ts, max: usize, commit_when_drained: bool) -> Result<usize> {
-        let records = log::scan(&self.store, self.id, self.next_offset(), max)?;
+        let records = log.take(self.id, self.next_offset(), max)?;
         let consumed = records.len();
         let mut n = self.handle(records, wall)?;
         // Fewer records than asked for, and nothing appended since: timers may run up to `wall`.

@@ -116,6 +116,11 @@ pub struct EmbeddedLog {
     partitions: u16,
     /// The lock also orders appends.
     state: Mutex<State>,
+    /// The latest records of each partition, as appended (already parsed): a partition that
+    /// keeps up takes its input from here instead of reading and decoding it back from RocksDB.
+    /// Bounded (`tail_cap` per partition, oldest dropped); RocksDB stays the source of truth.
+    tails: Vec<Mutex<std::collections::VecDeque<LogRecord>>>,
+    tail_cap: usize,
 }
 
 impl EmbeddedLog {
@@ -143,7 +148,39 @@ impl EmbeddedLog {
             store,
             partitions,
             state: Mutex::new(State { next, window, floor }),
+            tails: (0..partitions).map(|_| Mutex::default()).collect(),
+            tail_cap: 0,
         })
+    }
+
+    /// Keeps up to `cap` of the latest records per partition in memory for [`EmbeddedLog::take`]
+    /// (0: none, e.g. when nothing in this process consumes the log).
+    pub fn with_tail(mut self, cap: usize) -> Self {
+        self.tail_cap = cap;
+        self
+    }
+
+    /// Up to `limit` records of `partition` from offset `from`: from the in-memory tail when it
+    /// holds `from`, else read back from RocksDB (up to where the tail begins).
+    pub fn take(&self, partition: u16, from: u64, limit: usize) -> Result<Vec<Scanned>> {
+        let mut limit = limit;
+        if let Some(tail) = self.tails.get(partition as usize) {
+            let mut tail = tail.lock().expect("tail lock");
+            while tail.front().is_some_and(|r| r.offset < from) {
+                tail.pop_front();
+            }
+            match tail.front() {
+                Some(r) if r.offset == from => {
+                    let n = limit.min(tail.len());
+                    return Ok(tail.drain(..n).map(Ok).collect());
+                }
+                // A gap (the tail overflowed, or records from before this process): read the
+                // gap from the store; the tail serves what follows it.
+                Some(r) => limit = limit.min((r.offset - from) as usize),
+                None => {}
+            }
+        }
+        scan(&self.store, partition, from, limit)
     }
 
     /// Raises the floor to `wall` and returns the partition's end offset, atomically with
@@ -165,14 +202,15 @@ impl EmbeddedLog {
 
     /// Appends valid events received at `received` durably (fsynced), in order, dropping
     /// message ids repeated within the batch or the dedup window. One result per event.
-    pub fn append(&self, events: &[Event], received: Ts) -> Result<Vec<Appended>> {
-        self.append_at(events, &vec![received; events.len()], true)
+    pub fn append(&self, events: Vec<Event>, received: Ts) -> Result<Vec<Appended>> {
+        let stamps = vec![received; events.len()];
+        self.append_at(events, &stamps, true)
     }
 
     /// As [`EmbeddedLog::append`] with a stamp per event (replay keeps the original ones);
     /// `sync: false` leaves the fsync to the caller (replay syncs once at the end). A stamp below
     /// the floor is raised to it, so stamps never go backwards.
-    pub fn append_at(&self, events: &[Event], stamps: &[Ts], sync: bool) -> Result<Vec<Appended>> {
+    pub fn append_at(&self, events: Vec<Event>, stamps: &[Ts], sync: bool) -> Result<Vec<Appended>> {
         debug_assert_eq!(events.len(), stamps.len());
         let s = &self.store;
         let mut state = self.state.lock().expect("log lock");
@@ -183,6 +221,7 @@ impl EmbeddedLog {
         let mut staged = state.next.clone();
         let cf = s.cf(CF_LOG);
         let mut records = Vec::with_capacity(events.len());
+        let mut stamped = Vec::with_capacity(events.len());
         for (ev, &stamp) in events.iter().zip(stamps) {
             let h = id_hash(&ev.message_id);
             if state.window.contains(h) || !in_batch.insert(h) {
@@ -195,6 +234,7 @@ impl EmbeddedLog {
             staged[p as usize] += 1;
             records.push((key(p, off), encode(floor, ev)));
             out.push(Appended::At(p, off));
+            stamped.push(floor);
         }
         // In key order: the memtable inserts each record next to the previous one instead of
         // searching its skiplist from the top for every partition switch.
@@ -206,10 +246,24 @@ impl EmbeddedLog {
             s.write(batch, sync)?;
         }
         state.floor = floor;
-        // Only what is durable joins the window: a failed write leaves it as it was.
-        for (ev, a) in events.iter().zip(&out) {
-            if let Appended::At(..) = a {
+        // Only what is durable joins the window (a failed write leaves it as it was) and the
+        // tails, in offset order (still under the lock that orders appends).
+        let mut stamped = stamped.into_iter();
+        for (ev, a) in events.into_iter().zip(&out) {
+            if let Appended::At(p, offset) = *a {
                 state.window.insert(id_hash(&ev.message_id));
+                let received = stamped.next().expect("a stamp per appended event");
+                if self.tail_cap > 0 {
+                    let mut tail = self.tails[p as usize].lock().expect("tail lock");
+                    tail.push_back(LogRecord {
+                        offset,
+                        received,
+                        event: ev,
+                    });
+                    if tail.len() > self.tail_cap {
+                        tail.pop_front();
+                    }
+                }
             }
         }
         state.next = staged;
@@ -307,19 +361,63 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let log = EmbeddedLog::open(store.clone(), 4, 3).unwrap();
-        let r = log.append(&[ev("a"), ev("b"), ev("a")], 1).unwrap();
+        let r = log.append(vec![ev("a"), ev("b"), ev("a")], 1).unwrap();
         assert_eq!(r[2], Appended::Duplicate);
         assert!(matches!(r[1], Appended::At(..)));
         drop(log);
         // Reopened: the window is rebuilt from the tail of the log.
         let log = EmbeddedLog::open(store.clone(), 4, 3).unwrap();
-        assert_eq!(log.append(&[ev("b")], 2).unwrap(), vec![Appended::Duplicate]);
+        assert_eq!(log.append(vec![ev("b")], 2).unwrap(), vec![Appended::Duplicate]);
         // Two more ids push `a` out of a window of three: it is accepted again.
         assert!(matches!(
-            log.append(&[ev("c"), ev("d")], 3).unwrap()[..],
+            log.append(vec![ev("c"), ev("d")], 3).unwrap()[..],
             [Appended::At(..), Appended::At(..)]
         ));
-        assert!(matches!(log.append(&[ev("a")], 4).unwrap()[..], [Appended::At(..)]));
+        assert!(matches!(log.append(vec![ev("a")], 4).unwrap()[..], [Appended::At(..)]));
         assert_eq!(read(&store, partition_of("c1", 4), 0, 100).unwrap().len(), 5);
+    }
+}
+
+#[cfg(test)]
+mod tail_tests {
+    use super::*;
+
+    fn ev(user: &str, id: &str) -> Event {
+        Event::track(user, id, "Clicked", Default::default())
+    }
+
+    /// The tail hands over exactly what a read from RocksDB would, also across an overflow
+    /// (the gap is read from the store) and for a reader that starts behind it.
+    #[test]
+    fn taking_from_the_tail_equals_reading_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = EmbeddedLog::open(store.clone(), 1, 1000).unwrap().with_tail(4);
+        let batch = |from: usize, n: usize| (from..from + n).map(|i| ev("u", &format!("m{i}"))).collect::<Vec<_>>();
+        log.append(batch(0, 3), 10).unwrap();
+        let got: Vec<u64> = log
+            .take(0, 0, 2)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.unwrap().offset)
+            .collect();
+        assert_eq!(got, [0, 1]);
+        // Ten more: the tail (4) overflows; offsets 2..9 must come from the store, then the tail.
+        log.append(batch(3, 10), 11).unwrap();
+        let mut seen = vec![];
+        let mut next = 2;
+        while next < 13 {
+            let part = log.take(0, next, 5).unwrap();
+            assert!(!part.is_empty());
+            for r in part {
+                let r = r.unwrap();
+                assert_eq!(r.offset, next);
+                seen.push(r);
+                next += 1;
+            }
+        }
+        let stored: Vec<LogRecord> = read(&store, 0, 2, 100).unwrap();
+        assert_eq!(seen, stored);
+        assert!(log.take(0, 13, 5).unwrap().is_empty());
     }
 }
