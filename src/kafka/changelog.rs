@@ -49,6 +49,13 @@ pub struct Changelog {
     checkpoints: Vec<AtomicI64>,
 }
 
+impl Changelog {
+    /// The events topic's (and this changelog's) partition count.
+    pub fn partitions(&self) -> usize {
+        self.owned.len()
+    }
+}
+
 fn checkpoint_key(partition: u16) -> [u8; 3] {
     let p = partition.to_be_bytes();
     [b'c', p[0], p[1]]

@@ -101,7 +101,7 @@ impl ConsumerContext for Ctx {
                         Ok(part) => {
                             let next = part.next_offset();
                             owned.parts.insert(p, part);
-                            owned.windows.insert(p, Window::new(self.dedup_window));
+                            owned.windows.insert(p, self.window(p, next));
                             self.changelog.set_owned(p, true);
                             let at = if next == 0 {
                                 Offset::Beginning
@@ -151,6 +151,16 @@ impl ConsumerContext for Ctx {
 }
 
 impl Ctx {
+    /// The partition's messageId window, rebuilt from the records before `next` (this
+    /// instance's share of `engine.dedup_window`, as the embedded log reads from its tail).
+    fn window(&self, p: u16, next: u64) -> Window {
+        let read = self.dedup_window.div_ceil(self.changelog.partitions().max(1));
+        super::dedup::rebuild(&self.engine.settings.kafka, p, next, self.dedup_window, read).unwrap_or_else(|e| {
+            tracing::warn!("partition {p}: messageId window not rebuilt ({e}); repeats from before are not caught");
+            Window::new(self.dedup_window)
+        })
+    }
+
     /// Restores the partition's state from the changelog if this store is behind, then opens
     /// its processor (fresh cache and timer queue over the restored tables).
     fn take_over(&self, p: u16) -> anyhow::Result<Partition> {

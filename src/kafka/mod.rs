@@ -7,10 +7,12 @@
 //!   partitions on rebalance and sends unreadable records to the dead-letter topic;
 //! - [`changelog`]: the commit hook that publishes each batch before it is written locally, and
 //!   the restore of a partition whose local state is behind;
+//! - [`dedup`]: the messageId window of a partition, rebuilt from the topic on take-over;
 //! - [`ingest`]: HTTP ingest producing to the events topic.
 
 pub mod changelog;
 pub mod consumer;
+pub mod dedup;
 pub mod ingest;
 
 use crate::config::KafkaSettings;
