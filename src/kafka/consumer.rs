@@ -29,6 +29,9 @@ use std::time::{Duration, Instant};
 /// (which librdkafka runs inside `poll`, on the same thread).
 struct Owned {
     parts: BTreeMap<u16, Partition>,
+    /// What the last revocation took, and whether the next assignment follows our own rejoin.
+    revoked: Vec<u16>,
+    after_own_rejoin: bool,
     windows: BTreeMap<u16, Window>,
     /// Timestamp of the last record handled, per partition (lag in seconds).
     last_ts: BTreeMap<u16, Ts>,
@@ -39,6 +42,7 @@ struct Owned {
 }
 
 struct Ctx {
+    rejoin: Arc<AtomicBool>,
     engine: Arc<Engine>,
     changelog: Arc<Changelog>,
     owned: Arc<Mutex<Owned>>,
@@ -91,11 +95,17 @@ impl ConsumerContext for Ctx {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.engine.readiness.set_rebalancing(true);
                 let mut owned = self.owned.lock().expect("owned");
-                let assigned: Vec<u16> = tpl
+                let mut assigned: Vec<u16> = tpl
                     .elements_for_topic(&self.topic)
                     .iter()
                     .map(|e| e.partition() as u16)
                     .collect();
+                assigned.sort_unstable();
+                let same = !assigned.is_empty() && assigned == owned.revoked;
+                if same && assigned.len() < self.changelog.partitions() && !owned.after_own_rejoin {
+                    self.rejoin.store(true, Ordering::SeqCst);
+                }
+                owned.after_own_rejoin = self.rejoin.load(Ordering::SeqCst);
                 for p in assigned {
                     match self.take_over(p) {
                         Ok(part) => {
@@ -126,6 +136,13 @@ impl ConsumerContext for Ctx {
                 // Not ready until the assignment that follows has been taken over.
                 self.engine.readiness.set_rebalancing(true);
                 let mut owned = self.owned.lock().expect("owned");
+                let mut revoked: Vec<u16> = tpl
+                    .elements_for_topic(&self.topic)
+                    .iter()
+                    .map(|e| e.partition() as u16)
+                    .collect();
+                revoked.sort_unstable();
+                owned.revoked = revoked;
                 for e in tpl.elements_for_topic(&self.topic) {
                     let p = e.partition() as u16;
                     // Drain: what was handled is committed (and in the changelog) before release.
@@ -187,13 +204,17 @@ pub fn run(
     let grace = crate::workflow::duration::parse(&k.idle_timer_grace).map_err(anyhow::Error::msg)?;
     let owned = Arc::new(Mutex::new(Owned {
         parts: BTreeMap::new(),
+        revoked: vec![],
+        after_own_rejoin: false,
         windows: BTreeMap::new(),
         last_ts: BTreeMap::new(),
         hi: BTreeMap::new(),
         asked: BTreeMap::new(),
     }));
     let changelog_for_member = changelog.clone();
+    let rejoin = Arc::new(AtomicBool::new(false));
     let ctx = Ctx {
+        rejoin: rejoin.clone(),
         engine: engine.clone(),
         changelog,
         owned: owned.clone(),
@@ -202,6 +223,7 @@ pub fn run(
         cache: settings.engine.cache_contacts_per_partition,
     };
     let mut cfg = client_config(k);
+    // Unique per process, so this member can recognise itself in the group's description.
     cfg.set("group.id", &k.group_id)
         .set("enable.auto.commit", "false")
         .set("auto.offset.reset", "earliest")
@@ -219,8 +241,10 @@ pub fn run(
         grace,
         batch_max: settings.engine.batch,
         last_commit: Instant::now(),
+        rejoin: rejoin.clone(),
     };
     while !stop.load(Ordering::SeqCst) {
+        member.rejoin_if_wedged();
         // A failure (broker down: the changelog cannot be published) leaves the batch staged in
         // its partition; the next round publishes and commits it. Nothing is skipped.
         if let Err(e) = member.round() {
@@ -294,9 +318,33 @@ struct Member {
     grace: i64,
     batch_max: usize,
     last_commit: Instant,
+    /// Set by the rebalance callback when the group looks wedged (see `rejoin_if_wedged`).
+    rejoin: Arc<AtomicBool>,
 }
 
 impl Member {
+    /// A broker that evicts a dead member but keeps the group's old assignment (tansu 0.6.0
+    /// does: its heartbeat path drops the member, answers "rebalance in progress", then hands
+    /// every survivor back exactly what it had) leaves the dead member's partitions without an
+    /// owner, their events and timers stalled. A rebalance that gives this member back exactly
+    /// the partitions it just gave up, while it owns less than the whole topic, is the sign:
+    /// it leaves the group and joins again, which makes the broker form the group anew (with
+    /// Kafka it only costs one more rebalance, and the one that follows our own rejoin never
+    /// triggers another).
+    fn rejoin_if_wedged(&mut self) {
+        if !self.rejoin.swap(false, Ordering::SeqCst) {
+            return;
+        }
+        tracing::warn!("the rebalance handed back the same partitions: leaving and joining the group again");
+        self.engine.metrics.kafka_rejoins.inc();
+        self.consumer.unsubscribe();
+        // Serve the revocation (every owned partition commits) before joining again.
+        let _ = self.consumer.poll(Duration::from_millis(100));
+        if let Err(e) = self.consumer.subscribe(&[&self.settings.events_topic]) {
+            tracing::error!("subscribe again: {e}");
+        }
+    }
+
     /// One round: a batch of records handled per partition, idle partitions' timers fired,
     /// everything touched committed.
     fn round(&mut self) -> anyhow::Result<()> {
@@ -337,6 +385,7 @@ impl Member {
             last_ts,
             hi,
             asked,
+            ..
         } = &mut *o;
         let mut dlq = Vec::new();
         let mut touched = Vec::new();

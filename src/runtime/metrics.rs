@@ -32,6 +32,7 @@ pub struct Metrics {
     pub mail_feedback: IntCounterVec,
     pub kafka_assigned_partitions: IntGauge,
     pub kafka_rebalances: IntCounter,
+    pub kafka_rejoins: IntCounter,
     pub kafka_lag_records: IntGaugeVec,
     pub kafka_lag_seconds: GaugeVec,
     pub kafka_restore_records: IntCounter,
@@ -219,6 +220,13 @@ impl Metrics {
             ),
             kafka_rebalances: reg!(
                 IntCounter::new("dripline_kafka_rebalances_total", "Consumer-group rebalances seen").unwrap()
+            ),
+            kafka_rejoins: reg!(
+                IntCounter::new(
+                    "dripline_kafka_rejoins_total",
+                    "Times this member left and joined its group again, being its only member but not owning every partition"
+                )
+                .unwrap()
             ),
             kafka_lag_records: reg!(
                 IntGaugeVec::new(
