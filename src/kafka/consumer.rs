@@ -242,6 +242,16 @@ pub fn run(
         batch_max: settings.engine.batch,
         last_commit: Instant::now(),
         rejoin: rejoin.clone(),
+        unflushed: Default::default(),
+        unflushed_inputs: 0,
+        last_flush: Instant::now(),
+        checkpoint: crate::runtime::partition::Checkpoint {
+            inputs: settings.engine.checkpoint_inputs,
+            interval: Duration::from_millis(
+                crate::workflow::duration::parse(&settings.engine.checkpoint_interval).map_err(anyhow::Error::msg)?
+                    as u64,
+            ),
+        },
     };
     while !stop.load(Ordering::SeqCst) {
         member.rejoin_if_wedged();
@@ -320,6 +330,11 @@ struct Member {
     last_commit: Instant,
     /// Set by the rebalance callback when the group looks wedged (see `rejoin_if_wedged`).
     rejoin: Arc<AtomicBool>,
+    /// Partitions with handled records not yet committed, how many records, since when.
+    unflushed: std::collections::BTreeSet<u16>,
+    unflushed_inputs: usize,
+    last_flush: Instant,
+    checkpoint: crate::runtime::partition::Checkpoint,
 }
 
 impl Member {
@@ -359,6 +374,12 @@ impl Member {
         );
         let last_commit = &mut self.last_commit;
         let self_changelog = &self.changelog;
+        let (unflushed, unflushed_inputs, last_flush, checkpoint) = (
+            &mut self.unflushed,
+            &mut self.unflushed_inputs,
+            &mut self.last_flush,
+            self.checkpoint,
+        );
         // Gather up to a batch: wait for the first record, take what else is already here.
         let mut msgs = Vec::new();
         let mut wait = Duration::from_millis(50);
@@ -374,6 +395,7 @@ impl Member {
             wait = Duration::ZERO;
         }
         let wall = chrono::Utc::now().timestamp_millis();
+        let consumed = msgs.len();
         let mut by_part: BTreeMap<u16, Vec<rdkafka::message::OwnedMessage>> = BTreeMap::new();
         for m in msgs {
             by_part.entry(m.partition() as u16).or_default().push(m);
@@ -451,18 +473,35 @@ impl Member {
                 pause = (pause * 2).min(Duration::from_secs(5));
             }
         }
-        // All touched partitions' changes go to the changelog together; each is written
-        // locally once its own records are acknowledged.
-        let mut pending = Vec::with_capacity(touched.len());
-        for p in &touched {
-            let part = parts.get_mut(p).expect("owned");
-            part.stage()?;
-            pending.push(self_changelog.send(*p, part.staged()));
-        }
-        for (p, pend) in touched.iter().zip(pending) {
-            let part = parts.get_mut(p).expect("owned");
-            self_changelog.complete(pend, part.staged())?;
-            part.write_staged()?;
+        // Commit by checkpoint, as the embedded partitions do: once caught up (a short poll), or
+        // every `engine.checkpoint_inputs` records or `checkpoint_interval`. A contact's many
+        // events then reach the changelog as one state record, the broker's main cost. After a
+        // crash the records since the last commit are consumed and handled again.
+        unflushed.extend(touched.iter().copied());
+        *unflushed_inputs += consumed;
+        let due = consumed < batch_max
+            || *unflushed_inputs >= checkpoint.inputs
+            || last_flush.elapsed() >= checkpoint.interval;
+        if due && !unflushed.is_empty() {
+            // All pending partitions' changes go to the changelog together; each is written
+            // locally once its own records are acknowledged.
+            let flush: Vec<u16> = std::mem::take(unflushed)
+                .into_iter()
+                .filter(|p| parts.contains_key(p))
+                .collect();
+            let mut pending = Vec::with_capacity(flush.len());
+            for p in &flush {
+                let part = parts.get_mut(p).expect("owned");
+                part.stage()?;
+                pending.push(self_changelog.send(*p, part.staged()));
+            }
+            for (p, pend) in flush.iter().zip(pending) {
+                let part = parts.get_mut(p).expect("owned");
+                self_changelog.complete(pend, part.staged())?;
+                part.write_staged()?;
+            }
+            *unflushed_inputs = 0;
+            *last_flush = Instant::now();
         }
         // Advisory offsets for lag tooling, once a second; the truth is in RocksDB.
         if last_commit.elapsed() > Duration::from_secs(1) && !parts.is_empty() {
