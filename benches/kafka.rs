@@ -139,10 +139,12 @@ fn main() {
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     member.join().unwrap().expect("member");
     let produce = engine.metrics.kafka_changelog_produce.get_sample_count();
+    let records = engine.metrics.kafka_changelog_records.get();
     println!("raw consume: {raw:>9.0} records/s (consume and discard)");
     println!(
-        "dripline:    {rate:>9.0} events/s on one instance ({:.1} % of raw; {elapsed:.1} s; {produce} changelog publishes)",
-        100.0 * rate / raw
+        "dripline:    {rate:>9.0} events/s on one instance ({:.1} % of raw; {elapsed:.1} s; {produce} changelog publishes, {:.2} changelog records per event)",
+        100.0 * rate / raw,
+        records as f64 / total as f64
     );
     let _ = broker.kill();
     let _ = broker.wait();

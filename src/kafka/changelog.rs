@@ -79,6 +79,21 @@ impl Collect<'_> {
     }
 }
 
+/// Only the last change of each key: a batch that spans a checkpoint often writes a key more
+/// than once (a timer scheduled then fired, an outbox entry put then sent), and compaction would
+/// keep only the last anyway. Order among the kept changes is their order in the batch.
+fn last_per_key(out: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let mut last: HashMap<&[u8], usize> = HashMap::with_capacity(out.len());
+    for (i, (k, _)) in out.iter().enumerate() {
+        last.insert(k.as_slice(), i);
+    }
+    if last.len() == out.len() {
+        return out;
+    }
+    let keep: Vec<bool> = (0..out.len()).map(|i| last[out[i].0.as_slice()] == i).collect();
+    out.into_iter().zip(keep).filter_map(|(r, k)| k.then_some(r)).collect()
+}
+
 impl WriteBatchIteratorCf for Collect<'_> {
     fn put_cf(&mut self, cf: u32, key: &[u8], value: &[u8]) {
         self.record(cf, key, Some(value));
@@ -271,9 +286,10 @@ impl Changelog {
             out: Vec::with_capacity(batch.len()),
         };
         batch.iterate_cf(&mut c);
+        let records = last_per_key(c.out);
+        self.metrics.kafka_changelog_records.inc_by(records.len() as u64);
         let topic = self.settings.changelog_topic.as_str();
-        let deliveries = c
-            .out
+        let deliveries = records
             .iter()
             .map(|(k, v)| {
                 let mut r = FutureRecord::<[u8], [u8]>::to(topic)

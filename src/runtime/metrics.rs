@@ -33,6 +33,7 @@ pub struct Metrics {
     pub kafka_assigned_partitions: IntGauge,
     pub kafka_rebalances: IntCounter,
     pub kafka_rejoins: IntCounter,
+    pub kafka_changelog_records: IntCounter,
     pub kafka_lag_records: IntGaugeVec,
     pub kafka_lag_seconds: GaugeVec,
     pub kafka_restore_records: IntCounter,
@@ -220,6 +221,13 @@ impl Metrics {
             ),
             kafka_rebalances: reg!(
                 IntCounter::new("dripline_kafka_rebalances_total", "Consumer-group rebalances seen").unwrap()
+            ),
+            kafka_changelog_records: reg!(
+                IntCounter::new(
+                    "dripline_kafka_changelog_records_total",
+                    "Records published to the changelog (the last change of each key per batch)"
+                )
+                .unwrap()
             ),
             kafka_rejoins: reg!(
                 IntCounter::new(
