@@ -20,7 +20,7 @@ steps:
   - id: tip1
     send: tip1
   - id: pause
-    wait: 4s
+    wait: 8s
   - id: tip2
     send: tip2
   - id: receipt
