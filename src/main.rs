@@ -40,8 +40,15 @@ enum Command {
     /// workflows that sends nothing and compares each step with what actually happened.
     Replay {
         /// Data directory whose log to replay (opened read-only; the engine may be running).
-        #[arg(long, conflicts_with = "ndjson")]
+        #[arg(long, conflicts_with_all = ["ndjson", "kafka_topic"])]
         from_data: Option<PathBuf>,
+        /// An events topic on the brokers of `kafka.brokers` (read from its beginning, or from
+        /// --from-timestamp, up to its end now), with the sent ledger from `kafka.changelog_topic`.
+        #[arg(long, conflicts_with = "ndjson")]
+        kafka_topic: Option<String>,
+        /// With --kafka-topic: start at the first record at or after this RFC 3339 time.
+        #[arg(long, requires = "kafka_topic")]
+        from_timestamp: Option<String>,
         /// NDJSON files of Segment events, replayed at their `receivedAt` (else `timestamp`).
         #[arg(long, num_args = 1..)]
         ndjson: Vec<PathBuf>,
@@ -203,13 +210,21 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay {
             from_data,
+            kafka_topic,
+            from_timestamp,
             ndjson,
             into,
             workflows,
             send_unsent,
             until,
         } => {
-            let source = if ndjson.is_empty() {
+            let rfc3339 = |flag: &str, t: &str| {
+                dripline::time::parse_rfc3339(t).ok_or_else(|| anyhow::anyhow!("{flag} {t}: not RFC 3339"))
+            };
+            let source = if let Some(topic) = kafka_topic {
+                let from = from_timestamp.map(|t| rfc3339("--from-timestamp", &t)).transpose()?;
+                dripline::replay::Source::Kafka { topic, from }
+            } else if ndjson.is_empty() {
                 dripline::replay::Source::Data(from_data.unwrap_or_else(|| settings.engine.data_dir.clone()))
             } else {
                 dripline::replay::Source::Ndjson(ndjson)

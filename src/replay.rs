@@ -37,6 +37,10 @@ pub enum Source {
     Data(PathBuf),
     /// Segment events, one per line, stamped with their `receivedAt` (else `timestamp`).
     Ndjson(Vec<PathBuf>),
+    /// An events topic on the brokers of `kafka.*`, from the beginning or from the first record
+    /// at or after `from`, up to its end when the replay starts; stamped with the record
+    /// timestamps. The sent ledger comes from the changelog topic.
+    Kafka { topic: String, from: Option<Ts> },
 }
 
 pub struct Options {
@@ -96,6 +100,8 @@ pub fn run(settings: &Settings, opts: Options) -> anyhow::Result<Report> {
     }
     let mut target = settings.clone();
     target.engine.data_dir = into.clone();
+    // The rebuilt store is a single machine's, whatever the source was.
+    target.kafka.brokers = String::new();
     if let Some(w) = &opts.workflows {
         target.workflows.dir = w.clone();
     }
@@ -110,7 +116,7 @@ pub fn run(settings: &Settings, opts: Options) -> anyhow::Result<Report> {
         Source::Data(dir) => {
             Some(Store::open_read_only(dir).with_context(|| format!("opening the source store {}", dir.display()))?)
         }
-        Source::Ndjson(_) => None,
+        Source::Ndjson(_) | Source::Kafka { .. } => None,
     };
     let (items, total, src_clocks): (Items, u64, Option<Vec<Ts>>) = match (&opts.source, &src_store) {
         (Source::Data(_), Some(s)) => {
@@ -124,6 +130,20 @@ pub fn run(settings: &Settings, opts: Options) -> anyhow::Result<Report> {
         (Source::Ndjson(files), _) => {
             let total = files.iter().map(|f| count_lines(f)).sum::<anyhow::Result<u64>>()?;
             (Box::new(ndjson_items(files.clone())), total, None)
+        }
+        (Source::Kafka { topic, from }, _) => {
+            if !settings.kafka.enabled() {
+                bail!("replay from a Kafka topic needs kafka.brokers");
+            }
+            let history = crate::kafka::history::TopicHistory::open(&settings.kafka, topic, *from)?;
+            let total = history.total();
+            let items = history.map(|r| {
+                Ok(match r? {
+                    crate::kafka::history::Record::Event(t, ev) => Item::Event(t, ev),
+                    crate::kafka::history::Record::Bad(reason) => Item::Bad(reason),
+                })
+            });
+            (Box::new(items), total, None)
         }
         _ => unreachable!("a data source has a store"),
     };
@@ -191,9 +211,12 @@ pub fn run(settings: &Settings, opts: Options) -> anyhow::Result<Report> {
     }
 
     // Sends: report, then drop those suppressed (or already sent by the source).
-    let sent: FxHashSet<u128> = match &src_store {
-        Some(s) => tables::sent_ids(s)?.into_iter().map(|id| id.0).collect(),
-        None => FxHashSet::default(),
+    let sent: FxHashSet<u128> = match (&src_store, &opts.source) {
+        (Some(s), _) => tables::sent_ids(s)?.into_iter().map(|id| id.0).collect(),
+        (None, Source::Kafka { .. }) => crate::kafka::history::sent_ledger(&settings.kafka)?
+            .into_iter()
+            .collect(),
+        (None, _) => FxHashSet::default(),
     };
     let mut b = WriteBatch::default();
     for id in tables::outbox_ids(&engine.store)? {

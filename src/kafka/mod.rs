@@ -8,11 +8,13 @@
 //! - [`changelog`]: the commit hook that publishes each batch before it is written locally, and
 //!   the restore of a partition whose local state is behind;
 //! - [`dedup`]: the messageId window of a partition, rebuilt from the topic on take-over;
+//! - [`history`]: an events topic and the changelog's sent ledger read back for replay;
 //! - [`ingest`]: HTTP ingest producing to the events topic.
 
 pub mod changelog;
 pub mod consumer;
 pub mod dedup;
+pub mod history;
 pub mod ingest;
 
 use crate::config::KafkaSettings;

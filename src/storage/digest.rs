@@ -2,8 +2,11 @@
 //! node and its replayed rebuild, two replays) can be compared without shipping their contents.
 //!
 //! Per partition: xxh3-128 over its contacts in key order (length-prefixed id and encoded state,
-//! which is canonical: postcard over ordered maps) and then its pending timers in key order.
-//! The total hashes the partition digests in partition order.
+//! which is canonical: postcard over ordered maps), then the wrapping sum of the hashes of its
+//! pending timers (due, contact, id). Contacts and timers are assigned to digest partitions by
+//! contact id, whatever partition stored them, and the timer sum does not depend on order: a
+//! store laid out by Kafka's partitioner and one laid out by dripline's digest alike. The total
+//! hashes the partition digests in partition order.
 
 use super::log::partition_of;
 use super::{CF_CONTACTS, CF_TIMERS, Result, Store, timers};
@@ -45,12 +48,21 @@ pub fn digest(s: &Store, partitions: u16) -> Result<Digest> {
         frame(&mut hashers[p], &v);
         counts[p].0 += 1;
     }
+    let mut timer_sums = vec![0u128; n];
     for r in s.db.iterator_cf(s.cf(CF_TIMERS), rocksdb::IteratorMode::Start) {
         let (k, _) = r?;
-        if let Some((p, _)) = timers::decode(&k).filter(|(p, _)| (*p as usize) < n) {
-            frame(&mut hashers[p as usize], &k);
-            counts[p as usize].1 += 1;
+        if let Some((_, t)) = timers::decode(&k) {
+            let p = partition_of(&t.contact, partitions) as usize;
+            let mut h = Xxh3::new();
+            h.update(&t.due.to_be_bytes());
+            frame(&mut h, t.contact.as_bytes());
+            h.update(&t.id.to_be_bytes());
+            timer_sums[p] = timer_sums[p].wrapping_add(h.digest128());
+            counts[p].1 += 1;
         }
+    }
+    for (h, sum) in hashers.iter_mut().zip(&timer_sums) {
+        h.update(&sum.to_le_bytes());
     }
     let mut total = Xxh3::new();
     let parts: Vec<PartitionDigest> = hashers
