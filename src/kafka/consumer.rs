@@ -87,6 +87,17 @@ impl ClientContext for Ctx {
     }
 }
 
+/// The topic's partitions in a rebalance's list, in order.
+fn partitions_in(tpl: &TopicPartitionList, topic: &str) -> Vec<u16> {
+    let mut ps: Vec<u16> = tpl
+        .elements_for_topic(topic)
+        .iter()
+        .map(|e| e.partition() as u16)
+        .collect();
+    ps.sort_unstable();
+    ps
+}
+
 impl ConsumerContext for Ctx {
     fn rebalance(&self, consumer: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let m = &self.engine.metrics;
@@ -95,12 +106,7 @@ impl ConsumerContext for Ctx {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 self.engine.readiness.set_rebalancing(true);
                 let mut owned = self.owned.lock().expect("owned");
-                let mut assigned: Vec<u16> = tpl
-                    .elements_for_topic(&self.topic)
-                    .iter()
-                    .map(|e| e.partition() as u16)
-                    .collect();
-                assigned.sort_unstable();
+                let assigned = partitions_in(tpl, &self.topic);
                 let same = !assigned.is_empty() && assigned == owned.revoked;
                 if same && assigned.len() < self.changelog.partitions() && !owned.after_own_rejoin {
                     self.rejoin.store(true, Ordering::SeqCst);
@@ -136,13 +142,7 @@ impl ConsumerContext for Ctx {
                 // Not ready until the assignment that follows has been taken over.
                 self.engine.readiness.set_rebalancing(true);
                 let mut owned = self.owned.lock().expect("owned");
-                let mut revoked: Vec<u16> = tpl
-                    .elements_for_topic(&self.topic)
-                    .iter()
-                    .map(|e| e.partition() as u16)
-                    .collect();
-                revoked.sort_unstable();
-                owned.revoked = revoked;
+                owned.revoked = partitions_in(tpl, &self.topic);
                 for e in tpl.elements_for_topic(&self.topic) {
                     let p = e.partition() as u16;
                     // Drain: what was handled is committed (and in the changelog) before release.
