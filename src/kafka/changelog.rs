@@ -16,6 +16,7 @@ use crate::storage::{
     CF_CONTACTS, CF_COUNTERS, CF_DEAD, CF_OUTBOX, CF_POSITIONS, CF_SENT, CF_SUPPRESSIONS, CF_TIMERS, Result, Store,
     StoreError,
 };
+use crate::storage::{tables, timers};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -69,7 +70,9 @@ struct Collect<'a> {
 
 impl Collect<'_> {
     fn record(&mut self, cf: u32, key: &[u8], value: Option<&[u8]>) {
-        if let Some(name) = self.tables.get(&cf) {
+        // Pending timers are not published: every one is listed in its contact's state, and a
+        // restore derives them from the restored contacts (a third fewer records per event).
+        if let Some(name) = self.tables.get(&cf).filter(|n| **n != CF_TIMERS) {
             let mut k = Vec::with_capacity(name.len() + 1 + key.len());
             k.extend_from_slice(name.as_bytes());
             k.push(0);
@@ -201,6 +204,7 @@ impl Changelog {
         consumer.assign(&tpl)?;
         let (mut applied, mut last) = (0u64, from - 1);
         let mut batch = WriteBatch::default();
+        let mut before: HashMap<String, Vec<crate::machine::state::Timer>> = HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(300);
         while last + 1 < high {
             if Instant::now() > deadline {
@@ -225,6 +229,18 @@ impl Changelog {
             let Some(name) = MIRRORED.iter().find(|n| n.as_bytes() == &key[..z]) else {
                 continue;
             };
+            if *name == CF_CONTACTS {
+                // The contact's pending timers as this store has them, before the first of its
+                // records applies: they are replaced by those of its restored state at the end.
+                let id = String::from_utf8_lossy(&key[z + 1..]).into_owned();
+                if !before.contains_key(&id) {
+                    let timers = tables::get_contact(&self.store, &id)
+                        .map_err(store_err)?
+                        .map(|st| st.timers)
+                        .unwrap_or_default();
+                    before.insert(id, timers);
+                }
+            }
             let cf = self.store.cf(name);
             match m.payload() {
                 Some(v) => batch.put_cf(cf, &key[z + 1..], v),
@@ -237,6 +253,7 @@ impl Changelog {
             self.metrics.kafka_restore_records.inc();
         }
         self.apply(partition, &mut batch, last).map_err(store_err)?;
+        self.rebuild_timers(partition, before).map_err(store_err)?;
         self.metrics
             .kafka_restore_seconds
             .observe(started.elapsed().as_secs_f64());
@@ -245,6 +262,34 @@ impl Changelog {
             started.elapsed().as_secs_f64()
         );
         Ok(applied)
+    }
+
+    /// The timers table of the restored contacts: their old entries out, those of their
+    /// restored state in (a contact erased by a tombstone keeps none).
+    fn rebuild_timers(&self, partition: u16, before: HashMap<String, Vec<crate::machine::state::Timer>>) -> Result<()> {
+        let cf = self.store.cf(CF_TIMERS);
+        let mut batch = WriteBatch::default();
+        for (contact, old) in before {
+            let key = |t: &crate::machine::state::Timer| {
+                timers::encode(
+                    partition,
+                    &timers::TimerKey {
+                        due: t.due,
+                        contact: contact.clone(),
+                        id: t.id,
+                    },
+                )
+            };
+            for t in &old {
+                batch.delete_cf(cf, key(t));
+            }
+            if let Some(st) = tables::get_contact(&self.store, &contact)? {
+                for t in &st.timers {
+                    batch.put_cf(cf, key(t), []);
+                }
+            }
+        }
+        self.store.write(batch, true)
     }
 
     fn apply(&self, partition: u16, batch: &mut WriteBatch, last: i64) -> Result<()> {
