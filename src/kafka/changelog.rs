@@ -233,12 +233,12 @@ impl Changelog {
                 // The contact's pending timers as this store has them, before the first of its
                 // records applies: they are replaced by those of its restored state at the end.
                 let id = String::from_utf8_lossy(&key[z + 1..]).into_owned();
-                if !before.contains_key(&id) {
-                    let timers = tables::get_contact(&self.store, &id)
+                if let std::collections::hash_map::Entry::Vacant(slot) = before.entry(id) {
+                    let timers = tables::get_contact(&self.store, slot.key())
                         .map_err(store_err)?
                         .map(|st| st.timers)
                         .unwrap_or_default();
-                    before.insert(id, timers);
+                    slot.insert(timers);
                 }
             }
             let cf = self.store.cf(name);
