@@ -13,9 +13,11 @@
 use dripline::config::Settings;
 use dripline::machine::SendId;
 use dripline::runtime::Engine;
-use dripline::storage::tables::{self, OutboxEntry};
+use dripline::storage::tables::{self, MailContent, OutboxEntry};
+use dripline::value::{Map, Value};
 use dripline::workflow::MailKind;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn env(name: &str, default: usize) -> usize {
@@ -47,7 +49,7 @@ fn sink(port: u16) -> Sink {
 
 fn settings(dir: &std::path::Path, port: u16) -> Settings {
     let mut s = Settings::load(None).unwrap();
-    s.workflows.dir = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows").into();
+    s.workflows.dir = workflows(dir);
     s.engine.data_dir = dir.join("data");
     s.mail.transport = "smtp".into();
     s.mail.smtp.port = port;
@@ -57,26 +59,40 @@ fn settings(dir: &std::path::Path, port: u16) -> Settings {
 
 const DOMAINS: [&str; 5] = ["gmail.com", "outlook.com", "yahoo.com", "example.org", "example.net"];
 
-/// `n` rendered marketing messages (about 2 KiB of HTML with links, as workflows produce).
-fn fill(engine: &Engine, n: usize) {
-    let html = format!(
-        "<html><body><h1>Hello {{name}}</h1>{}<p><a href=\"https://shop.example.com/cart?utm_source=drip\">Your cart</a> \
-         <a href=\"https://shop.example.com/deals\">Deals</a></p></body></html>",
-        "<p>Some words about the product, the offer and why it matters to you this week.</p>".repeat(20)
+/// A newsletter workflow whose template is about 2 KiB of HTML with links, as marketing mail
+/// is: every message is rendered from it as it is sent, then link-tracked and built.
+fn workflows(dir: &std::path::Path) -> std::path::PathBuf {
+    let wf = dir.join("workflows");
+    std::fs::create_dir_all(&wf).unwrap();
+    let para = "<p>Some words about the product, the offer and why it matters to you this week.</p>".repeat(20);
+    let yaml = format!(
+        "id: newsletter\ntriggers: [{{ event: Subscribed }}]\nsteps:\n  - id: welcome\n    send: welcome\n\
+         templates:\n  welcome:\n    subject: \"Welcome, {{{{ first_name }}}}!\"\n    html: '<html><body><h1>Hello \
+         {{{{ first_name }}}}</h1>{para}<p><a href=\"https://shop.example.com/cart?utm_source=drip\">Your cart</a> \
+         <a href=\"https://shop.example.com/deals\">Deals</a> <a href=\"{{{{ unsubscribe_url }}}}\">Unsubscribe</a></p></body></html>'\n"
     );
+    std::fs::write(wf.join("newsletter.yaml"), yaml).unwrap();
+    wf
+}
+
+/// `n` marketing sends of the newsletter, as partitions decide them (rendered when sent).
+fn fill(engine: &Engine, n: usize) {
     let mut batch = rocksdb::WriteBatch::default();
     for i in 0..n {
+        let traits: Map = [("first_name".to_string(), Value::Str(format!("reader {i}")))].into();
         let e = OutboxEntry {
             partition: (i % 8) as u16,
             contact: format!("c{i}"),
-            workflow: "welcome_series".into(),
+            workflow: "newsletter".into(),
             version: 1,
             step: "welcome".into(),
             kind: MailKind::Marketing,
             to: format!("reader{i}@{}", DOMAINS[i % DOMAINS.len()]),
-            subject: format!("Welcome, reader {i}!"),
-            html: Some(html.replace("{name}", &i.to_string())),
-            text: None,
+            content: MailContent::Template {
+                template: "welcome".into(),
+                traits: Arc::new(traits),
+                event: Arc::default(),
+            },
             decided_at: 1_700_000_000_000,
             attempts: 0,
             first_attempt: 0,

@@ -80,7 +80,8 @@ pub fn run(settings: &Settings, events: &Path, out: &Path) -> anyhow::Result<Dem
             at: e.decided_at,
             to: e.to.clone(),
             workflow: e.workflow.clone(),
-            subject: e.subject.clone(),
+            subject: crate::sinks::compose::render(&engine.reg, &engine.links, *id, e)
+                .map_or_else(|err| format!("(not renderable: {err})"), |r| r.subject),
             file: s.mail.outbox_dir.join(format!("{id}.eml")),
         })
         .collect();

@@ -5,8 +5,8 @@ mod common;
 
 use dripline::machine::SendId;
 use dripline::runtime::Engine;
-use dripline::storage::tables::{self, OutboxEntry};
-use dripline::workflow::MailKind;
+use dripline::storage::tables::{self, MailContent, OutboxEntry};
+use dripline::workflow::{MailKind, Rendered};
 use std::path::Path;
 
 fn entry(to: &str, subject: &str, kind: MailKind, html: &str) -> OutboxEntry {
@@ -18,9 +18,11 @@ fn entry(to: &str, subject: &str, kind: MailKind, html: &str) -> OutboxEntry {
         step: "s".into(),
         kind,
         to: to.into(),
-        subject: subject.into(),
-        html: Some(html.into()),
-        text: None,
+        content: MailContent::Rendered(Rendered {
+            subject: subject.into(),
+            html: Some(html.into()),
+            text: None,
+        }),
         decided_at: 1_700_000_000_000,
         attempts: 0,
         first_attempt: 0,
@@ -173,4 +175,42 @@ fn marketing_mail_is_tracked_and_signed_internal_mail_is_left_alone() {
     let body = alert.replace("=\r\n", "").replace("=3D", "=");
     assert!(body.contains("href=\"https://shop.example.com/x\""), "{body}");
     assert!(!body.contains("/o/") && !alert.contains("List-Unsubscribe"), "{alert}");
+}
+
+#[test]
+fn a_send_is_rendered_as_it_goes_out_and_a_template_that_cannot_render_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&common::settings(tmp.path())).unwrap();
+    let template = |workflow: &str, version: u32, template: &str| {
+        let mut e = entry("ann@example.org", "", MailKind::Marketing, "");
+        e.workflow = workflow.into();
+        e.version = version;
+        e.content = MailContent::Template {
+            template: template.into(),
+            traits: std::sync::Arc::new([("first_name".to_string(), "Ann".into())].into()),
+            event: Default::default(),
+        };
+        e
+    };
+    // The shipped welcome series, version 1 in a fresh store.
+    put(&engine, 20, &template("welcome_series", 1, "welcome"));
+    put(&engine, 21, &template("retired_workflow", 3, "welcome"));
+    assert_eq!(engine.drain_mail(10).unwrap(), 2);
+
+    let welcome = eml(tmp.path(), 20).expect("rendered and sent");
+    assert!(welcome.contains("Subject: Welcome, Ann!"), "{welcome}");
+    assert!(welcome.contains("Thanks for joining"), "{welcome}");
+    assert!(eml(tmp.path(), 21).is_none());
+    let dead: Vec<String> = tables::dead_letters(&engine.store)
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        dead,
+        ["refused: workflow retired_workflow version 3 is not loaded"],
+        "{dead:?}"
+    );
+    assert_eq!(engine.metrics.render_errors.get(), 1);
+    assert!(tables::outbox_ids(&engine.store).unwrap().is_empty());
 }

@@ -233,7 +233,9 @@ fn a_single_pump_fires_timers_due_after_the_last_record() {
     engine.pump(t0 + 2 * HOUR).unwrap();
     let outbox = dripline::storage::tables::outbox_page(&engine.store, 10).unwrap();
     assert_eq!(outbox.len(), 1);
-    assert_eq!(outbox[0].1.subject, "You left Blue Kettle in your cart");
+    let (id, entry) = &outbox[0];
+    let rendered = dripline::sinks::compose::render(&engine.reg, &engine.links, *id, entry).unwrap();
+    assert_eq!(rendered.subject, "You left Blue Kettle in your cart");
     assert_eq!(
         outbox[0].1.decided_at,
         t0 + HOUR,

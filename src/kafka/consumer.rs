@@ -184,11 +184,7 @@ impl Ctx {
         self.changelog.restore(p)?;
         let e = &self.engine;
         let hook: Arc<dyn CommitHook> = self.changelog.clone();
-        Ok(
-            Partition::open(p, e.store.clone(), e.reg.clone(), e.metrics.clone(), self.cache)?
-                .with_hook(hook)
-                .with_links(e.links.clone()),
-        )
+        Ok(Partition::open(p, e.store.clone(), e.reg.clone(), e.metrics.clone(), self.cache)?.with_hook(hook))
     }
 }
 

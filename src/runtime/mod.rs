@@ -150,13 +150,19 @@ impl Engine {
                     metrics.clone(),
                     e.cache_contacts_per_partition,
                 )
-                .map(|p| Mutex::new(p.with_links(links.clone()).with_checkpoint(checkpoint)))
+                .map(|p| Mutex::new(p.with_checkpoint(checkpoint)))
             })
             .collect::<Result<Vec<_>, _>>()?;
         // The processors of this process take fresh records from memory (none in Kafka mode).
         let tail = if partitions.is_empty() { 0 } else { 8192 };
         let log = EmbeddedLog::open(store.clone(), e.partitions, e.dedup_window)?.with_tail(tail);
-        let mailer = Mailer::new(store.clone(), &settings.mail, links.clone(), metrics.clone())?;
+        let mailer = Mailer::new(
+            store.clone(),
+            &settings.mail,
+            reg.clone(),
+            links.clone(),
+            metrics.clone(),
+        )?;
         if let Some(c) = &changelog {
             mailer.set_hook(c.clone());
         }

@@ -6,11 +6,11 @@
 
 use super::metrics::Metrics;
 use crate::machine::{ContactState, Effect, Input, Metric, handle};
-use crate::storage::tables::{self, OutboxEntry};
+use crate::storage::tables::{self, MailContent, OutboxEntry};
 use crate::storage::timers::{TimerKey, TimerQueue};
 use crate::storage::{Result, Store, log};
 use crate::time::Ts;
-use crate::workflow::{Registry, StepIdx, template_context};
+use crate::workflow::{Registry, StepIdx};
 use rocksdb::WriteBatch;
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::sync::Arc;
@@ -38,8 +38,6 @@ pub struct Partition {
     batch: WriteBatch,
     fx: Vec<Effect>,
     hook: Option<Arc<dyn CommitHook>>,
-    /// Signs the unsubscribe and preference links templates can show (`{{ unsubscribe_url }}`).
-    links: Option<Arc<crate::links::Links>>,
     /// When [`Partition::poll`] commits (see [`Checkpoint`]), and what it has handled since.
     checkpoint: Checkpoint,
     uncommitted: usize,
@@ -103,7 +101,6 @@ impl Partition {
             batch: WriteBatch::default(),
             fx: Vec::new(),
             hook: None,
-            links: None,
             checkpoint: Checkpoint::default(),
             uncommitted: 0,
             last_commit: std::time::Instant::now(),
@@ -112,11 +109,6 @@ impl Partition {
 
     pub fn with_checkpoint(mut self, checkpoint: Checkpoint) -> Self {
         self.checkpoint = checkpoint;
-        self
-    }
-
-    pub fn with_links(mut self, links: Arc<crate::links::Links>) -> Self {
-        self.links = Some(links);
         self
     }
 
@@ -278,42 +270,27 @@ impl Partition {
                     let Some(wf) = self.reg.get(&cmd.workflow, cmd.version) else {
                         continue;
                     };
-                    let unsubscribe = self
-                        .links
-                        .as_ref()
-                        .map(|l| l.unsubscribe_url(contact, &cmd.workflow, &cmd.id.to_string()));
-                    let extra: Vec<(&str, minijinja::Value)> = unsubscribe
-                        .into_iter()
-                        .map(|u| ("unsubscribe_url", minijinja::Value::from(u)))
-                        .collect();
-                    let ctx = template_context(contact, &cmd.traits, &cmd.event, &extra);
-                    match self.reg.render(wf, &cmd.template, &ctx) {
-                        Ok(r) => {
-                            let entry = OutboxEntry {
-                                partition: self.id,
-                                contact: contact.into(),
-                                workflow: cmd.workflow.to_string(),
-                                version: cmd.version,
-                                step: wf.steps[cmd.step as usize].id.clone(),
-                                kind: cmd.kind,
-                                to: cmd.to.clone(),
-                                subject: r.subject,
-                                html: r.html,
-                                text: r.text,
-                                decided_at: at,
-                                attempts: 0,
-                                first_attempt: 0,
-                                not_before: 0,
-                            };
-                            tables::put_outbox(&self.store, &mut self.batch, cmd.id, &entry);
-                            self.metrics.sends_decided.with_label_values(&[&cmd.workflow]).inc();
-                        }
-                        Err(e) => {
-                            let reason = format!("template {} of {} failed to render: {e}", cmd.template, cmd.workflow);
-                            tables::put_dead_letter(&self.store, &mut self.batch, at, &reason, contact.as_bytes());
-                            self.metrics.render_errors.inc();
-                        }
-                    }
+                    // Rendered by the mailer when it sends (see `MailContent`).
+                    let entry = OutboxEntry {
+                        partition: self.id,
+                        contact: contact.into(),
+                        workflow: cmd.workflow.to_string(),
+                        version: cmd.version,
+                        step: wf.steps[cmd.step as usize].id.clone(),
+                        kind: cmd.kind,
+                        to: cmd.to,
+                        content: MailContent::Template {
+                            template: cmd.template,
+                            traits: cmd.traits,
+                            event: cmd.event,
+                        },
+                        decided_at: at,
+                        attempts: 0,
+                        first_attempt: 0,
+                        not_before: 0,
+                    };
+                    tables::put_outbox(&self.store, &mut self.batch, cmd.id, &entry);
+                    self.metrics.sends_decided.with_label_values(&[&cmd.workflow]).inc();
                 }
                 Effect::Webhook(w) => {
                     self.metrics.webhooks_decided.with_label_values(&[&w.workflow]).inc();

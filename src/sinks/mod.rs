@@ -1,6 +1,7 @@
 //! Where decided sends go: rendered into RFC 5322 messages (signed links, tracking, DKIM) and
 //! handed by the mailer to a transport: `.eml` files or a pool of SMTP connection actors.
 
+pub mod compose;
 pub mod eml;
 pub mod mailer;
 pub mod smtp;

@@ -48,9 +48,7 @@ pub struct OutboxEntry {
     pub step: String,
     pub kind: MailKind,
     pub to: String,
-    pub subject: String,
-    pub html: Option<String>,
-    pub text: Option<String>,
+    pub content: MailContent,
     /// Input time of the decision (the email's Date).
     pub decided_at: Ts,
     /// Delivery attempts the receiver deferred (4xx) so far.
@@ -63,6 +61,22 @@ pub struct OutboxEntry {
     /// Wall time before which the entry is not retried (backoff after a deferral).
     #[serde(default)]
     pub not_before: Ts,
+}
+
+/// What the message says. A workflow's send is rendered by the mailer just before it goes out
+/// (`Template`): the decision only records what it renders with, so the hot path never runs a
+/// template, and the outbox holds the few hundred bytes of context instead of whole bodies.
+/// Rendering is deterministic in these inputs, so a replayed decision renders the same message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum MailContent {
+    Template {
+        template: String,
+        /// The contact's traits and the enrolling event's properties, as at the decision.
+        traits: std::sync::Arc<crate::value::Map>,
+        event: std::sync::Arc<crate::value::Map>,
+    },
+    /// Composed already (mail that does not come from a workflow template).
+    Rendered(crate::workflow::Rendered),
 }
 
 pub fn id_key(id: SendId) -> [u8; 16] {

@@ -26,7 +26,7 @@ use crate::runtime::partition::CommitHook;
 use crate::storage::tables::{self, OutboxEntry, Suppression};
 use crate::storage::{Store, StoreError};
 use crate::time::{SECOND, Ts};
-use crate::workflow::{MailKind, Rendered};
+use crate::workflow::{MailKind, Registry, Rendered};
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use lettre::message::Mailbox;
@@ -53,6 +53,8 @@ pub struct Mailer {
     from: Mailbox,
     settings: MailSettings,
     timing: MailTiming,
+    /// Renders each entry's template as it is sent.
+    reg: Arc<Registry>,
     links: Arc<Links>,
     dkim: Option<lettre::message::dkim::DkimConfig>,
     metrics: Arc<Metrics>,
@@ -138,6 +140,7 @@ impl Mailer {
     pub fn new(
         store: Arc<Store>,
         settings: &MailSettings,
+        reg: Arc<Registry>,
         links: Arc<Links>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, MailerError> {
@@ -164,6 +167,7 @@ impl Mailer {
             from,
             settings: settings.clone(),
             timing,
+            reg,
             links,
             dkim,
             metrics,
@@ -441,7 +445,11 @@ impl Mailer {
     fn build(&self, id: SendId, e: &OutboxEntry) -> Result<(lettre::address::Envelope, Arc<[u8]>), String> {
         let msg_id = id.to_string();
         let links = &self.links;
-        let mut html = e.html.clone();
+        let Rendered {
+            subject,
+            mut html,
+            text,
+        } = super::compose::render(&self.reg, links, id, e).inspect_err(|_| self.metrics.render_errors.inc())?;
         let track = &self.settings.tracking;
         if e.kind != MailKind::Internal
             && (track.opens || track.clicks)
@@ -463,11 +471,7 @@ impl Mailer {
             ));
             headers.push(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".to_owned()));
         }
-        let rendered = Rendered {
-            subject: e.subject.clone(),
-            html,
-            text: e.text.clone(),
-        };
+        let rendered = Rendered { subject, html, text };
         let mail = eml::Mail {
             id,
             to: &e.to,

@@ -1,0 +1,29 @@
+//! An outbox entry's message, rendered as the mailer sends it: the workflow version's template
+//! with the traits and event recorded at the decision, plus the signed unsubscribe link.
+
+use crate::links::Links;
+use crate::machine::SendId;
+use crate::storage::tables::{MailContent, OutboxEntry};
+use crate::workflow::{Registry, Rendered, template_context};
+
+/// Renders `e` (sent as `id`). An error is permanent for this entry (a template that fails on
+/// this contact's data, a version no longer loaded) and says which template and why.
+pub fn render(reg: &Registry, links: &Links, id: SendId, e: &OutboxEntry) -> Result<Rendered, String> {
+    match &e.content {
+        MailContent::Rendered(r) => Ok(r.clone()),
+        MailContent::Template {
+            template,
+            traits,
+            event,
+        } => {
+            let wf = reg
+                .get(&e.workflow, e.version)
+                .ok_or_else(|| format!("workflow {} version {} is not loaded", e.workflow, e.version))?;
+            let unsubscribe = links.unsubscribe_url(&e.contact, &e.workflow, &id.to_string());
+            let extra = [("unsubscribe_url", minijinja::Value::from(unsubscribe))];
+            let ctx = template_context(&e.contact, traits, event, &extra);
+            reg.render(wf, template, &ctx)
+                .map_err(|err| format!("template {template} of {} failed to render: {err}", e.workflow))
+        }
+    }
+}
