@@ -12,7 +12,7 @@ use crate::storage::{Result, Store, log};
 use crate::time::Ts;
 use crate::workflow::{Registry, StepIdx};
 use rocksdb::WriteBatch;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 pub struct Partition {
@@ -23,10 +23,12 @@ pub struct Partition {
     timers: TimerQueue,
     /// Active contacts, least recently used evicted first. A dirty contact pushed out before
     /// the commit is written into the open batch, so eviction never loses a change.
-    cache: lru::LruCache<String, ContactState>,
-    dirty: FxHashSet<String>,
+    cache: lru::LruCache<Arc<str>, Cached>,
+    /// Contacts changed since the last commit (their slot's `dirty` is set), in no order and
+    /// possibly repeated; sorted and deduplicated at the commit.
+    dirty: Vec<Arc<str>>,
     /// Dirty contacts evicted before the commit: not in RocksDB yet, so `load` looks here first.
-    spilled: FxHashMap<String, ContactState>,
+    spilled: FxHashMap<Arc<str>, ContactState>,
     /// Step-counter deltas since the last commit, added to the stored values at commit.
     counter_deltas: FxHashMap<(Arc<str>, u32, StepIdx, Metric), i64>,
     /// Stored counter values already read: each is read from RocksDB once.
@@ -42,6 +44,15 @@ pub struct Partition {
     checkpoint: Checkpoint,
     uncommitted: usize,
     last_commit: std::time::Instant,
+}
+
+/// A contact's state in the cache. The id is shared by the cache key and the dirty list, so
+/// handling an input allocates nothing for bookkeeping.
+struct Cached {
+    id: Arc<str>,
+    state: ContactState,
+    /// Changed since the last commit.
+    dirty: bool,
 }
 
 /// A busy partition commits once per `inputs` handled or per `interval`, whichever comes first,
@@ -92,7 +103,7 @@ impl Partition {
             reg,
             metrics,
             cache: lru::LruCache::new(std::num::NonZeroUsize::new(cache_cap.max(1)).expect("non-zero")),
-            dirty: FxHashSet::default(),
+            dirty: Vec::new(),
             spilled: FxHashMap::default(),
             counter_deltas: FxHashMap::default(),
             counter_values: FxHashMap::default(),
@@ -233,8 +244,8 @@ impl Partition {
 
     /// The contact's state, taken out of the cache (its slot is refilled after handling).
     fn load(&mut self, contact: &str) -> Result<ContactState> {
-        if let Some(st) = self.cache.get_mut(contact) {
-            return Ok(std::mem::take(st));
+        if let Some(c) = self.cache.get_mut(contact) {
+            return Ok(std::mem::take(&mut c.state));
         }
         if let Some(st) = self.spilled.remove(contact) {
             return Ok(st);
@@ -304,15 +315,25 @@ impl Partition {
             }
         }
         self.fx = fx;
-        if !self.dirty.contains(contact) {
-            self.dirty.insert(contact.to_owned());
-        }
         match self.cache.get_mut(contact) {
-            Some(slot) => *slot = st,
+            Some(c) => {
+                c.state = st;
+                if !c.dirty {
+                    c.dirty = true;
+                    self.dirty.push(c.id.clone());
+                }
+            }
             None => {
-                if let Some((evicted, old)) = self.cache.push(contact.to_owned(), st) {
-                    if self.dirty.remove(&evicted) {
-                        self.spilled.insert(evicted, old);
+                let id: Arc<str> = contact.into();
+                self.dirty.push(id.clone());
+                let slot = Cached {
+                    id: id.clone(),
+                    state: st,
+                    dirty: true,
+                };
+                if let Some((evicted, old)) = self.cache.push(id, slot) {
+                    if old.dirty {
+                        self.spilled.insert(evicted, old.state);
                     }
                 }
             }
@@ -340,14 +361,21 @@ impl Partition {
     /// staged into the batch, for a caller that publishes several partitions' batches at once.
     pub fn stage(&mut self) -> Result<()> {
         // In key order, as the memtable inserts them fastest.
-        let mut dirty: Vec<String> = self.dirty.drain().collect();
+        let mut dirty = std::mem::take(&mut self.dirty);
         dirty.sort_unstable();
-        for id in dirty {
-            if let Some(st) = self.cache.peek(&id) {
-                tables::put_contact(&self.store, &mut self.batch, &id, st);
+        dirty.dedup();
+        for id in &dirty {
+            // Not in the cache (or no longer dirty there): evicted since, and in `spilled`.
+            if let Some(c) = self.cache.peek_mut(id)
+                && c.dirty
+            {
+                c.dirty = false;
+                tables::put_contact(&self.store, &mut self.batch, id, &c.state);
             }
         }
-        let mut spilled: Vec<(String, ContactState)> = self.spilled.drain().collect();
+        dirty.clear();
+        self.dirty = dirty;
+        let mut spilled: Vec<(Arc<str>, ContactState)> = self.spilled.drain().collect();
         spilled.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (id, st) in spilled {
             tables::put_contact(&self.store, &mut self.batch, &id, &st);
