@@ -216,12 +216,13 @@ impl EmbeddedLog {
         let mut state = self.state.lock().expect("log lock");
         let mut floor = state.floor;
         let mut batch = WriteBatch::default();
-        let mut in_batch = FxHashSet::default();
+        let mut in_batch = FxHashSet::with_capacity_and_hasher(events.len(), Default::default());
         let mut out = Vec::with_capacity(events.len());
         let mut staged = state.next.clone();
         let cf = s.cf(CF_LOG);
         let mut records = Vec::with_capacity(events.len());
-        let mut stamped = Vec::with_capacity(events.len());
+        // Per event: its id's hash and stamp, for the window and the tail once it is durable.
+        let mut accepted = Vec::with_capacity(events.len());
         for (ev, &stamp) in events.iter().zip(stamps) {
             let h = id_hash(&ev.message_id);
             if state.window.contains(h) || !in_batch.insert(h) {
@@ -234,7 +235,7 @@ impl EmbeddedLog {
             staged[p as usize] += 1;
             records.push((key(p, off), encode(floor, ev)));
             out.push(Appended::At(p, off));
-            stamped.push(floor);
+            accepted.push((h, floor));
         }
         // In key order: the memtable inserts each record next to the previous one instead of
         // searching its skiplist from the top for every partition switch.
@@ -248,11 +249,11 @@ impl EmbeddedLog {
         state.floor = floor;
         // Only what is durable joins the window (a failed write leaves it as it was) and the
         // tails, in offset order (still under the lock that orders appends).
-        let mut stamped = stamped.into_iter();
+        let mut accepted = accepted.into_iter();
         for (ev, a) in events.into_iter().zip(&out) {
             if let Appended::At(p, offset) = *a {
-                state.window.insert(id_hash(&ev.message_id));
-                let received = stamped.next().expect("a stamp per appended event");
+                let (h, received) = accepted.next().expect("one entry per appended event");
+                state.window.insert(h);
                 if self.tail_cap > 0 {
                     let mut tail = self.tails[p as usize].lock().expect("tail lock");
                     tail.push_back(LogRecord {
