@@ -235,20 +235,16 @@ impl Mailer {
                 round.handled += 1;
                 continue;
             }
-            let (envelope, message) = match self.build(id, &e) {
-                Ok(built) => built,
-                Err(reason) => {
-                    // Never deliverable as decided (a malformed address, too large): a dead
-                    // letter with the reason, not a retry.
-                    self.retire(&mut round, id, &e, "refused", &format!("refused: {reason}"), now);
+            // The recipient's domain comes first: mail that its domain's rate holds back costs
+            // a look at the limits, not a render, on every pass until it may go.
+            let domain = match e.to.parse::<Mailbox>() {
+                Ok(to) => to.email.domain().to_ascii_lowercase(),
+                Err(err) => {
+                    let reason = format!("refused: {}", eml::EmlError::Address(e.to.clone(), err));
+                    self.retire(&mut round, id, &e, "refused", &reason, now);
                     continue;
                 }
             };
-            let domain = envelope
-                .to()
-                .first()
-                .map(|a| a.domain().to_ascii_lowercase())
-                .unwrap_or_default();
             let waited = Instant::now();
             match limits.admit(&domain, now).await {
                 Ok(()) => {}
@@ -261,6 +257,16 @@ impl Mailer {
                     continue;
                 }
             }
+            let (envelope, message) = match self.build(id, &e) {
+                Ok(built) => built,
+                Err(reason) => {
+                    // Never deliverable as decided (a template that fails on this contact's
+                    // data, too large): a dead letter with the reason, not a retry.
+                    limits.refund();
+                    self.retire(&mut round, id, &e, "refused", &format!("refused: {reason}"), now);
+                    continue;
+                }
+            };
             self.metrics.mail_rate_wait.observe(waited.elapsed().as_secs_f64());
             let started = Instant::now();
             let answer = self.transport.deliver(id, envelope, message);
