@@ -117,8 +117,16 @@ pub fn day_of(t: Ts) -> u32 {
 
 impl ContactState {
     pub fn encode(&self) -> Vec<u8> {
-        let out = vec![STATE_FORMAT];
-        postcard::to_extend(self, out).expect("contact state always encodes")
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the encoding to `out` (a buffer reused across contacts).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.push(STATE_FORMAT);
+        let buf = std::mem::take(out);
+        *out = postcard::to_extend(self, buf).expect("contact state always encodes");
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {

@@ -21,14 +21,8 @@ pub struct Partition {
     reg: Arc<Registry>,
     metrics: Arc<Metrics>,
     timers: TimerQueue,
-    /// Active contacts, least recently used evicted first. A dirty contact pushed out before
-    /// the commit is written into the open batch, so eviction never loses a change.
-    cache: lru::LruCache<Arc<str>, Cached>,
-    /// Contacts changed since the last commit (their slot's `dirty` is set), in no order and
-    /// possibly repeated; sorted and deduplicated at the commit.
-    dirty: Vec<Arc<str>>,
-    /// Dirty contacts evicted before the commit: not in RocksDB yet, so `load` looks here first.
-    spilled: FxHashMap<Arc<str>, ContactState>,
+    /// Active contact states (see [`Contacts`]).
+    contacts: Contacts,
     /// Step-counter deltas since the last commit, added to the stored values at commit.
     counter_deltas: FxHashMap<(Arc<str>, u32, StepIdx, Metric), i64>,
     /// Stored counter values already read: each is read from RocksDB once.
@@ -53,6 +47,51 @@ struct Cached {
     state: ContactState,
     /// Changed since the last commit.
     dirty: bool,
+}
+
+/// The partition's contact states: an LRU cache over RocksDB. A dirty contact pushed out before
+/// the commit is kept in `spilled` (and written by it), so eviction never loses a change.
+struct Contacts {
+    cache: lru::LruCache<Arc<str>, Cached>,
+    /// Contacts changed since the last commit (their slot's `dirty` is set), in no order and
+    /// possibly repeated; sorted and deduplicated at the commit.
+    dirty: Vec<Arc<str>>,
+    /// Dirty contacts evicted before the commit: not in RocksDB yet, so a load looks here first.
+    spilled: FxHashMap<Arc<str>, ContactState>,
+}
+
+impl Contacts {
+    /// The contact's state in its cache slot (loaded on a miss), marked changed: every input
+    /// handled is committed with its contact's state.
+    fn slot(&mut self, store: &Store, contact: &str) -> Result<&mut ContactState> {
+        // Looked up twice on a hit: returning the first borrow from inside the `if` is beyond
+        // the borrow checker.
+        if self.cache.contains(contact) {
+            let c = self.cache.get_mut(contact).expect("present");
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(c.id.clone());
+            }
+            return Ok(&mut c.state);
+        }
+        let state = match self.spilled.remove(contact) {
+            Some(st) => st,
+            None => tables::get_contact(store, contact)?.unwrap_or_default(),
+        };
+        let id: Arc<str> = contact.into();
+        self.dirty.push(id.clone());
+        let slot = Cached {
+            id: id.clone(),
+            state,
+            dirty: true,
+        };
+        if let Some((evicted, old)) = self.cache.push(id, slot)
+            && old.dirty
+        {
+            self.spilled.insert(evicted, old.state);
+        }
+        Ok(&mut self.cache.peek_mut(contact).expect("just pushed").state)
+    }
 }
 
 /// A busy partition commits once per `inputs` handled or per `interval`, whichever comes first,
@@ -102,9 +141,11 @@ impl Partition {
             store,
             reg,
             metrics,
-            cache: lru::LruCache::new(std::num::NonZeroUsize::new(cache_cap.max(1)).expect("non-zero")),
-            dirty: Vec::new(),
-            spilled: FxHashMap::default(),
+            contacts: Contacts {
+                cache: lru::LruCache::new(std::num::NonZeroUsize::new(cache_cap.max(1)).expect("non-zero")),
+                dirty: Vec::new(),
+                spilled: FxHashMap::default(),
+            },
             counter_deltas: FxHashMap::default(),
             counter_values: FxHashMap::default(),
             position: pos.offset,
@@ -242,21 +283,10 @@ impl Partition {
         Ok(n)
     }
 
-    /// The contact's state, taken out of the cache (its slot is refilled after handling).
-    fn load(&mut self, contact: &str) -> Result<ContactState> {
-        if let Some(c) = self.cache.get_mut(contact) {
-            return Ok(std::mem::take(&mut c.state));
-        }
-        if let Some(st) = self.spilled.remove(contact) {
-            return Ok(st);
-        }
-        Ok(tables::get_contact(&self.store, contact)?.unwrap_or_default())
-    }
-
     fn apply(&mut self, contact: &str, input: Input, at: Ts) -> Result<()> {
-        let mut st = self.load(contact)?;
+        let st = self.contacts.slot(&self.store, contact)?;
         let mut fx = std::mem::take(&mut self.fx);
-        handle(contact, &mut st, &input, at, &self.reg, &mut fx);
+        handle(contact, st, &input, at, &self.reg, &mut fx);
         for e in fx.drain(..) {
             match e {
                 Effect::ScheduleTimer { id, due } => self.timers.schedule(
@@ -315,29 +345,6 @@ impl Partition {
             }
         }
         self.fx = fx;
-        match self.cache.get_mut(contact) {
-            Some(c) => {
-                c.state = st;
-                if !c.dirty {
-                    c.dirty = true;
-                    self.dirty.push(c.id.clone());
-                }
-            }
-            None => {
-                let id: Arc<str> = contact.into();
-                self.dirty.push(id.clone());
-                let slot = Cached {
-                    id: id.clone(),
-                    state: st,
-                    dirty: true,
-                };
-                if let Some((evicted, old)) = self.cache.push(id, slot) {
-                    if old.dirty {
-                        self.spilled.insert(evicted, old.state);
-                    }
-                }
-            }
-        }
         self.metrics.inputs_processed.inc();
         Ok(())
     }
@@ -361,12 +368,12 @@ impl Partition {
     /// staged into the batch, for a caller that publishes several partitions' batches at once.
     pub fn stage(&mut self) -> Result<()> {
         // In key order, as the memtable inserts them fastest.
-        let mut dirty = std::mem::take(&mut self.dirty);
+        let mut dirty = std::mem::take(&mut self.contacts.dirty);
         dirty.sort_unstable();
         dirty.dedup();
         for id in &dirty {
             // Not in the cache (or no longer dirty there): evicted since, and in `spilled`.
-            if let Some(c) = self.cache.peek_mut(id)
+            if let Some(c) = self.contacts.cache.peek_mut(id)
                 && c.dirty
             {
                 c.dirty = false;
@@ -374,8 +381,8 @@ impl Partition {
             }
         }
         dirty.clear();
-        self.dirty = dirty;
-        let mut spilled: Vec<(Arc<str>, ContactState)> = self.spilled.drain().collect();
+        self.contacts.dirty = dirty;
+        let mut spilled: Vec<(Arc<str>, ContactState)> = self.contacts.spilled.drain().collect();
         spilled.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (id, st) in spilled {
             tables::put_contact(&self.store, &mut self.batch, &id, &st);
@@ -417,7 +424,7 @@ impl Partition {
         self.metrics
             .contacts_cached
             .with_label_values(&[&self.id.to_string()])
-            .set(self.cache.len() as i64);
+            .set(self.contacts.cache.len() as i64);
         Ok(())
     }
 }

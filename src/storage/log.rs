@@ -35,10 +35,11 @@ fn key(partition: u16, offset: u64) -> [u8; 10] {
     k
 }
 
-fn encode(received: Ts, ev: &Event) -> Vec<u8> {
-    let mut v = vec![RECORD_FORMAT];
-    v.extend_from_slice(&received.to_be_bytes());
-    postcard::to_extend(ev, v).expect("event encodes")
+fn encode_into(received: Ts, ev: &Event, out: &mut Vec<u8>) {
+    out.push(RECORD_FORMAT);
+    out.extend_from_slice(&received.to_be_bytes());
+    let buf = std::mem::take(out);
+    *out = postcard::to_extend(ev, buf).expect("event encodes");
 }
 
 fn decode(offset: u64, b: &[u8]) -> Result<LogRecord> {
@@ -220,10 +221,10 @@ impl EmbeddedLog {
         let mut out = Vec::with_capacity(events.len());
         let mut staged = state.next.clone();
         let cf = s.cf(CF_LOG);
+        // Per appended event: its key, index and stamp; its id's hash for the window.
         let mut records = Vec::with_capacity(events.len());
-        // Per event: its id's hash and stamp, for the window and the tail once it is durable.
-        let mut accepted = Vec::with_capacity(events.len());
-        for (ev, &stamp) in events.iter().zip(stamps) {
+        let mut hashes = Vec::with_capacity(events.len());
+        for (i, (ev, &stamp)) in events.iter().zip(stamps).enumerate() {
             let h = id_hash(&ev.message_id);
             if state.window.contains(h) || !in_batch.insert(h) {
                 out.push(Appended::Duplicate);
@@ -233,15 +234,19 @@ impl EmbeddedLog {
             let p = partition_of(&ev.user_id, self.partitions);
             let off = staged[p as usize];
             staged[p as usize] += 1;
-            records.push((key(p, off), encode(floor, ev)));
+            records.push((key(p, off), i, floor));
+            hashes.push(h);
             out.push(Appended::At(p, off));
-            accepted.push((h, floor));
         }
         // In key order: the memtable inserts each record next to the previous one instead of
-        // searching its skiplist from the top for every partition switch.
+        // searching its skiplist from the top for every partition switch. Encoded into one
+        // buffer (the batch copies it).
         records.sort_unstable_by_key(|r| r.0);
-        for (k, v) in &records {
-            batch.put_cf(cf, k, v);
+        let mut buf = Vec::with_capacity(256);
+        for (k, i, received) in &records {
+            buf.clear();
+            encode_into(*received, &events[*i], &mut buf);
+            batch.put_cf(cf, k, &buf);
         }
         if !batch.is_empty() {
             s.write(batch, sync)?;
@@ -249,16 +254,20 @@ impl EmbeddedLog {
         state.floor = floor;
         // Only what is durable joins the window (a failed write leaves it as it was) and the
         // tails, in offset order (still under the lock that orders appends).
-        let mut accepted = accepted.into_iter();
-        for (ev, a) in events.into_iter().zip(&out) {
-            if let Appended::At(p, offset) = *a {
-                let (h, received) = accepted.next().expect("one entry per appended event");
-                state.window.insert(h);
-                if self.tail_cap > 0 {
+        for h in hashes {
+            state.window.insert(h);
+        }
+        if self.tail_cap > 0 {
+            let mut received = vec![0; events.len()];
+            for &(_, i, stamp) in &records {
+                received[i] = stamp;
+            }
+            for (i, (ev, a)) in events.into_iter().zip(&out).enumerate() {
+                if let Appended::At(p, offset) = *a {
                     let mut tail = self.tails[p as usize].lock().expect("tail lock");
                     tail.push_back(LogRecord {
                         offset,
-                        received,
+                        received: received[i],
                         event: ev,
                     });
                     if tail.len() > self.tail_cap {

@@ -24,7 +24,13 @@ pub fn get_contact(s: &Store, id: &str) -> Result<Option<ContactState>> {
 }
 
 pub fn put_contact(s: &Store, b: &mut WriteBatch, id: &str, st: &ContactState) {
-    b.put_cf(s.cf(CF_CONTACTS), id.as_bytes(), st.encode());
+    // Encoded into one buffer per thread (the batch copies it): no allocation per contact.
+    thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
+    BUF.with_borrow_mut(|buf| {
+        buf.clear();
+        st.encode_into(buf);
+        b.put_cf(s.cf(CF_CONTACTS), id.as_bytes(), &buf[..]);
+    });
 }
 
 pub fn contacts(s: &Store) -> impl Iterator<Item = Result<(String, Vec<u8>)>> + '_ {
