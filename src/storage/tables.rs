@@ -89,12 +89,20 @@ pub fn id_key(id: SendId) -> [u8; 16] {
     id.0.to_be_bytes()
 }
 
+/// Bumped whenever the outbox entry encoding changes.
+const OUTBOX_FORMAT: u8 = 1;
+
 pub fn put_outbox(s: &Store, b: &mut WriteBatch, id: SendId, e: &OutboxEntry) {
-    b.put_cf(
-        s.cf(CF_OUTBOX),
-        id_key(id),
-        serde_json::to_vec(e).expect("outbox entry encodes"),
-    );
+    // postcard behind a format byte, as contact states are: a send is decided on the hot path.
+    let v = postcard::to_extend(e, vec![OUTBOX_FORMAT]).expect("outbox entry encodes");
+    b.put_cf(s.cf(CF_OUTBOX), id_key(id), v);
+}
+
+fn decode_outbox(v: &[u8]) -> Result<OutboxEntry> {
+    match v.split_first() {
+        Some((&OUTBOX_FORMAT, rest)) => postcard::from_bytes(rest).map_err(|e| corrupt(CF_OUTBOX, &e.to_string())),
+        _ => Err(corrupt(CF_OUTBOX, "unknown entry format")),
+    }
 }
 
 /// Up to `limit` outbox entries, oldest id order (ids are hashes: no priority implied).
@@ -117,7 +125,7 @@ pub fn outbox_page_where(
         let id = SendId(u128::from_be_bytes(
             k.as_ref().try_into().map_err(|_| corrupt(CF_OUTBOX, "key"))?,
         ));
-        let e: OutboxEntry = serde_json::from_slice(&v).map_err(|e| corrupt(CF_OUTBOX, &e.to_string()))?;
+        let e = decode_outbox(&v)?;
         if keep(&e) {
             out.push((id, e));
         }
@@ -159,7 +167,7 @@ pub fn outbox_walk(
             if pass == 1 && after.is_some_and(|a| id > a) {
                 break;
             }
-            let e: OutboxEntry = serde_json::from_slice(&v).map_err(|e| corrupt(CF_OUTBOX, &e.to_string()))?;
+            let e = decode_outbox(&v)?;
             if keep(&e) {
                 out.push((id, e));
                 if out.len() >= limit {
