@@ -214,3 +214,36 @@ fn a_send_is_rendered_as_it_goes_out_and_a_template_that_cannot_render_is_refuse
     assert_eq!(engine.metrics.render_errors.get(), 1);
     assert!(tables::outbox_ids(&engine.store).unwrap().is_empty());
 }
+
+#[test]
+fn an_outbox_entry_that_does_not_decode_goes_to_the_dead_letters_and_the_rest_is_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let engine = Engine::open(&common::settings(tmp.path())).unwrap();
+    // Written by hand: an id with bytes of an unknown format (a future version, a bad restore).
+    let mut b = rocksdb::WriteBatch::default();
+    b.put_cf(
+        engine.store.cf(dripline::storage::CF_OUTBOX),
+        tables::id_key(SendId(30)),
+        b"\x7fnot an entry",
+    );
+    engine.store.write(b, true).unwrap();
+    put(
+        &engine,
+        31,
+        &entry("ann@example.org", "Hi", MailKind::Transactional, "<p>x</p>"),
+    );
+    assert_eq!(engine.drain_mail(10).unwrap(), 2);
+
+    assert!(eml(tmp.path(), 31).is_some(), "the good entry is sent");
+    let dead = tables::dead_letters(&engine.store).unwrap();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert!(
+        dead[0]["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("unreadable outbox entry {}", SendId(30))),
+        "{dead:?}"
+    );
+    assert_eq!(dead[0]["payload"], "\u{7f}not an entry");
+    assert!(tables::outbox_ids(&engine.store).unwrap().is_empty());
+}

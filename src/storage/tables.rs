@@ -136,17 +136,22 @@ pub fn outbox_page_where(
 /// Outbox entries with their ids.
 pub type OutboxPage = Vec<(SendId, OutboxEntry)>;
 
+/// An outbox entry that does not decode: its id, stored bytes and why.
+pub type Unreadable = (SendId, Vec<u8>, String);
+
 /// Up to `limit` outbox entries from key `after` on (exclusive), wrapping to the start once at
 /// the end: the mailer walks the outbox round-robin so entries it must skip (backoff, a domain
 /// at its limit) do not starve the ones behind them. Returns the page and the cursor to resume
-/// from (`None`: the walk wrapped around).
+/// from (`None`: the walk wrapped around). Entries that do not decode are returned apart (and
+/// count towards the page), so one bad entry cannot stop the walk.
 pub fn outbox_walk(
     s: &Store,
     after: Option<SendId>,
     limit: usize,
     keep: impl Fn(&OutboxEntry) -> bool,
-) -> Result<(OutboxPage, Option<SendId>)> {
+) -> Result<(OutboxPage, Vec<Unreadable>, Option<SendId>)> {
     let mut out = vec![];
+    let mut unreadable = vec![];
     // First from just past the cursor to the end, then (if the cursor was set) from the start
     // up to the cursor.
     let from = after.and_then(|a| a.0.checked_add(1)).map(u128::to_be_bytes);
@@ -167,16 +172,17 @@ pub fn outbox_walk(
             if pass == 1 && after.is_some_and(|a| id > a) {
                 break;
             }
-            let e = decode_outbox(&v)?;
-            if keep(&e) {
-                out.push((id, e));
-                if out.len() >= limit {
-                    return Ok((out, Some(id)));
-                }
+            match decode_outbox(&v) {
+                Ok(e) if keep(&e) => out.push((id, e)),
+                Ok(_) => continue,
+                Err(e) => unreadable.push((id, v.to_vec(), e.to_string())),
+            }
+            if out.len() + unreadable.len() >= limit {
+                return Ok((out, unreadable, Some(id)));
             }
         }
     }
-    Ok((out, None))
+    Ok((out, unreadable, None))
 }
 
 /// Every id waiting in the outbox, in key order.

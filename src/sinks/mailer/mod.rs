@@ -202,7 +202,7 @@ impl Mailer {
         limits.rescale(hook.as_ref().map_or(1.0, |h| h.share()));
         self.metrics.mail_rate_limit.set(limits.global_rate());
         let cursor = self.walk.lock().expect("walk lock").cursor;
-        let (page, next) = tables::outbox_walk(&self.store, cursor, limit, |e| {
+        let (page, unreadable, next) = tables::outbox_walk(&self.store, cursor, limit, |e| {
             hook.as_ref().is_none_or(|h| h.owns(e.partition))
         })?;
         {
@@ -217,6 +217,16 @@ impl Mailer {
             }
         }
 
+        for (id, bytes, reason) in unreadable {
+            // Moved to the dead letters with its bytes, never retried: it would stop every
+            // walk. Its partition is unknown, so the change goes with partition 0's batch.
+            let batch = round.batch(0);
+            let reason = format!("unreadable outbox entry {id}: {reason}");
+            tables::put_dead_letter(&self.store, batch, now, &reason, &bytes);
+            tables::delete_outbox(&self.store, batch, id);
+            self.metrics.sends.with_label_values(&["unknown", "unreadable"]).inc();
+            round.handled += 1;
+        }
         let mut in_flight = FuturesUnordered::new();
         for (id, e) in page {
             if tables::is_sent(&self.store, id)? {
