@@ -1,6 +1,8 @@
 //! Editing a live workflow makes a new version: contacts inside finish on theirs, new entrants
 //! take the newest.
 
+mod common;
+
 use dripline::machine::ContactState;
 use dripline::machine::sim::Sim;
 use dripline::time::{DAY, parse_rfc3339};
@@ -84,4 +86,43 @@ fn state_encoding_is_versioned_and_rejects_unknown_versions() {
         "unknown state format version 99"
     );
     assert!(ContactState::decode(&bytes[..bytes.len() / 2]).is_err());
+}
+
+/// Sends are rendered when the mailer sends them, so mail decided on a version must still render
+/// from that version after the file changed and the engine restarted.
+#[test]
+fn mail_decided_on_an_old_version_renders_from_it_after_the_file_changed_and_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wf = tmp.path().join("workflows");
+    std::fs::create_dir_all(&wf).unwrap();
+    let now_v1 = "id: promo\ntriggers: [{ event: Joined }]\nsteps:\n  - id: mail\n    send: offer\ntemplates:\n  offer: { subject: \"Old offer for {{ first_name }}\", text: old }\n";
+    let now_v2 = "id: promo\ntriggers: [{ event: Joined }]\nsteps:\n  - id: mail\n    send: offer\ntemplates:\n  offer: { subject: New offer, text: new }\n";
+    std::fs::write(wf.join("promo.yaml"), now_v1).unwrap();
+    let mut s = common::settings(tmp.path());
+    s.workflows.dir = wf.clone();
+    let t0 = parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
+    {
+        let engine = dripline::runtime::Engine::open(&s).unwrap();
+        engine
+            .ingest_values(
+                &[
+                    json!({"type": "identify", "userId": "ann", "messageId": "i1", "traits": {"email": "ann@example.org", "first_name": "Ann"}}),
+                    json!({"type": "track", "userId": "ann", "messageId": "t1", "event": "Joined"}),
+                ],
+                None,
+                t0,
+            )
+            .unwrap();
+        engine.pump(t0 + 1000).unwrap();
+        assert_eq!(dripline::storage::tables::outbox_ids(&engine.store).unwrap().len(), 1);
+        // Stopped before the mailer sent it.
+    }
+    std::fs::write(wf.join("promo.yaml"), now_v2).unwrap();
+    let engine = dripline::runtime::Engine::open(&s).unwrap();
+    assert_eq!(engine.reg.latest_of("promo").unwrap().version, 2);
+    assert_eq!(engine.drain_mail(10).unwrap(), 1);
+    let files: Vec<_> = std::fs::read_dir(tmp.path().join("mail")).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let eml = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+    assert!(eml.contains("Subject: Old offer for Ann"), "{eml}");
 }
