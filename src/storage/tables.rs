@@ -89,6 +89,13 @@ pub fn id_key(id: SendId) -> [u8; 16] {
     id.0.to_be_bytes()
 }
 
+/// The send id a key of `table` (outbox, sent ledger) holds.
+fn id_of(table: &'static str, k: &[u8]) -> Result<SendId> {
+    Ok(SendId(u128::from_be_bytes(
+        k.try_into().map_err(|_| corrupt(table, "key"))?,
+    )))
+}
+
 /// Bumped whenever the outbox entry encoding changes.
 const OUTBOX_FORMAT: u8 = 1;
 
@@ -107,30 +114,13 @@ fn decode_outbox(v: &[u8]) -> Result<OutboxEntry> {
 
 /// Up to `limit` outbox entries, oldest id order (ids are hashes: no priority implied).
 pub fn outbox_page(s: &Store, limit: usize) -> Result<Vec<(SendId, OutboxEntry)>> {
-    outbox_page_where(s, limit, |_| true)
-}
-
-/// Up to `limit` outbox entries that satisfy `keep` (Kafka mode: of the partitions owned).
-pub fn outbox_page_where(
-    s: &Store,
-    limit: usize,
-    keep: impl Fn(&OutboxEntry) -> bool,
-) -> Result<Vec<(SendId, OutboxEntry)>> {
-    let mut out = vec![];
-    for r in s.db.iterator_cf(s.cf(CF_OUTBOX), rocksdb::IteratorMode::Start) {
-        if out.len() >= limit {
-            break;
-        }
-        let (k, v) = r?;
-        let id = SendId(u128::from_be_bytes(
-            k.as_ref().try_into().map_err(|_| corrupt(CF_OUTBOX, "key"))?,
-        ));
-        let e = decode_outbox(&v)?;
-        if keep(&e) {
-            out.push((id, e));
-        }
-    }
-    Ok(out)
+    s.db.iterator_cf(s.cf(CF_OUTBOX), rocksdb::IteratorMode::Start)
+        .take(limit)
+        .map(|r| {
+            let (k, v) = r?;
+            Ok((id_of(CF_OUTBOX, &k)?, decode_outbox(&v)?))
+        })
+        .collect()
 }
 
 /// Outbox entries with their ids.
@@ -166,9 +156,7 @@ pub fn outbox_walk(
         };
         for r in s.db.iterator_cf(s.cf(CF_OUTBOX), mode) {
             let (k, v) = r?;
-            let id = SendId(u128::from_be_bytes(
-                k.as_ref().try_into().map_err(|_| corrupt(CF_OUTBOX, "key"))?,
-            ));
+            let id = id_of(CF_OUTBOX, &k)?;
             if pass == 1 && after.is_some_and(|a| id > a) {
                 break;
             }
@@ -190,9 +178,7 @@ pub fn outbox_ids(s: &Store) -> Result<Vec<SendId>> {
     s.db.iterator_cf(s.cf(CF_OUTBOX), rocksdb::IteratorMode::Start)
         .map(|r| {
             let (k, _) = r?;
-            Ok(SendId(u128::from_be_bytes(
-                k.as_ref().try_into().map_err(|_| corrupt(CF_OUTBOX, "key"))?,
-            )))
+            id_of(CF_OUTBOX, &k)
         })
         .collect()
 }
@@ -298,9 +284,7 @@ pub fn sent_ids(s: &Store) -> Result<Vec<SendId>> {
     s.db.iterator_cf(s.cf(CF_SENT), rocksdb::IteratorMode::Start)
         .map(|r| {
             let (k, _) = r?;
-            Ok(SendId(u128::from_be_bytes(
-                k.as_ref().try_into().map_err(|_| corrupt(CF_SENT, "key"))?,
-            )))
+            id_of(CF_SENT, &k)
         })
         .collect()
 }
