@@ -21,7 +21,8 @@ pub enum EmlError {
 /// What a message is made of, whoever decided it.
 pub struct Mail<'a> {
     pub id: SendId,
-    pub to: &'a str,
+    /// Parsed by the caller, which needs its domain first (rate limits).
+    pub to: Mailbox,
     pub rendered: &'a Rendered,
     pub workflow: &'a str,
     pub version: u32,
@@ -40,12 +41,11 @@ fn header(name: &'static str, value: String) -> (HeaderName, String) {
 
 /// The full message. Header values come from contact data only through lettre's encoders, so
 /// CR/LF in a name or subject cannot inject headers.
-pub fn build(cmd: &Mail, from: &Mailbox, domain: &str, date: std::time::SystemTime) -> Result<Message, EmlError> {
+pub fn build(cmd: Mail, from: &Mailbox, domain: &str, date: std::time::SystemTime) -> Result<Message, EmlError> {
     let rendered = cmd.rendered;
-    let to: Mailbox = cmd.to.parse().map_err(|e| EmlError::Address(cmd.to.to_string(), e))?;
     let mut b = Message::builder()
         .from(from.clone())
-        .to(to)
+        .to(cmd.to)
         .subject(rendered.subject.replace(['\r', '\n'], " "))
         .message_id(Some(message_id(cmd.id, domain)))
         .date(date);

@@ -220,12 +220,9 @@ impl Mailer {
         for (id, bytes, reason) in unreadable {
             // Moved to the dead letters with its bytes, never retried: it would stop every
             // walk. Its partition is unknown, so the change goes with partition 0's batch.
-            let batch = round.batch(0);
             let reason = format!("unreadable outbox entry {id}: {reason}");
-            tables::put_dead_letter(&self.store, batch, now, &reason, &bytes);
-            tables::delete_outbox(&self.store, batch, id);
             self.metrics.sends.with_label_values(&["unknown", "unreadable"]).inc();
-            round.handled += 1;
+            self.dead_letter(&mut round, 0, id, &reason, &bytes, now);
         }
         let mut in_flight = FuturesUnordered::new();
         for (id, e) in page {
@@ -247,14 +244,15 @@ impl Mailer {
             }
             // The recipient's domain comes first: mail that its domain's rate holds back costs
             // a look at the limits, not a render, on every pass until it may go.
-            let domain = match e.to.parse::<Mailbox>() {
-                Ok(to) => to.email.domain().to_ascii_lowercase(),
+            let to = match e.to.parse::<Mailbox>() {
+                Ok(to) => to,
                 Err(err) => {
                     let reason = format!("refused: {}", eml::EmlError::Address(e.to.clone(), err));
                     self.retire(&mut round, id, &e, "refused", &reason, now);
                     continue;
                 }
             };
+            let domain = to.email.domain().to_ascii_lowercase();
             let waited = Instant::now();
             match limits.admit(&domain, now).await {
                 Ok(()) => {}
@@ -267,7 +265,7 @@ impl Mailer {
                     continue;
                 }
             }
-            let (envelope, message) = match self.build(id, &e) {
+            let (envelope, message) = match self.build(id, &e, to) {
                 Ok(built) => built,
                 Err(reason) => {
                     // Never deliverable as decided (a template that fails on this contact's
@@ -430,9 +428,14 @@ impl Mailer {
     /// Takes an entry out of the outbox for good, as a dead letter with the reason.
     fn retire(&self, round: &mut Round, id: SendId, e: &OutboxEntry, result: &str, reason: &str, now: Ts) {
         self.metrics.sends.with_label_values(&[&e.workflow, result]).inc();
-        let batch = round.batch(e.partition);
         let payload = serde_json::json!({"id": id.to_string(), "to": e.to, "workflow": e.workflow});
-        tables::put_dead_letter(&self.store, batch, now, reason, payload.to_string().as_bytes());
+        self.dead_letter(round, e.partition, id, reason, payload.to_string().as_bytes(), now);
+    }
+
+    /// Moves outbox entry `id` to the dead letters (with `payload`), in `partition`'s batch.
+    fn dead_letter(&self, round: &mut Round, partition: u16, id: SendId, reason: &str, payload: &[u8], now: Ts) {
+        let batch = round.batch(partition);
+        tables::put_dead_letter(&self.store, batch, now, reason, payload);
         tables::delete_outbox(&self.store, batch, id);
         round.handled += 1;
     }
@@ -458,7 +461,12 @@ impl Mailer {
 
     /// The message as it goes out: tracked links and pixel, unsubscribe headers on marketing
     /// mail, DKIM signature; refused if it is over the size limit.
-    fn build(&self, id: SendId, e: &OutboxEntry) -> Result<(lettre::address::Envelope, Arc<[u8]>), String> {
+    fn build(
+        &self,
+        id: SendId,
+        e: &OutboxEntry,
+        to: Mailbox,
+    ) -> Result<(lettre::address::Envelope, Arc<[u8]>), String> {
         let msg_id = id.to_string();
         let links = &self.links;
         let Rendered {
@@ -490,7 +498,7 @@ impl Mailer {
         let rendered = Rendered { subject, html, text };
         let mail = eml::Mail {
             id,
-            to: &e.to,
+            to,
             rendered: &rendered,
             workflow: &e.workflow,
             version: e.version,
@@ -499,7 +507,7 @@ impl Mailer {
         };
         let date = std::time::UNIX_EPOCH + Duration::from_millis(e.decided_at.max(0) as u64);
         let mut msg =
-            eml::build(&mail, &self.from, &self.settings.message_id_domain, date).map_err(|err| err.to_string())?;
+            eml::build(mail, &self.from, &self.settings.message_id_domain, date).map_err(|err| err.to_string())?;
         if let Some(dkim) = &self.dkim {
             msg.sign(dkim);
         }
