@@ -36,6 +36,15 @@ fn put(engine: &Engine, id: u128, e: &OutboxEntry) {
     engine.store.write(b, true).unwrap();
 }
 
+/// The reasons of every dead letter so far.
+fn dead_reasons(engine: &Engine) -> Vec<String> {
+    tables::dead_letters(&engine.store)
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn eml(dir: &Path, id: u128) -> Option<String> {
     std::fs::read_to_string(dir.join("mail").join(format!("{}.eml", SendId(id)))).ok()
 }
@@ -88,11 +97,7 @@ fn contact_data_cannot_inject_headers_and_oversized_mail_is_refused() {
     );
     assert!(eml(tmp.path(), 2).is_none(), "an address with CR/LF is refused");
     assert!(eml(tmp.path(), 3).is_none(), "over the size limit");
-    let dead: Vec<String> = tables::dead_letters(&engine.store)
-        .unwrap()
-        .iter()
-        .map(|d| d["reason"].as_str().unwrap().to_owned())
-        .collect();
+    let dead = dead_reasons(&engine);
     assert!(
         dead.iter().any(|r| r.starts_with("refused: invalid address")),
         "{dead:?}"
@@ -201,11 +206,7 @@ fn a_send_is_rendered_as_it_goes_out_and_a_template_that_cannot_render_is_refuse
     assert!(welcome.contains("Subject: Welcome, Ann!"), "{welcome}");
     assert!(welcome.contains("Thanks for joining"), "{welcome}");
     assert!(eml(tmp.path(), 21).is_none());
-    let dead: Vec<String> = tables::dead_letters(&engine.store)
-        .unwrap()
-        .iter()
-        .map(|d| d["reason"].as_str().unwrap().to_owned())
-        .collect();
+    let dead = dead_reasons(&engine);
     assert_eq!(
         dead,
         ["refused: workflow retired_workflow version 3 is not loaded"],
