@@ -266,7 +266,7 @@ impl Partition {
                 self.commit()?;
                 self.timers.page_in(&self.store)?;
             }
-            let Some(k) = self.timers.pop_due(&self.store, &mut self.batch, t) else {
+            let Some(k) = self.timers.pop_due(t) else {
                 break;
             };
             let at = k.due.max(self.last_time);
@@ -289,24 +289,16 @@ impl Partition {
         handle(contact, st, &input, at, &self.reg, &mut fx);
         for e in fx.drain(..) {
             match e {
-                Effect::ScheduleTimer { id, due } => self.timers.schedule(
-                    &self.store,
-                    &mut self.batch,
-                    TimerKey {
-                        due,
-                        contact: contact.into(),
-                        id,
-                    },
-                ),
-                Effect::CancelTimer { id, due } => self.timers.cancel(
-                    &self.store,
-                    &mut self.batch,
-                    &TimerKey {
-                        due,
-                        contact: contact.into(),
-                        id,
-                    },
-                ),
+                Effect::ScheduleTimer { id, due } => self.timers.schedule(TimerKey {
+                    due,
+                    contact: contact.into(),
+                    id,
+                }),
+                Effect::CancelTimer { id, due } => self.timers.cancel(&TimerKey {
+                    due,
+                    contact: contact.into(),
+                    id,
+                }),
                 Effect::Send(cmd) => {
                     let Some(wf) = self.reg.get(&cmd.workflow, cmd.version) else {
                         continue;
@@ -367,6 +359,7 @@ impl Partition {
     /// The first half of a commit: everything pending (dirty contacts, counters, the position)
     /// staged into the batch, for a caller that publishes several partitions' batches at once.
     pub fn stage(&mut self) -> Result<()> {
+        self.timers.stage(&self.store, &mut self.batch);
         // In key order, as the memtable inserts them fastest.
         let mut dirty = std::mem::take(&mut self.contacts.dirty);
         dirty.sort_unstable();

@@ -46,6 +46,14 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// Read options for a scan of a whole table: required for contacts (hashed memtable, whole-key
+/// prefix extractor), harmless elsewhere.
+pub fn total_order() -> rocksdb::ReadOptions {
+    let mut ro = rocksdb::ReadOptions::default();
+    ro.set_total_order_seek(true);
+    ro
+}
+
 pub struct Store {
     pub db: DB,
     /// Bulk mode (replay into a fresh directory): writes skip the WAL and [`Store::finish_bulk`]
@@ -61,6 +69,8 @@ impl Store {
         opts.create_missing_column_families(true);
         opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
         opts.increase_parallelism(2);
+        // The contacts memtable is a hash table (below), which takes no concurrent inserts.
+        opts.set_allow_concurrent_memtable_write(false);
         // Memory must not grow with the data: all memtables together are capped (the write
         // buffer manager flushes the largest when the total reaches it).
         opts.set_db_write_buffer_size(256 << 20);
@@ -84,8 +94,23 @@ impl Store {
             o.set_memtable_whole_key_filtering(true);
             o
         };
+        // Contact writes land all over the key space: in a skiplist memtable each searches from
+        // the top (the largest cost in the commit profile). Hashed by the whole key, an insert
+        // and a lookup touch one bucket; the flush sorts, on a background thread. Whole-key
+        // scans must then ask for total order ([`total_order`]).
+        let contacts = || {
+            let mut o = point();
+            o.set_prefix_extractor(rocksdb::SliceTransform::create_noop());
+            o.set_memtable_factory(rocksdb::MemtableFactory::HashSkipList {
+                bucket_count: 1 << 20,
+                height: 4,
+                branching_factor: 4,
+            });
+            o
+        };
         let cfs = ALL.iter().map(|n| match *n {
-            CF_CONTACTS | CF_SENT | CF_COUNTERS | CF_SUPPRESSIONS => ColumnFamilyDescriptor::new(*n, point()),
+            CF_CONTACTS => ColumnFamilyDescriptor::new(*n, contacts()),
+            CF_SENT | CF_COUNTERS | CF_SUPPRESSIONS => ColumnFamilyDescriptor::new(*n, point()),
             _ => ColumnFamilyDescriptor::new(*n, Options::default()),
         });
         Ok(Store {

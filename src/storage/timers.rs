@@ -44,6 +44,8 @@ pub struct TimerQueue {
     cache: BTreeSet<TimerKey>,
     horizon: Ts,
     page: usize,
+    /// Puts (true) and deletes since the last [`TimerQueue::stage`], in the order made.
+    ops: Vec<(Vec<u8>, bool)>,
 }
 
 impl TimerQueue {
@@ -53,11 +55,12 @@ impl TimerQueue {
             cache: BTreeSet::new(),
             horizon: Ts::MIN,
             page,
+            ops: Vec::new(),
         }
     }
 
-    pub fn schedule(&mut self, s: &Store, b: &mut WriteBatch, k: TimerKey) {
-        b.put_cf(s.cf(CF_TIMERS), encode(self.partition, &k), []);
+    pub fn schedule(&mut self, k: TimerKey) {
+        self.ops.push((encode(self.partition, &k), true));
         if k.due < self.horizon {
             self.cache.insert(k);
             if self.cache.len() > 2 * self.page {
@@ -67,7 +70,7 @@ impl TimerQueue {
     }
 
     /// Keeps memory bounded: forgets the latest-due half (they stay in the store, or in the
-    /// open batch, which is committed before the next page-in) and lowers the horizon to match.
+    /// pending operations, committed before the next page-in) and lowers the horizon to match.
     fn trim(&mut self) {
         let Some(cut) = self.cache.iter().nth(self.page).map(|k| k.due) else {
             return;
@@ -83,13 +86,27 @@ impl TimerQueue {
         self.horizon = cut;
     }
 
-    pub fn cancel(&mut self, s: &Store, b: &mut WriteBatch, k: &TimerKey) {
-        b.delete_cf(s.cf(CF_TIMERS), encode(self.partition, k));
+    pub fn cancel(&mut self, k: &TimerKey) {
+        self.ops.push((encode(self.partition, k), false));
         self.cache.remove(k);
     }
 
-    /// Whether the cache ran dry and more must be read from the store. The caller commits
-    /// its batch first: timers it scheduled beyond the horizon are only in the batch.
+    /// Writes the puts and deletes made since the last call into `b`, in key order (stable:
+    /// a put and a delete of one key keep their order), as the memtable inserts them fastest.
+    pub fn stage(&mut self, s: &Store, b: &mut WriteBatch) {
+        self.ops.sort_by(|x, y| x.0.cmp(&y.0));
+        let cf = s.cf(CF_TIMERS);
+        for (k, put) in self.ops.drain(..) {
+            if put {
+                b.put_cf(cf, k, []);
+            } else {
+                b.delete_cf(cf, k);
+            }
+        }
+    }
+
+    /// Whether the cache ran dry and more must be read from the store. The caller stages and
+    /// commits first: timers scheduled beyond the horizon are only in the pending operations.
     pub fn needs_page(&self) -> bool {
         self.cache.is_empty() && self.horizon != Ts::MAX
     }
@@ -131,10 +148,10 @@ impl TimerQueue {
     }
 
     /// The earliest cached timer due at or before `t`, removed from the queue and the store.
-    pub fn pop_due(&mut self, s: &Store, b: &mut WriteBatch, t: Ts) -> Option<TimerKey> {
+    pub fn pop_due(&mut self, t: Ts) -> Option<TimerKey> {
         if self.cache.first().is_some_and(|k| k.due <= t) {
             let k = self.cache.pop_first()?;
-            b.delete_cf(s.cf(CF_TIMERS), encode(self.partition, &k));
+            self.ops.push((encode(self.partition, &k), false));
             return Some(k);
         }
         None
@@ -174,25 +191,23 @@ mod tests {
         let mut b = WriteBatch::default();
         // Reverse order, so trimming has to drop earlier-inserted, later-due timers.
         for i in (0..100i64).rev() {
-            q.schedule(
-                &s,
-                &mut b,
-                TimerKey {
-                    due: i * 10,
-                    contact: format!("c{i}"),
-                    id: 0,
-                },
-            );
+            q.schedule(TimerKey {
+                due: i * 10,
+                contact: format!("c{i}"),
+                id: 0,
+            });
             assert!(q.cached() <= 16, "cache grew to {}", q.cached());
         }
+        q.stage(&s, &mut b);
         s.write(std::mem::take(&mut b), false).unwrap();
         let mut fired = vec![];
         loop {
             if q.needs_page() {
+                q.stage(&s, &mut b);
                 s.write(std::mem::take(&mut b), false).unwrap();
                 q.page_in(&s).unwrap();
             }
-            match q.pop_due(&s, &mut b, i64::MAX) {
+            match q.pop_due(i64::MAX) {
                 Some(k) => fired.push(k.due),
                 None if q.needs_page() => continue,
                 None => break,
