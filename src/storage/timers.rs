@@ -147,7 +147,8 @@ impl TimerQueue {
         Ok(())
     }
 
-    /// The earliest cached timer due at or before `t`, removed from the queue and the store.
+    /// The earliest cached timer due at or before `t`, removed from the queue (its delete from
+    /// the store is pending until [`TimerQueue::stage`]).
     pub fn pop_due(&mut self, t: Ts) -> Option<TimerKey> {
         if self.cache.first().is_some_and(|k| k.due <= t) {
             let k = self.cache.pop_first()?;
