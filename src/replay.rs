@@ -356,12 +356,8 @@ fn log_ends(s: &Store) -> anyhow::Result<Vec<u64>> {
     it.seek_to_first();
     while let Some(k) = it.key() {
         let p = u16::from_be_bytes([k[0], k[1]]);
-        it.seek_for_prev([&p.to_be_bytes()[..], &[0xff; 8]].concat());
-        let last = it
-            .key()
-            .map(|k| u64::from_be_bytes(k[2..10].try_into().expect("10-byte log key")));
         ends.resize(ends.len().max(p as usize + 1), 0);
-        ends[p as usize] = last.map_or(0, |o| o + 1);
+        ends[p as usize] = log::end(s, p)?.0;
         if p == u16::MAX {
             break;
         }

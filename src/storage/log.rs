@@ -2,6 +2,12 @@
 //! id, stamped with the time they were received, and appended with an fsynced write before the
 //! append returns; a `messageId` repeated within the dedup window is dropped.
 //!
+//! Each append writes one RocksDB value per partition it touches: a *chunk* holding that
+//! partition's records of the append, keyed by the offset of its first record. A put per event
+//! cost a memtable insert and a WAL entry each, about 40 % of ingest; a chunk costs one of each per
+//! partition. Offsets stay per record (a chunk of n records starting at o holds o..o+n), and a
+//! value in the older one-record format still reads as a chunk of one.
+//!
 //! The window is the last N accepted events (as Segment dedups within a window, not forever):
 //! their ids' 128-bit hashes are held in memory and rebuilt from the log's tail at open. A
 //! dedup key per event in RocksDB cost a second memtable insert and a lookup per event and grew
@@ -16,6 +22,9 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 const RECORD_FORMAT: u8 = 1;
+/// A chunk: this byte, the record count (u32 BE), then per record its length (u32 BE) and the
+/// record in [`RECORD_FORMAT`].
+const CHUNK_FORMAT: u8 = 2;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct LogRecord {
@@ -57,6 +66,101 @@ fn decode(offset: u64, b: &[u8]) -> Result<LogRecord> {
         received,
         event,
     })
+}
+
+/// A record's bytes, or why they cannot be cut out of their chunk and what is left of it.
+type Framed<'a> = std::result::Result<&'a [u8], (String, &'a [u8])>;
+
+/// The records of a chunk stored under offset `first`, each with its offset.
+fn records(first: u64, v: &[u8]) -> Vec<(u64, Framed<'_>)> {
+    match v.first() {
+        Some(&RECORD_FORMAT) => return vec![(first, Ok(v))],
+        Some(&CHUNK_FORMAT) if v.len() >= 5 => {}
+        _ => return vec![(first, Err(("unknown chunk format".into(), v)))],
+    }
+    let count = u32::from_be_bytes(v[1..5].try_into().expect("4 bytes")) as u64;
+    let mut out = Vec::with_capacity(count as usize);
+    let mut rest = &v[5..];
+    for offset in first..first + count {
+        let len = rest
+            .get(..4)
+            .map(|b| u32::from_be_bytes(b.try_into().expect("4 bytes")) as usize);
+        match len.and_then(|n| rest.get(4..4 + n)) {
+            Some(record) => {
+                rest = &rest[4 + record.len()..];
+                out.push((offset, Ok(record)));
+            }
+            None => {
+                // Every offset the chunk claims is still reported, so positions stay exact; the
+                // first carries what is left of the chunk.
+                let reason = format!("chunk at offset {first} is cut short");
+                out.push((offset, Err((reason.clone(), rest))));
+                out.extend((offset + 1..first + count).map(|o| (o, Err((reason.clone(), &[][..])))));
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The offset after a chunk's last record, and that record's stamp when readable.
+fn chunk_end(first: u64, v: &[u8]) -> (u64, Option<Ts>) {
+    let recs = records(first, v);
+    let end = recs.last().map_or(first + 1, |(o, _)| o + 1);
+    let stamp = recs
+        .last()
+        .and_then(|(_, r)| r.as_ref().ok()?.get(1..9))
+        .map(|b| i64::from_be_bytes(b.try_into().expect("8 bytes")));
+    (end, stamp)
+}
+
+fn partition_and_offset(k: &[u8]) -> Option<(u16, u64)> {
+    let k: &[u8; 10] = k.try_into().ok()?;
+    Some((
+        u16::from_be_bytes([k[0], k[1]]),
+        u64::from_be_bytes(k[2..].try_into().expect("8 bytes")),
+    ))
+}
+
+/// Calls `f` with each record of `partition` from offset `from` on, in order, until it returns
+/// false: starting in the chunk that holds `from`.
+fn walk(s: &Store, partition: u16, from: u64, mut f: impl FnMut(u64, Framed<'_>) -> bool) -> Result<()> {
+    let mut it = s.db.raw_iterator_cf(s.cf(CF_LOG));
+    it.seek_for_prev(key(partition, from));
+    // No chunk of this partition at or before `from`: start at its first one.
+    if it
+        .key()
+        .and_then(partition_and_offset)
+        .is_none_or(|(p, _)| p != partition)
+    {
+        it.seek(key(partition, from));
+    }
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        match partition_and_offset(k) {
+            Some((p, first)) if p == partition => {
+                for (offset, r) in records(first, v) {
+                    if offset >= from && !f(offset, r) {
+                        return Ok(());
+                    }
+                }
+            }
+            _ => break,
+        }
+        it.next();
+    }
+    Ok(it.status()?)
+}
+
+/// The offset the next record of `partition` will get, and the stamp of its last record.
+pub fn end(s: &Store, partition: u16) -> Result<(u64, Option<Ts>)> {
+    let mut it = s.db.raw_iterator_cf(s.cf(CF_LOG));
+    it.seek_for_prev(key(partition, u64::MAX));
+    let found = match (it.key().and_then(partition_and_offset), it.value()) {
+        (Some((p, first)), Some(v)) if p == partition => chunk_end(first, v),
+        _ => (0, None),
+    };
+    it.status()?;
+    Ok(found)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -131,18 +235,9 @@ impl EmbeddedLog {
         let mut next = vec![0; partitions as usize];
         let mut floor = Ts::MIN;
         for (p, n) in next.iter_mut().enumerate() {
-            let upper = key(p as u16, u64::MAX);
-            let mut it = store.db.raw_iterator_cf(store.cf(CF_LOG));
-            it.seek_for_prev(upper);
-            if let (Some(k), Some(v)) = (it.key(), it.value()) {
-                if k.len() == 10 && k[..2] == (p as u16).to_be_bytes() {
-                    *n = u64::from_be_bytes(k[2..].try_into().expect("8 bytes")) + 1;
-                    if let Some(stamp) = v.get(1..9) {
-                        floor = floor.max(i64::from_be_bytes(stamp.try_into().expect("8 bytes")));
-                    }
-                }
-            }
-            it.status()?;
+            let (end, stamp) = end(&store, p as u16)?;
+            *n = end;
+            floor = floor.max(stamp.unwrap_or(Ts::MIN));
         }
         let window = rebuild_window(&store, &next, dedup_window)?;
         Ok(EmbeddedLog {
@@ -238,15 +333,21 @@ impl EmbeddedLog {
             hashes.push(h);
             out.push(Appended::At(p, off));
         }
-        // In key order: the memtable inserts each record next to the previous one instead of
-        // searching its skiplist from the top for every partition switch. Encoded into one
-        // buffer (the batch copies it).
+        // One chunk per partition, its records in offset order.
         records.sort_unstable_by_key(|r| r.0);
         let mut buf = Vec::with_capacity(256);
-        for (k, i, received) in &records {
+        for run in records.chunk_by(|a, b| a.0[..2] == b.0[..2]) {
             buf.clear();
-            encode_into(*received, &events[*i], &mut buf);
-            batch.put_cf(cf, k, &buf);
+            buf.push(CHUNK_FORMAT);
+            buf.extend_from_slice(&(run.len() as u32).to_be_bytes());
+            for (_, i, received) in run {
+                let at = buf.len();
+                buf.extend_from_slice(&[0; 4]);
+                encode_into(*received, &events[*i], &mut buf);
+                let len = (buf.len() - at - 4) as u32;
+                buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            }
+            batch.put_cf(cf, run[0].0, &buf);
         }
         if !batch.is_empty() {
             s.write(batch, sync)?;
@@ -292,26 +393,24 @@ fn rebuild_window(s: &Store, next: &[u64], cap: usize) -> Result<Window> {
     let mut w = Window::new(cap);
     let per = cap.div_ceil(next.len().max(1)) as u64;
     for (p, &end) in next.iter().enumerate() {
-        let start = end.saturating_sub(per);
-        let it = s.db.iterator_cf(
-            s.cf(CF_LOG),
-            rocksdb::IteratorMode::From(&key(p as u16, start), rocksdb::Direction::Forward),
-        );
-        for r in it {
-            let (k, v) = r?;
-            if k.len() != 10 || k[..2] != (p as u16).to_be_bytes() {
-                break;
-            }
+        let mut bad = None;
+        walk(s, p as u16, end.saturating_sub(per), |offset, r| {
             // postcard writes fields in order: kind, user id, message id come first.
-            let (_, _, id): (EventKind, &str, &str) = v
-                .get(9..)
-                .and_then(|b| postcard::take_from_bytes(b).ok())
-                .map(|(head, _)| head)
-                .ok_or_else(|| StoreError::Corrupt {
-                    table: CF_LOG,
-                    reason: format!("partition {p}: unreadable record head"),
-                })?;
-            w.insert(id_hash(id));
+            let head = r
+                .ok()
+                .and_then(|b| b.get(9..))
+                .and_then(|b| postcard::take_from_bytes::<(EventKind, &str, &str)>(b).ok());
+            match head {
+                Some(((_, _, id), _)) => w.insert(id_hash(id)),
+                None => bad = Some(offset),
+            }
+            bad.is_none()
+        })?;
+        if let Some(offset) = bad {
+            return Err(StoreError::Corrupt {
+                table: CF_LOG,
+                reason: format!("partition {p} offset {offset}: unreadable record head"),
+            });
         }
     }
     Ok(w)
@@ -331,22 +430,24 @@ pub struct Unreadable {
 /// decode comes back as [`Unreadable`] in its place; only a storage failure is an error.
 pub fn scan(s: &Store, partition: u16, from: u64, limit: usize) -> Result<Vec<Scanned>> {
     let mut out = Vec::with_capacity(limit.min(4096));
-    let start = key(partition, from);
-    for r in s.db.iterator_cf(
-        s.cf(CF_LOG),
-        rocksdb::IteratorMode::From(&start, rocksdb::Direction::Forward),
-    ) {
-        let (k, v) = r?;
-        if k.len() != 10 || k[..2] != partition.to_be_bytes() || out.len() >= limit {
-            break;
-        }
-        let offset = u64::from_be_bytes(k[2..].try_into().expect("8 bytes"));
-        out.push(decode(offset, &v).map_err(|e| Unreadable {
-            offset,
-            reason: e.to_string(),
-            bytes: v.to_vec(),
-        }));
+    if limit == 0 {
+        return Ok(out);
     }
+    walk(s, partition, from, |offset, r| {
+        out.push(match r {
+            Ok(b) => decode(offset, b).map_err(|e| Unreadable {
+                offset,
+                reason: e.to_string(),
+                bytes: b.to_vec(),
+            }),
+            Err((reason, b)) => Err(Unreadable {
+                offset,
+                reason,
+                bytes: b.to_vec(),
+            }),
+        });
+        out.len() < limit
+    })?;
     Ok(out)
 }
 
@@ -385,6 +486,88 @@ mod tests {
         ));
         assert!(matches!(log.append(vec![ev("a")], 4).unwrap()[..], [Appended::At(..)]));
         assert_eq!(read(&store, partition_of("c1", 4), 0, 100).unwrap().len(), 5);
+    }
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    use super::*;
+
+    fn ev(user: &str, id: &str) -> Event {
+        Event::track(user, id, "Clicked", Default::default())
+    }
+
+    fn offsets(s: &Store, p: u16, from: u64) -> Vec<u64> {
+        scan(s, p, from, 100)
+            .unwrap()
+            .iter()
+            .map(|r| r.as_ref().unwrap().offset)
+            .collect()
+    }
+
+    /// Appends store a chunk per partition; reads start anywhere inside one, the end and the
+    /// window survive a reopen, and a value of the one-record layout still reads.
+    #[test]
+    fn chunks_read_from_any_offset_and_reopen_where_they_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = EmbeddedLog::open(store.clone(), 2, 100).unwrap();
+        let users: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+        let p = partition_of(&users[0], 2);
+        let mine: Vec<&String> = users.iter().filter(|u| partition_of(u, 2) == p).collect();
+        let n = mine.len() as u64;
+        log.append(users.iter().map(|u| ev(u, &format!("a-{u}"))).collect(), 10)
+            .unwrap();
+        log.append(users.iter().map(|u| ev(u, &format!("b-{u}"))).collect(), 20)
+            .unwrap();
+        assert_eq!(offsets(&store, p, 0), (0..2 * n).collect::<Vec<_>>());
+        assert_eq!(offsets(&store, p, n - 1), (n - 1..2 * n).collect::<Vec<_>>());
+        assert_eq!(offsets(&store, p, n + 1), (n + 1..2 * n).collect::<Vec<_>>());
+        let second = read(&store, p, n, 1).unwrap();
+        assert_eq!(
+            (second[0].received, second[0].event.user_id.as_str()),
+            (20, mine[0].as_str())
+        );
+        assert_eq!(end(&store, p).unwrap(), (2 * n, Some(20)));
+        drop(log);
+
+        // A record of the one-record layout, as earlier versions wrote them, after the chunks.
+        let mut old = vec![];
+        encode_into(30, &ev(mine[0], "c"), &mut old);
+        store.db.put_cf(store.cf(CF_LOG), key(p, 2 * n), &old).unwrap();
+        let log = EmbeddedLog::open(store.clone(), 2, 100).unwrap();
+        assert_eq!(log.next_offsets()[p as usize], 2 * n + 1);
+        assert_eq!(read(&store, p, 2 * n, 5).unwrap()[0].event.message_id, "c");
+        let again = log
+            .append(vec![ev(mine[0], "b-u0"), ev(mine[0], "c"), ev(mine[0], "d")], 40)
+            .unwrap();
+        assert_eq!(
+            again[..2],
+            [Appended::Duplicate, Appended::Duplicate],
+            "window rebuilt from chunks"
+        );
+        assert_eq!(again[2], Appended::At(p, 2 * n + 1));
+    }
+
+    /// A chunk cut short reports every offset it claims, the first with what is left of it.
+    #[test]
+    fn a_chunk_cut_short_reports_each_of_its_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = EmbeddedLog::open(store.clone(), 1, 10).unwrap();
+        log.append(vec![ev("u", "1"), ev("u", "2"), ev("u", "3")], 5).unwrap();
+        let whole = store.db.get_cf(store.cf(CF_LOG), key(0, 0)).unwrap().unwrap();
+        let first_len = u32::from_be_bytes(whole[5..9].try_into().unwrap()) as usize;
+        let cut = &whole[..9 + first_len + 3];
+        store.db.put_cf(store.cf(CF_LOG), key(0, 0), cut).unwrap();
+        let got = scan(&store, 0, 0, 10).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].as_ref().unwrap().event.message_id, "1");
+        let bad: Vec<_> = got[1..].iter().map(|r| r.as_ref().unwrap_err()).collect();
+        assert_eq!((bad[0].offset, bad[1].offset), (1, 2));
+        assert!(bad[0].reason.contains("cut short"), "{}", bad[0].reason);
+        assert_eq!((bad[0].bytes.len(), bad[1].bytes.len()), (3, 0));
+        assert_eq!(end(&store, 0).unwrap().0, 3);
     }
 }
 
