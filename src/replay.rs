@@ -219,14 +219,14 @@ pub fn run(settings: &Settings, opts: Options) -> anyhow::Result<Report> {
         (None, _) => FxHashSet::default(),
     };
     let mut b = WriteBatch::default();
-    for id in tables::outbox_ids(&engine.store)? {
+    for key in tables::outbox_keys(&engine.store)? {
         report.would_send += 1;
-        let already = sent.contains(&id.0);
+        let already = sent.contains(&key.id.0);
         report.already_sent += already as u64;
         if opts.send_unsent && !already && !what_if {
             report.kept_to_send += 1;
         } else {
-            tables::delete_outbox(&engine.store, &mut b, id);
+            tables::delete_outbox(&engine.store, &mut b, key);
         }
     }
     // The source's ledger comes along, so nothing it sent can ever go out again from here.

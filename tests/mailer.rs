@@ -224,7 +224,7 @@ fn an_outbox_entry_that_does_not_decode_goes_to_the_dead_letters_and_the_rest_is
     let mut b = rocksdb::WriteBatch::default();
     b.put_cf(
         engine.store.cf(dripline::storage::CF_OUTBOX),
-        tables::id_key(SendId(30)),
+        tables::OutboxKey { at: 0, id: SendId(30) }.bytes(),
         b"\x7fnot an entry",
     );
     engine.store.write(b, true).unwrap();

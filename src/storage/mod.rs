@@ -113,10 +113,12 @@ impl Store {
             CF_SENT | CF_COUNTERS | CF_SUPPRESSIONS => ColumnFamilyDescriptor::new(*n, point()),
             _ => ColumnFamilyDescriptor::new(*n, Options::default()),
         });
-        Ok(Store {
+        let store = Store {
             db: DB::open_cf_descriptors(&opts, dir, cfs)?,
             bulk: Default::default(),
-        })
+        };
+        tables::upgrade_outbox_keys(&store)?;
+        Ok(store)
     }
 
     /// Opens for reading while a running engine holds the store (`contact show`).

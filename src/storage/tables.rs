@@ -96,13 +96,79 @@ fn id_of(table: &'static str, k: &[u8]) -> Result<SendId> {
     )))
 }
 
+/// An outbox entry's key: the decision time, then the send id. Decisions come in time order,
+/// so a commit appends at the memtable's end instead of inserting at a random hash (a hash key
+/// cost ~10 % of processing at 1M contacts), and the mailer walks the oldest decisions first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct OutboxKey {
+    pub at: Ts,
+    pub id: SendId,
+}
+
+impl OutboxKey {
+    pub fn of(id: SendId, e: &OutboxEntry) -> Self {
+        OutboxKey { at: e.decided_at, id }
+    }
+
+    /// The time with its sign bit flipped, so the bytes sort as the numbers do.
+    pub fn bytes(&self) -> [u8; 24] {
+        let mut k = [0; 24];
+        k[..8].copy_from_slice(&((self.at as u64) ^ (1 << 63)).to_be_bytes());
+        k[8..].copy_from_slice(&id_key(self.id));
+        k
+    }
+
+    fn parse(k: &[u8]) -> Result<Self> {
+        let k: &[u8; 24] = k.try_into().map_err(|_| corrupt(CF_OUTBOX, "key"))?;
+        Ok(OutboxKey {
+            at: (u64::from_be_bytes(k[..8].try_into().expect("8 bytes")) ^ (1 << 63)) as i64,
+            id: id_of(CF_OUTBOX, &k[8..])?,
+        })
+    }
+
+    /// The greatest key below this one (`None`: there is none).
+    pub fn before(&self) -> Option<Self> {
+        match self.id.0.checked_sub(1) {
+            Some(id) => Some(OutboxKey {
+                at: self.at,
+                id: SendId(id),
+            }),
+            None => Some(OutboxKey {
+                at: self.at.checked_sub(1)?,
+                id: SendId(u128::MAX),
+            }),
+        }
+    }
+}
+
+/// Rewrites outbox keys of the earlier layout (the send id alone) as [`OutboxKey`]s, once at
+/// open; an entry that does not decode sorts first, where the mailer dead-letters it.
+pub fn upgrade_outbox_keys(s: &Store) -> Result<usize> {
+    let mut b = WriteBatch::default();
+    let mut n = 0;
+    for r in s.db.iterator_cf(s.cf(CF_OUTBOX), rocksdb::IteratorMode::Start) {
+        let (k, v) = r?;
+        if k.len() == 16 {
+            let id = id_of(CF_OUTBOX, &k)?;
+            let at = decode_outbox(&v).map_or(Ts::MIN, |e| e.decided_at);
+            b.put_cf(s.cf(CF_OUTBOX), OutboxKey { at, id }.bytes(), &v);
+            b.delete_cf(s.cf(CF_OUTBOX), &k);
+            n += 1;
+        }
+    }
+    if n > 0 {
+        s.write(b, true)?;
+    }
+    Ok(n)
+}
+
 /// Bumped whenever the outbox entry encoding changes.
 const OUTBOX_FORMAT: u8 = 1;
 
 pub fn put_outbox(s: &Store, b: &mut WriteBatch, id: SendId, e: &OutboxEntry) {
     // postcard behind a format byte, as contact states are: a send is decided on the hot path.
     let v = postcard::to_extend(e, vec![OUTBOX_FORMAT]).expect("outbox entry encodes");
-    b.put_cf(s.cf(CF_OUTBOX), id_key(id), v);
+    b.put_cf(s.cf(CF_OUTBOX), OutboxKey::of(id, e).bytes(), v);
 }
 
 fn decode_outbox(v: &[u8]) -> Result<OutboxEntry> {
@@ -112,13 +178,13 @@ fn decode_outbox(v: &[u8]) -> Result<OutboxEntry> {
     }
 }
 
-/// Up to `limit` outbox entries, oldest id order (ids are hashes: no priority implied).
+/// Up to `limit` outbox entries, oldest decision first.
 pub fn outbox_page(s: &Store, limit: usize) -> Result<Vec<(SendId, OutboxEntry)>> {
     s.db.iterator_cf(s.cf(CF_OUTBOX), rocksdb::IteratorMode::Start)
         .take(limit)
         .map(|r| {
             let (k, v) = r?;
-            Ok((id_of(CF_OUTBOX, &k)?, decode_outbox(&v)?))
+            Ok((OutboxKey::parse(&k)?.id, decode_outbox(&v)?))
         })
         .collect()
 }
@@ -126,8 +192,8 @@ pub fn outbox_page(s: &Store, limit: usize) -> Result<Vec<(SendId, OutboxEntry)>
 /// Outbox entries with their ids.
 pub type OutboxPage = Vec<(SendId, OutboxEntry)>;
 
-/// An outbox entry that does not decode: its id, stored bytes and why.
-pub type Unreadable = (SendId, Vec<u8>, String);
+/// An outbox entry that does not decode: its key, stored bytes and why.
+pub type Unreadable = (OutboxKey, Vec<u8>, String);
 
 /// Up to `limit` outbox entries from key `after` on (exclusive), wrapping to the start once at
 /// the end: the mailer walks the outbox round-robin so entries it must skip (backoff, a domain
@@ -136,15 +202,15 @@ pub type Unreadable = (SendId, Vec<u8>, String);
 /// count towards the page), so one bad entry cannot stop the walk.
 pub fn outbox_walk(
     s: &Store,
-    after: Option<SendId>,
+    after: Option<OutboxKey>,
     limit: usize,
     keep: impl Fn(&OutboxEntry) -> bool,
-) -> Result<(OutboxPage, Vec<Unreadable>, Option<SendId>)> {
+) -> Result<(OutboxPage, Vec<Unreadable>, Option<OutboxKey>)> {
     let mut out = vec![];
     let mut unreadable = vec![];
     // First from just past the cursor to the end, then (if the cursor was set) from the start
     // up to the cursor.
-    let from = after.and_then(|a| a.0.checked_add(1)).map(u128::to_be_bytes);
+    let from = after.map(|a| a.bytes());
     let mut passes = vec![from];
     if after.is_some() {
         passes.push(None);
@@ -156,35 +222,40 @@ pub fn outbox_walk(
         };
         for r in s.db.iterator_cf(s.cf(CF_OUTBOX), mode) {
             let (k, v) = r?;
-            let id = id_of(CF_OUTBOX, &k)?;
-            if pass == 1 && after.is_some_and(|a| id > a) {
+            let key = OutboxKey::parse(&k)?;
+            if pass == 0 && after == Some(key) {
+                continue;
+            }
+            if pass == 1 && after.is_some_and(|a| key > a) {
                 break;
             }
             match decode_outbox(&v) {
-                Ok(e) if keep(&e) => out.push((id, e)),
+                Ok(e) if keep(&e) => out.push((key.id, e)),
                 Ok(_) => continue,
-                Err(e) => unreadable.push((id, v.to_vec(), e.to_string())),
+                Err(e) => unreadable.push((key, v.to_vec(), e.to_string())),
             }
             if out.len() + unreadable.len() >= limit {
-                return Ok((out, unreadable, Some(id)));
+                return Ok((out, unreadable, Some(key)));
             }
         }
     }
     Ok((out, unreadable, None))
 }
 
-/// Every id waiting in the outbox, in key order.
-pub fn outbox_ids(s: &Store) -> Result<Vec<SendId>> {
+/// Every key waiting in the outbox, in order.
+pub fn outbox_keys(s: &Store) -> Result<Vec<OutboxKey>> {
     s.db.iterator_cf(s.cf(CF_OUTBOX), rocksdb::IteratorMode::Start)
-        .map(|r| {
-            let (k, _) = r?;
-            id_of(CF_OUTBOX, &k)
-        })
+        .map(|r| OutboxKey::parse(&r?.0))
         .collect()
 }
 
-pub fn delete_outbox(s: &Store, b: &mut WriteBatch, id: SendId) {
-    b.delete_cf(s.cf(CF_OUTBOX), id_key(id));
+/// Every id waiting in the outbox, oldest decision first.
+pub fn outbox_ids(s: &Store) -> Result<Vec<SendId>> {
+    Ok(outbox_keys(s)?.into_iter().map(|k| k.id).collect())
+}
+
+pub fn delete_outbox(s: &Store, b: &mut WriteBatch, key: OutboxKey) {
+    b.delete_cf(s.cf(CF_OUTBOX), key.bytes());
 }
 
 pub fn outbox_len(s: &Store) -> Result<u64> {
@@ -274,9 +345,9 @@ pub fn is_sent(s: &Store, id: SendId) -> Result<bool> {
     Ok(s.db.get_pinned_cf(s.cf(CF_SENT), id_key(id))?.is_some())
 }
 
-/// The message leaves the outbox and enters the ledger in one batch.
+/// Records that a transport accepted `id` (the caller takes it out of the outbox in the same
+/// batch).
 pub fn mark_sent(s: &Store, b: &mut WriteBatch, id: SendId, at: Ts) {
-    b.delete_cf(s.cf(CF_OUTBOX), id_key(id));
     b.put_cf(s.cf(CF_SENT), id_key(id), at.to_be_bytes());
 }
 
@@ -422,6 +493,105 @@ pub fn dead_letters(s: &Store) -> Result<Vec<serde_json::Value>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(decided_at: Ts) -> OutboxEntry {
+        OutboxEntry {
+            partition: 0,
+            contact: "c1".into(),
+            workflow: "wf".into(),
+            version: 1,
+            step: "s".into(),
+            kind: crate::workflow::model::MailKind::Transactional,
+            to: "a@example.org".into(),
+            content: MailContent::Rendered(crate::workflow::Rendered {
+                subject: "Hi".into(),
+                html: None,
+                text: Some("x".into()),
+            }),
+            decided_at,
+            attempts: 0,
+            first_attempt: 0,
+            not_before: 0,
+        }
+    }
+
+    /// Keys sort by decision time (negative times too), then id; `before` is the greatest key
+    /// below; the walk goes oldest first and wraps back to the start past its cursor.
+    #[test]
+    fn outbox_keys_order_by_decision_time_and_the_walk_follows_it() {
+        let k = |at, id| OutboxKey { at, id: SendId(id) };
+        let mut keys = [
+            k(5, 1),
+            k(-3, 9),
+            k(5, 0),
+            k(i64::MIN, 7),
+            k(0, u128::MAX),
+            k(i64::MAX, 0),
+        ];
+        let mut by_bytes = keys;
+        keys.sort();
+        by_bytes.sort_by_key(|k| k.bytes());
+        assert_eq!(keys, by_bytes);
+        assert_eq!(k(5, 1).before(), Some(k(5, 0)));
+        assert_eq!(k(5, 0).before(), Some(k(4, u128::MAX)));
+        assert_eq!(k(i64::MIN, 0).before(), None);
+        for key in keys {
+            assert_eq!(OutboxKey::parse(&key.bytes()).unwrap(), key);
+        }
+
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut b = WriteBatch::default();
+        for (id, at) in [(1, 300), (2, 100), (3, 200)] {
+            put_outbox(&s, &mut b, SendId(id), &entry(at));
+        }
+        s.write(b, false).unwrap();
+        assert_eq!(outbox_ids(&s).unwrap(), [SendId(2), SendId(3), SendId(1)]);
+        let (page, _, cursor) = outbox_walk(&s, None, 2, |_| true).unwrap();
+        assert_eq!(page.iter().map(|p| p.0).collect::<Vec<_>>(), [SendId(2), SendId(3)]);
+        assert_eq!(cursor, Some(k(200, 3)));
+        let (page, _, cursor) = outbox_walk(&s, cursor, 5, |_| true).unwrap();
+        assert_eq!(
+            page.iter().map(|p| p.0).collect::<Vec<_>>(),
+            [SendId(1), SendId(2), SendId(3)]
+        );
+        assert_eq!(cursor, None, "wrapped around");
+        let mut b = WriteBatch::default();
+        delete_outbox(&s, &mut b, OutboxKey::of(SendId(3), &entry(200)));
+        s.write(b, false).unwrap();
+        assert_eq!(outbox_ids(&s).unwrap(), [SendId(2), SendId(1)]);
+    }
+
+    /// An outbox written with the earlier keys (the send id alone) is rewritten at open and
+    /// keeps every entry, an unreadable one included.
+    #[test]
+    fn outbox_keys_of_the_earlier_layout_are_upgraded_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let mut b = WriteBatch::default();
+            let v = postcard::to_extend(&entry(42), vec![OUTBOX_FORMAT]).unwrap();
+            b.put_cf(s.cf(CF_OUTBOX), id_key(SendId(7)), v);
+            b.put_cf(s.cf(CF_OUTBOX), id_key(SendId(8)), b"\x7fnot an entry");
+            s.write(b, true).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let keys = outbox_keys(&s).unwrap();
+        assert_eq!(
+            keys,
+            [
+                OutboxKey {
+                    at: Ts::MIN,
+                    id: SendId(8)
+                },
+                OutboxKey { at: 42, id: SendId(7) }
+            ]
+        );
+        assert!(outbox_page(&s, 5).unwrap_err().to_string().contains("format"));
+        let (page, bad, _) = outbox_walk(&s, None, 5, |_| true).unwrap();
+        assert_eq!((page.len(), page[0].0, bad.len()), (1, SendId(7), 1));
+        assert_eq!(upgrade_outbox_keys(&s).unwrap(), 0, "nothing left to upgrade");
+    }
 
     #[test]
     fn dead_letters_written_in_the_same_millisecond_by_separate_writers_all_survive() {

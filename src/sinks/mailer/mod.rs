@@ -23,7 +23,7 @@ use crate::links::Links;
 use crate::machine::{FeedbackKind, SendId};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::partition::CommitHook;
-use crate::storage::tables::{self, OutboxEntry, Suppression};
+use crate::storage::tables::{self, OutboxEntry, OutboxKey, Suppression};
 use crate::storage::{Store, StoreError};
 use crate::time::{SECOND, Ts};
 use crate::workflow::{MailKind, Registry, Rendered};
@@ -68,7 +68,7 @@ pub struct Mailer {
 /// Where the round-robin walk stands and whether the transport is resting.
 #[derive(Default)]
 struct Walk {
-    cursor: Option<SendId>,
+    cursor: Option<OutboxKey>,
     /// The oldest decision seen in the current pass over the outbox: the pass that ends
     /// publishes it (exact as of that pass, and free: no scan of its own).
     oldest: Option<Ts>,
@@ -217,18 +217,18 @@ impl Mailer {
             }
         }
 
-        for (id, bytes, reason) in unreadable {
+        for (key, bytes, reason) in unreadable {
             // Moved to the dead letters with its bytes, never retried: it would stop every
             // walk. Its partition is unknown, so the change goes with partition 0's batch.
-            let reason = format!("unreadable outbox entry {id}: {reason}");
+            let reason = format!("unreadable outbox entry {}: {reason}", key.id);
             self.metrics.sends.with_label_values(&["unknown", "unreadable"]).inc();
-            self.dead_letter(&mut round, 0, id, &reason, &bytes, now);
+            self.dead_letter(&mut round, 0, key, &reason, &bytes, now);
         }
         let mut in_flight = FuturesUnordered::new();
         for (id, e) in page {
             if tables::is_sent(&self.store, id)? {
                 // Accepted before a crash that came between the ledger and the delete.
-                tables::delete_outbox(&self.store, round.batch(e.partition), id);
+                tables::delete_outbox(&self.store, round.batch(e.partition), OutboxKey::of(id, &e));
                 round.handled += 1;
                 continue;
             }
@@ -237,7 +237,7 @@ impl Mailer {
                 continue;
             }
             if self.suppressed(&e)? {
-                tables::delete_outbox(&self.store, round.batch(e.partition), id);
+                tables::delete_outbox(&self.store, round.batch(e.partition), OutboxKey::of(id, &e));
                 self.metrics.sends.with_label_values(&[&e.workflow, "suppressed"]).inc();
                 round.handled += 1;
                 continue;
@@ -350,7 +350,7 @@ impl Mailer {
                 self.metrics.sends.with_label_values(&[&e.workflow, "accepted"]).inc();
                 let batch = round.batch(e.partition);
                 tables::mark_sent(&self.store, batch, id, now);
-                tables::delete_outbox(&self.store, batch, id);
+                tables::delete_outbox(&self.store, batch, OutboxKey::of(id, &e));
                 if events {
                     let ev = feedback_event(&e.contact, id, FeedbackKind::Delivered, Some(&e.workflow), None);
                     round.feedback.push(ev);
@@ -418,7 +418,7 @@ impl Mailer {
                 walk.pause = (walk.pause * 2).clamp(SECOND / 2, MAX_PAUSE);
                 walk.paused_until = now + walk.pause;
                 // Come back to this entry first once the transport answers again.
-                walk.cursor = walk.cursor.min(id.0.checked_sub(1).map(SendId));
+                walk.cursor = walk.cursor.min(OutboxKey::of(id, &e).before());
                 round.wait_at_most(Duration::from_millis(walk.pause as u64));
                 tracing::warn!("mail transport unavailable ({reason}); retrying in {} ms", walk.pause);
             }
@@ -429,14 +429,16 @@ impl Mailer {
     fn retire(&self, round: &mut Round, id: SendId, e: &OutboxEntry, result: &str, reason: &str, now: Ts) {
         self.metrics.sends.with_label_values(&[&e.workflow, result]).inc();
         let payload = serde_json::json!({"id": id.to_string(), "to": e.to, "workflow": e.workflow});
-        self.dead_letter(round, e.partition, id, reason, payload.to_string().as_bytes(), now);
+        let key = OutboxKey::of(id, e);
+        self.dead_letter(round, e.partition, key, reason, payload.to_string().as_bytes(), now);
     }
 
-    /// Moves outbox entry `id` to the dead letters (with `payload`), in `partition`'s batch.
-    fn dead_letter(&self, round: &mut Round, partition: u16, id: SendId, reason: &str, payload: &[u8], now: Ts) {
+    /// Moves the outbox entry under `key` to the dead letters (with `payload`), in
+    /// `partition`'s batch.
+    fn dead_letter(&self, round: &mut Round, partition: u16, key: OutboxKey, reason: &str, payload: &[u8], now: Ts) {
         let batch = round.batch(partition);
         tables::put_dead_letter(&self.store, batch, now, reason, payload);
-        tables::delete_outbox(&self.store, batch, id);
+        tables::delete_outbox(&self.store, batch, key);
         round.handled += 1;
     }
 
