@@ -4,9 +4,9 @@
 //!
 //! Each append writes one RocksDB value per partition it touches: a *chunk* holding that
 //! partition's records of the append, keyed by the offset of its first record. A put per event
-//! cost a memtable insert and a WAL entry each, about 40 % of ingest; a chunk costs one of each per
-//! partition. Offsets stay per record (a chunk of n records starting at o holds o..o+n), and a
-//! value in the older one-record format still reads as a chunk of one.
+//! cost a memtable insert and a WAL record each; a chunk costs one of each per partition. Offsets
+//! stay per record (a chunk of n records under offset o holds offsets o to o+n−1), and a value in
+//! the earlier one-record layout still reads, as a chunk of one.
 //!
 //! The window is the last N accepted events (as Segment dedups within a window, not forever):
 //! their ids' 128-bit hashes are held in memory and rebuilt from the log's tail at open. A
@@ -79,6 +79,10 @@ fn records(first: u64, v: &[u8]) -> Vec<(u64, Framed<'_>)> {
         _ => return vec![(first, Err(("unknown chunk format".into(), v)))],
     }
     let count = u32::from_be_bytes(v[1..5].try_into().expect("4 bytes")) as u64;
+    // Each record takes at least its 4-byte length: a larger count is not a chunk's.
+    if count as usize > (v.len() - 5) / 4 {
+        return vec![(first, Err(("chunk count exceeds its bytes".into(), v)))];
+    }
     let mut out = Vec::with_capacity(count as usize);
     let mut rest = &v[5..];
     for offset in first..first + count {
@@ -568,6 +572,15 @@ mod chunk_tests {
         assert!(bad[0].reason.contains("cut short"), "{}", bad[0].reason);
         assert_eq!((bad[0].bytes.len(), bad[1].bytes.len()), (3, 0));
         assert_eq!(end(&store, 0).unwrap().0, 3);
+
+        // A count no chunk of that size can hold is one unreadable value, not 4 billion.
+        let mut bogus = whole.to_vec();
+        bogus[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
+        store.db.put_cf(store.cf(CF_LOG), key(0, 0), &bogus).unwrap();
+        let got = scan(&store, 0, 0, 10).unwrap();
+        let bad = got[0].as_ref().unwrap_err();
+        assert_eq!((got.len(), bad.offset, bad.bytes.len()), (1, 0, whole.len()));
+        assert!(bad.reason.contains("count"), "{}", bad.reason);
     }
 }
 
