@@ -1,7 +1,8 @@
 //! Against a real Kafka-compatible broker on 127.0.0.1 (tansu, started per test): one instance
 //! end to end with dead letters; two instances splitting an 8-partition topic; `kill -9` of one
 //! instance mid-run, after which the survivor's state and the sent message ids equal those of a
-//! single-instance run over the same events.
+//! single-instance run over the same events; a changelog with outbox keys of the earlier layout
+//! restores into a sendable outbox.
 
 mod common;
 
@@ -568,4 +569,62 @@ fn two_instances_split_the_partitions_and_hand_over_on_a_stop() {
 #[test]
 fn two_instances_and_a_kill_9_lose_nothing_and_repeat_nothing() {
     handover(Handover::Kill9);
+}
+
+/// A changelog published before outbox keys carried the decision time (the send id alone)
+/// restores into an outbox the mailer can walk, and the waiting email goes out.
+#[test]
+fn a_changelog_with_outbox_keys_of_the_earlier_layout_restores_and_sends() {
+    use dripline::machine::SendId;
+    use dripline::storage::tables::{self, MailContent, OutboxEntry, OutboxKey};
+    let broker = Broker::start();
+    broker.topic("events", PARTITIONS);
+    broker.group_topics("legacy");
+    let tmp = tempfile::tempdir().unwrap();
+    let id = SendId(77);
+    // The entry's bytes as the store writes them.
+    let value = {
+        let s = Store::open(&tmp.path().join("scratch")).unwrap();
+        let e = OutboxEntry {
+            partition: 0,
+            contact: "c1".into(),
+            workflow: "wf".into(),
+            version: 1,
+            step: "s".into(),
+            kind: dripline::workflow::MailKind::Transactional,
+            to: "ann@example.org".into(),
+            content: MailContent::Rendered(dripline::workflow::Rendered {
+                subject: "Restored".into(),
+                html: None,
+                text: Some("hello".into()),
+            }),
+            decided_at: 1_700_000_000_000,
+            attempts: 0,
+            first_attempt: 0,
+            not_before: 0,
+        };
+        let mut b = rocksdb::WriteBatch::default();
+        tables::put_outbox(&s, &mut b, id, &e);
+        s.write(b, true).unwrap();
+        let key = OutboxKey::of(id, &e).bytes();
+        s.db.get_cf(s.cf(dripline::storage::CF_OUTBOX), key).unwrap().unwrap()
+    };
+    // Published under the earlier key: the table name, a zero byte, the send id.
+    let mut key = b"outbox\0".to_vec();
+    key.extend_from_slice(&tables::id_key(id));
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .create()
+        .unwrap();
+    let topic = broker.name("legacy.changelog");
+    p.send(BaseRecord::to(&topic).partition(0).key(&key).payload(&value))
+        .map_err(|(e, _)| e)
+        .unwrap();
+    p.flush(Duration::from_secs(30)).unwrap();
+
+    let i = start(&broker, "legacy", &tmp.path().join("i"));
+    wait_for(Duration::from_secs(30), || i.sent().contains(&id.to_string()));
+    let eml = std::fs::read_to_string(i.dir.join("mail").join(format!("{id}.eml"))).unwrap();
+    assert!(eml.contains("Subject: Restored"), "{eml}");
+    i.stop();
 }

@@ -254,6 +254,9 @@ impl Changelog {
         }
         self.apply(partition, &mut batch, last).map_err(store_err)?;
         self.rebuild_timers(partition, before).map_err(store_err)?;
+        // A changelog written before outbox keys carried the decision time restores keys of
+        // the earlier layout (its puts and deletes cancel as written); the rest are rewritten.
+        tables::upgrade_outbox_keys(&self.store).map_err(store_err)?;
         self.metrics
             .kafka_restore_seconds
             .observe(started.elapsed().as_secs_f64());
