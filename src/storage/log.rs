@@ -392,12 +392,13 @@ impl EmbeddedLog {
 }
 
 /// The ids of the latest `cap` events (spread evenly over the partitions), read from the tail of
-/// each partition without decoding whole events.
+/// each partition without decoding whole events. A record whose head does not read has no id to
+/// remember: it is skipped (the partition dead-letters it when it gets there), so one bad
+/// record cannot keep the engine from opening.
 fn rebuild_window(s: &Store, next: &[u64], cap: usize) -> Result<Window> {
     let mut w = Window::new(cap);
     let per = cap.div_ceil(next.len().max(1)) as u64;
     for (p, &end) in next.iter().enumerate() {
-        let mut bad = None;
         walk(s, p as u16, end.saturating_sub(per), |offset, r| {
             // postcard writes fields in order: kind, user id, message id come first.
             let head = r
@@ -406,16 +407,12 @@ fn rebuild_window(s: &Store, next: &[u64], cap: usize) -> Result<Window> {
                 .and_then(|b| postcard::take_from_bytes::<(EventKind, &str, &str)>(b).ok());
             match head {
                 Some(((_, _, id), _)) => w.insert(id_hash(id)),
-                None => bad = Some(offset),
+                None => {
+                    tracing::warn!("log partition {p} offset {offset}: unreadable record head, not in the dedup window")
+                }
             }
-            bad.is_none()
+            true
         })?;
-        if let Some(offset) = bad {
-            return Err(StoreError::Corrupt {
-                table: CF_LOG,
-                reason: format!("partition {p} offset {offset}: unreadable record head"),
-            });
-        }
     }
     Ok(w)
 }
@@ -572,12 +569,19 @@ mod chunk_tests {
         assert!(bad[0].reason.contains("cut short"), "{}", bad[0].reason);
         assert_eq!((bad[0].bytes.len(), bad[1].bytes.len()), (3, 0));
         assert_eq!(end(&store, 0).unwrap().0, 3);
+        // The log still opens (the window skips what it cannot read) and appends after it.
+        drop(log);
+        let log = EmbeddedLog::open(store.clone(), 1, 10).unwrap();
+        assert_eq!(
+            log.append(vec![ev("u", "1"), ev("u", "4")], 6).unwrap()[..],
+            [Appended::Duplicate, Appended::At(0, 3)]
+        );
 
         // A count no chunk of that size can hold is one unreadable value, not 4 billion.
         let mut bogus = whole.to_vec();
         bogus[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
         store.db.put_cf(store.cf(CF_LOG), key(0, 0), &bogus).unwrap();
-        let got = scan(&store, 0, 0, 10).unwrap();
+        let got = scan(&store, 0, 0, 1).unwrap();
         let bad = got[0].as_ref().unwrap_err();
         assert_eq!((got.len(), bad.offset, bad.bytes.len()), (1, 0, whole.len()));
         assert!(bad.reason.contains("count"), "{}", bad.reason);
