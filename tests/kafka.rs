@@ -576,7 +576,7 @@ fn two_instances_and_a_kill_9_lose_nothing_and_repeat_nothing() {
 #[test]
 fn a_changelog_with_outbox_keys_of_the_earlier_layout_restores_and_sends() {
     use dripline::machine::SendId;
-    use dripline::storage::tables::{self, MailContent, OutboxEntry, OutboxKey};
+    use dripline::storage::tables::{self, OutboxKey};
     let broker = Broker::start();
     broker.topic("events", PARTITIONS);
     broker.group_topics("legacy");
@@ -585,24 +585,12 @@ fn a_changelog_with_outbox_keys_of_the_earlier_layout_restores_and_sends() {
     // The entry's bytes as the store writes them.
     let value = {
         let s = Store::open(&tmp.path().join("scratch")).unwrap();
-        let e = OutboxEntry {
-            partition: 0,
-            contact: "c1".into(),
-            workflow: "wf".into(),
-            version: 1,
-            step: "s".into(),
-            kind: dripline::workflow::MailKind::Transactional,
-            to: "ann@example.org".into(),
-            content: MailContent::Rendered(dripline::workflow::Rendered {
-                subject: "Restored".into(),
-                html: None,
-                text: Some("hello".into()),
-            }),
-            decided_at: 1_700_000_000_000,
-            attempts: 0,
-            first_attempt: 0,
-            not_before: 0,
-        };
+        let e = common::entry(
+            "ann@example.org",
+            "Restored",
+            dripline::workflow::MailKind::Transactional,
+            "<p>hello</p>",
+        );
         let mut b = rocksdb::WriteBatch::default();
         tables::put_outbox(&s, &mut b, id, &e);
         s.write(b, true).unwrap();

@@ -3,32 +3,12 @@
 
 mod common;
 
+use common::entry;
 use dripline::machine::SendId;
 use dripline::runtime::Engine;
 use dripline::storage::tables::{self, MailContent, OutboxEntry};
-use dripline::workflow::{MailKind, Rendered};
+use dripline::workflow::MailKind;
 use std::path::Path;
-
-fn entry(to: &str, subject: &str, kind: MailKind, html: &str) -> OutboxEntry {
-    OutboxEntry {
-        partition: 0,
-        contact: "c1".into(),
-        workflow: "wf".into(),
-        version: 1,
-        step: "s".into(),
-        kind,
-        to: to.into(),
-        content: MailContent::Rendered(Rendered {
-            subject: subject.into(),
-            html: Some(html.into()),
-            text: None,
-        }),
-        decided_at: 1_700_000_000_000,
-        attempts: 0,
-        first_attempt: 0,
-        not_before: 0,
-    }
-}
 
 fn put(engine: &Engine, id: u128, e: &OutboxEntry) {
     let mut b = rocksdb::WriteBatch::default();
