@@ -21,7 +21,7 @@ use crate::time::{Ts, parse_rfc3339};
 use anyhow::{Context, bail};
 use rocksdb::WriteBatch;
 use rustc_hash::FxHashSet;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::BTreeMap;
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -120,12 +120,12 @@ pub fn run(settings: &Settings, opts: Options) -> anyhow::Result<Report> {
     };
     let (items, total, src_clocks): (Items, u64, Option<Vec<Ts>>) = match (&opts.source, &src_store) {
         (Source::Data(_), Some(s)) => {
-            let merged = Merged::new(s)?;
-            let clocks = (0..merged.partitions())
+            let ends = log_ends(s)?;
+            let partitions = ends.len() as u16;
+            let clocks = (0..partitions)
                 .map(|p| tables::get_position(s, p).map(|pos| pos.clock))
                 .collect::<Result<Vec<_>, _>>()?;
-            let total = merged.total();
-            (Box::new(merged), total, Some(clocks))
+            (Box::new(merged(s, partitions)), ends.iter().sum(), Some(clocks))
         }
         (Source::Ndjson(files), _) => {
             let total = files.iter().map(|f| count_lines(f)).sum::<anyhow::Result<u64>>()?;
@@ -272,72 +272,42 @@ fn progress_bar(show: bool, total: u64) -> indicatif::ProgressBar {
 }
 
 /// The records of every partition of a store's log, merged by stamp (ties: lower partition
-/// first), read a page at a time.
-struct Merged<'a> {
-    store: &'a Store,
-    /// Per partition: the next offset to read and the page in hand (reversed: pop from the end).
-    cursors: Vec<(u64, Vec<log::Scanned>)>,
-    heap: BinaryHeap<std::cmp::Reverse<(Ts, u16)>>,
-    ends: Vec<u64>,
-}
-
-impl<'a> Merged<'a> {
-    fn new(store: &'a Store) -> anyhow::Result<Self> {
-        let ends = log_ends(store)?;
-        let mut m = Merged {
-            store,
-            cursors: vec![(0, vec![]); ends.len()],
-            heap: BinaryHeap::new(),
-            ends,
-        };
-        for p in 0..m.cursors.len() {
-            m.refill(p as u16)?;
-        }
-        Ok(m)
-    }
-
-    fn partitions(&self) -> u16 {
-        self.ends.len() as u16
-    }
-
-    fn total(&self) -> u64 {
-        self.ends.iter().sum()
-    }
-
-    /// Loads the partition's next page if its current one is used up, and queues its head.
-    fn refill(&mut self, p: u16) -> anyhow::Result<()> {
-        let (next, page) = &mut self.cursors[p as usize];
-        if page.is_empty() {
-            let mut fresh = log::scan(self.store, p, *next, CHUNK)?;
-            *next += fresh.len() as u64;
-            fresh.reverse();
-            *page = fresh;
-        }
-        if let Some(head) = page.last() {
-            // An unreadable record sorts at its neighbour's time: it is reported in place.
-            let t = match head {
-                Ok(r) => r.received,
-                Err(_) => Ts::MIN,
-            };
-            self.heap.push(std::cmp::Reverse((t, p)));
-        }
-        Ok(())
-    }
-}
-
-impl Iterator for Merged<'_> {
-    type Item = anyhow::Result<Item>;
-    fn next(&mut self) -> Option<Self::Item> {
-        let std::cmp::Reverse((_, p)) = self.heap.pop()?;
-        let rec = self.cursors[p as usize].1.pop().expect("queued partitions have a head");
-        if let Err(e) = self.refill(p) {
-            return Some(Err(e));
-        }
-        Some(Ok(match rec {
+/// first), each partition read a page at a time. An unreadable record (or a page that fails to
+/// read) sorts first: it is reported in its partition's place.
+fn merged(store: &Store, partitions: u16) -> impl Iterator<Item = anyhow::Result<Item>> + '_ {
+    let order = |h: &Head| match &h.1 {
+        Ok(Ok(r)) => (r.received, h.0),
+        _ => (Ts::MIN, h.0),
+    };
+    let parts = (0..partitions).map(|p| pages(store, p));
+    itertools::kmerge_by(parts, move |a: &Head, b: &Head| order(a) < order(b)).map(|(p, rec)| {
+        Ok(match rec? {
             Ok(LogRecord { received, event, .. }) => Item::Event(received, event),
             Err(bad) => Item::Bad(format!("log partition {p} offset {}: {}", bad.offset, bad.reason)),
-        }))
-    }
+        })
+    })
+}
+
+/// A partition's next record, or why the page holding it did not read.
+type Head = (u16, anyhow::Result<log::Scanned>);
+
+/// One partition of the log, read a page at a time; a page that fails to read ends it.
+fn pages(store: &Store, p: u16) -> impl Iterator<Item = Head> + '_ {
+    let mut next = Some(0);
+    std::iter::from_fn(move || {
+        let from = next?;
+        let page = log::scan(store, p, from, CHUNK);
+        next = match &page {
+            Ok(recs) if !recs.is_empty() => Some(from + recs.len() as u64),
+            _ => None,
+        };
+        Some(match page {
+            Ok(recs) => recs.into_iter().map(Ok).collect(),
+            Err(e) => vec![Err(e.into())],
+        })
+    })
+    .flatten()
+    .map(move |r| (p, r))
 }
 
 /// The end offset of each partition of a store's log. The partition count is the source's own

@@ -9,7 +9,6 @@ use crate::time::Ts;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::{Message, Offset, TopicPartitionList};
-use std::collections::{BinaryHeap, VecDeque};
 use std::time::Duration;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,17 +20,29 @@ pub enum Record {
     Bad(String),
 }
 
+/// One partition, read ahead a little at a time.
 struct Part {
+    index: usize,
     consumer: BaseConsumer,
     /// The next offset to hand out and the end (exclusive) fixed at the start.
     next: i64,
     end: i64,
-    buffered: VecDeque<OwnedMessage>,
+}
+
+/// A partition's next record, or why it could not be read.
+type Head = (usize, Result<OwnedMessage, KafkaError>);
+
+/// Record timestamp, then partition; an error sorts first, so it is reported at once.
+fn before(a: &Head, b: &Head) -> bool {
+    let order = |h: &Head| match &h.1 {
+        Ok(m) => (m.timestamp().to_millis().unwrap_or(Ts::MIN), h.0),
+        Err(_) => (Ts::MIN, h.0),
+    };
+    order(a) < order(b)
 }
 
 pub struct TopicHistory {
-    parts: Vec<Part>,
-    heap: BinaryHeap<std::cmp::Reverse<(Ts, usize)>>,
+    merged: itertools::KMergeBy<Part, fn(&Head, &Head) -> bool>,
     total: u64,
 }
 
@@ -77,57 +88,49 @@ impl TopicHistory {
             c.assign(&tpl)?;
             total += (high - next) as u64;
             parts.push(Part {
+                index: p,
                 consumer: c,
                 next,
                 end: high,
-                buffered: VecDeque::new(),
             });
         }
-        let mut h = TopicHistory {
-            parts,
-            heap: BinaryHeap::new(),
+        Ok(TopicHistory {
+            merged: itertools::kmerge_by(parts, before as fn(&Head, &Head) -> bool),
             total,
-        };
-        for p in 0..h.parts.len() {
-            h.queue(p)?;
-        }
-        Ok(h)
+        })
     }
 
     /// Records to read, over all partitions.
     pub fn total(&self) -> u64 {
         self.total
     }
+}
 
-    /// Makes sure the partition's head is buffered (reading ahead a little) and queues it.
-    fn queue(&mut self, p: usize) -> Result<(), KafkaError> {
-        let part = &mut self.parts[p];
-        while part.buffered.is_empty() && part.next < part.end {
-            // Take what is already fetched, waiting for the first one.
-            let mut wait = TIMEOUT;
-            while part.buffered.len() < 512 && part.next < part.end {
-                match part.consumer.poll(wait) {
-                    Some(Ok(m)) => {
-                        part.next = m.offset() + 1;
-                        part.buffered.push_back(m.detach());
-                    }
-                    Some(Err(e)) => return Err(e.into()),
-                    None if wait.is_zero() => break,
-                    None => {
-                        return Err(KafkaError::Topic {
-                            topic: String::new(),
-                            reason: format!("partition {p}: no record at offset {} within {TIMEOUT:?}", part.next),
-                        });
-                    }
-                }
-                wait = Duration::ZERO;
+impl Iterator for Part {
+    type Item = Head;
+
+    fn next(&mut self) -> Option<Head> {
+        if self.next >= self.end {
+            return None;
+        }
+        let p = self.index;
+        // The consumer fetches ahead: this waits only when nothing is fetched yet.
+        let head = match self.consumer.poll(TIMEOUT) {
+            Some(Ok(m)) => {
+                self.next = m.offset() + 1;
+                Ok(m.detach())
             }
+            Some(Err(e)) => Err(e.into()),
+            None => Err(KafkaError::Topic {
+                topic: String::new(),
+                reason: format!("partition {p}: no record at offset {} within {TIMEOUT:?}", self.next),
+            }),
+        };
+        if head.is_err() {
+            // Reported once; the partition ends there.
+            self.next = self.end;
         }
-        if let Some(m) = part.buffered.front() {
-            let t = m.timestamp().to_millis().unwrap_or(Ts::MIN);
-            self.heap.push(std::cmp::Reverse((t, p)));
-        }
-        Ok(())
+        Some((p, head))
     }
 }
 
@@ -135,14 +138,12 @@ impl Iterator for TopicHistory {
     type Item = Result<Record, KafkaError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let std::cmp::Reverse((t, p)) = self.heap.pop()?;
-        let m = self.parts[p]
-            .buffered
-            .pop_front()
-            .expect("queued partitions have a head");
-        if let Err(e) = self.queue(p) {
-            return Some(Err(e));
-        }
+        let (p, m) = self.merged.next()?;
+        let m = match m {
+            Ok(m) => m,
+            Err(e) => return Some(Err(e)),
+        };
+        let t = m.timestamp().to_millis().unwrap_or(Ts::MIN);
         let at = || format!("partition {p} offset {}", m.offset());
         Some(Ok(match m.payload().map(Event::parse) {
             Some(Ok(ev)) => Record::Event(t, ev),
