@@ -117,7 +117,7 @@ impl Store {
             db: DB::open_cf_descriptors(&opts, dir, cfs)?,
             bulk: Default::default(),
         };
-        tables::upgrade_outbox_keys(&store)?;
+        tables::upgrade_outbox_keys_once(&store)?;
         Ok(store)
     }
 

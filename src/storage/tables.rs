@@ -141,8 +141,23 @@ impl OutboxKey {
     }
 }
 
-/// Rewrites outbox keys of the earlier layout (the send id alone) as [`OutboxKey`]s, once at
-/// open; an entry that does not decode sorts first, where the mailer dead-letters it.
+/// Marks (in the positions table) a store whose outbox keys all have the current layout, so
+/// that opening it does not scan the outbox again.
+const OUTBOX_LAYOUT_KEY: &[u8] = b"outbox-key-layout";
+const OUTBOX_LAYOUT: &[u8] = &[2];
+
+/// At open: rewrites outbox keys of the earlier layout unless the store is marked as done.
+pub fn upgrade_outbox_keys_once(s: &Store) -> Result<usize> {
+    if s.db.get_pinned_cf(s.cf(CF_POSITIONS), OUTBOX_LAYOUT_KEY)?.as_deref() == Some(OUTBOX_LAYOUT) {
+        return Ok(0);
+    }
+    upgrade_outbox_keys(s)
+}
+
+/// Rewrites outbox keys of the earlier layout (the send id alone) as [`OutboxKey`]s and marks
+/// the store as done, in one batch; an entry that does not decode sorts first, where the
+/// mailer dead-letters it. Runs at the first open and after every changelog restore (a
+/// changelog written by an earlier version carries the earlier keys).
 pub fn upgrade_outbox_keys(s: &Store) -> Result<usize> {
     let mut b = WriteBatch::default();
     let mut n = 0;
@@ -156,9 +171,8 @@ pub fn upgrade_outbox_keys(s: &Store) -> Result<usize> {
             n += 1;
         }
     }
-    if n > 0 {
-        s.write(b, true)?;
-    }
+    b.put_cf(s.cf(CF_POSITIONS), OUTBOX_LAYOUT_KEY, OUTBOX_LAYOUT);
+    s.write(b, true)?;
     Ok(n)
 }
 
@@ -573,6 +587,8 @@ mod tests {
             let v = postcard::to_extend(&entry(42), vec![OUTBOX_FORMAT]).unwrap();
             b.put_cf(s.cf(CF_OUTBOX), id_key(SendId(7)), v);
             b.put_cf(s.cf(CF_OUTBOX), id_key(SendId(8)), b"\x7fnot an entry");
+            // A store of the earlier version has no marker.
+            b.delete_cf(s.cf(CF_POSITIONS), OUTBOX_LAYOUT_KEY);
             s.write(b, true).unwrap();
         }
         let s = Store::open(dir.path()).unwrap();
@@ -591,6 +607,30 @@ mod tests {
         let (page, bad, _) = outbox_walk(&s, None, 5, |_| true).unwrap();
         assert_eq!((page.len(), page[0].0, bad.len()), (1, SendId(7), 1));
         assert_eq!(upgrade_outbox_keys(&s).unwrap(), 0, "nothing left to upgrade");
+    }
+
+    /// Once marked, an open leaves the outbox alone: a key of the earlier layout written after
+    /// the mark (which no current writer does) stays as it is until an explicit upgrade.
+    #[test]
+    fn a_marked_store_opens_without_scanning_the_outbox() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Store::open(dir.path()).unwrap();
+            let v = s.db.get_cf(s.cf(CF_POSITIONS), OUTBOX_LAYOUT_KEY).unwrap();
+            assert_eq!(v.as_deref(), Some(OUTBOX_LAYOUT), "a new store is marked at open");
+            let mut b = WriteBatch::default();
+            let v = postcard::to_extend(&entry(42), vec![OUTBOX_FORMAT]).unwrap();
+            b.put_cf(s.cf(CF_OUTBOX), id_key(SendId(7)), v);
+            s.write(b, true).unwrap();
+        }
+        let s = Store::open(dir.path()).unwrap();
+        let raw: Vec<usize> =
+            s.db.iterator_cf(s.cf(CF_OUTBOX), rocksdb::IteratorMode::Start)
+                .map(|r| r.unwrap().0.len())
+                .collect();
+        assert_eq!(raw, [16], "not rewritten by the open");
+        assert_eq!(upgrade_outbox_keys(&s).unwrap(), 1);
+        assert_eq!(outbox_keys(&s).unwrap(), [OutboxKey { at: 42, id: SendId(7) }]);
     }
 
     #[test]
