@@ -351,6 +351,11 @@ fn a_real_prometheus_scrapes_the_metrics() {
     wait_for(Duration::from_secs(30), || {
         query("dripline_inputs_processed_total") == Some(5.0)
     });
+    // One lag series per partition, all caught up.
+    wait_for(Duration::from_secs(30), || {
+        query("count%28dripline_log_lag_records%29") == Some(8.0)
+            && query("sum%28dripline_log_lag_records%29") == Some(0.0)
+    });
     let _ = prom.kill();
     let _ = prom.wait();
     e.stop();

@@ -300,6 +300,41 @@ fn ingest_and_processing_on_two_threads_reach_the_one_thread_state() {
     assert_eq!(outbox(&piped), outbox(&serial));
 }
 
+/// `dripline_log_lag_records` counts what is appended and not yet handled, per partition, as of
+/// the scrape (no partition needs to poll for it to move).
+#[test]
+fn the_log_lag_gauge_counts_records_not_yet_handled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
+    let engine = Engine::open(&settings(tmp.path())).unwrap();
+    let lag = |e: &Engine| -> Vec<i64> {
+        e.refresh_log_lag();
+        (0..e.log.partitions())
+            .map(|p| e.metrics.log_lag_records.with_label_values(&[&p.to_string()]).get())
+            .collect()
+    };
+    assert_eq!(lag(&engine).iter().sum::<i64>(), 0);
+    let values: Vec<_> = (0..6).map(|i| cart(&format!("u{i}"), &format!("c{i}"))).collect();
+    engine.ingest_values(&values, None, t0).unwrap();
+    let appended = lag(&engine);
+    assert_eq!(appended.iter().sum::<i64>(), 6);
+    let busiest = (0..appended.len()).max_by_key(|&p| appended[p]).unwrap();
+    assert_eq!(
+        appended[busiest] as u64,
+        engine.log.next_offset(busiest as u16),
+        "all of a partition's records are lag before its first poll"
+    );
+    engine.pump(t0).unwrap();
+    assert_eq!(lag(&engine), vec![0; appended.len()]);
+    // Reopened: the lag starts from the committed positions, not from zero.
+    engine
+        .ingest_values(&[cart("u0", "c-late")], None, t0 + MINUTE)
+        .unwrap();
+    drop(engine);
+    let engine = Engine::open(&settings(tmp.path())).unwrap();
+    assert_eq!(lag(&engine).iter().sum::<i64>(), 1);
+}
+
 /// One `pump(wall)` processes the log and then every timer due by `wall`, including timers due
 /// after the last record.
 #[test]

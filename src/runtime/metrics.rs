@@ -13,6 +13,7 @@ pub struct Metrics {
     pub processing_latency: Histogram,
     pub batch_size: Histogram,
     pub contacts_cached: IntGaugeVec,
+    pub log_lag_records: IntGaugeVec,
     pub timers_fired: IntCounter,
     pub timer_lateness: Histogram,
     pub timers_pending: IntGauge,
@@ -93,6 +94,16 @@ impl Metrics {
             contacts_cached: reg!(
                 IntGaugeVec::new(
                     Opts::new("dripline_contacts_cached", "Contact states held in memory"),
+                    &["partition"]
+                )
+                .unwrap()
+            ),
+            log_lag_records: reg!(
+                IntGaugeVec::new(
+                    Opts::new(
+                        "dripline_log_lag_records",
+                        "Records in the embedded log not yet handled by their partition (as of the scrape)"
+                    ),
                     &["partition"]
                 )
                 .unwrap()

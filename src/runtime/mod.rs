@@ -35,6 +35,9 @@ pub struct Engine {
     pub links: Arc<crate::links::Links>,
     pub readiness: Readiness,
     batch: usize,
+    /// Per partition here: the next log offset it will handle, published after each poll so
+    /// that a scrape reads the lag without waiting for a busy partition's lock.
+    handled: Vec<std::sync::atomic::AtomicU64>,
 }
 
 /// What `/readyz` answers: ready once the actors run, until shutdown begins; in Kafka mode
@@ -157,6 +160,10 @@ impl Engine {
         // The processors of this process take fresh records from memory (none in Kafka mode).
         let tail = if partitions.is_empty() { 0 } else { 8192 };
         let log = EmbeddedLog::open(store.clone(), e.partitions, e.dedup_window)?.with_tail(tail);
+        let handled = partitions
+            .iter()
+            .map(|p| p.lock().expect("partition lock").next_offset().into())
+            .collect();
         let mailer = Mailer::new(
             store.clone(),
             &settings.mail,
@@ -180,6 +187,7 @@ impl Engine {
             links,
             readiness: Readiness::new(settings.kafka.enabled()),
             batch: e.batch,
+            handled,
         })
     }
 
@@ -385,9 +393,27 @@ impl Engine {
         loop {
             let n = p.poll(&self.log, wall, self.batch, commit_when_drained)?;
             total += n;
+            if let Some(h) = self.handled.get(p.id as usize) {
+                h.store(p.next_offset(), std::sync::atomic::Ordering::Relaxed);
+            }
             if n < self.batch {
                 return Ok(total);
             }
+        }
+    }
+
+    /// Sets `dripline_log_lag_records` for every partition this process hosts: records
+    /// appended to the embedded log and not yet handled. Called by each `/metrics` scrape.
+    pub fn refresh_log_lag(&self) {
+        for (p, handled) in self.handled.iter().enumerate() {
+            let lag = self
+                .log
+                .next_offset(p as u16)
+                .saturating_sub(handled.load(std::sync::atomic::Ordering::Relaxed));
+            self.metrics
+                .log_lag_records
+                .with_label_values(&[&p.to_string()])
+                .set(lag as i64);
         }
     }
 

@@ -71,6 +71,7 @@ async fn batch(e: Data, b: web::Bytes) -> HttpResponse {
 }
 
 async fn metrics(e: Data) -> HttpResponse {
+    e.refresh_log_lag();
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(e.metrics.render())
