@@ -20,7 +20,7 @@ pub enum Record {
     Bad(String),
 }
 
-/// One partition, read ahead a little at a time.
+/// One partition of the topic, read up to the end it had when the replay started.
 struct Part {
     index: usize,
     consumer: BaseConsumer,
