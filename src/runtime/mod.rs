@@ -405,11 +405,9 @@ impl Engine {
     /// Sets `dripline_log_lag_records` for every partition this process hosts: records
     /// appended to the embedded log and not yet handled. Called by each `/metrics` scrape.
     pub fn refresh_log_lag(&self) {
-        for (p, handled) in self.handled.iter().enumerate() {
-            let lag = self
-                .log
-                .next_offset(p as u16)
-                .saturating_sub(handled.load(std::sync::atomic::Ordering::Relaxed));
+        let ends = self.log.next_offsets();
+        for (p, (handled, end)) in self.handled.iter().zip(ends).enumerate() {
+            let lag = end.saturating_sub(handled.load(std::sync::atomic::Ordering::Relaxed));
             self.metrics
                 .log_lag_records
                 .with_label_values(&[&p.to_string()])

@@ -295,11 +295,6 @@ impl EmbeddedLog {
         self.partitions
     }
 
-    /// The offset the next record of `partition` will get.
-    pub fn next_offset(&self, partition: u16) -> u64 {
-        self.state.lock().expect("log lock").next[partition as usize]
-    }
-
     /// The offset the next record of each partition will get.
     pub fn next_offsets(&self) -> Vec<u64> {
         self.state.lock().expect("log lock").next.clone()
