@@ -335,6 +335,33 @@ fn the_log_lag_gauge_counts_records_not_yet_handled() {
     assert_eq!(lag(&engine).iter().sum::<i64>(), 1);
 }
 
+/// `dripline_processing_latency_seconds` runs from the append to the commit that makes the
+/// event's effects durable, not to the moment it was handled: a partition that handles events and
+/// commits later reports the later time.
+#[test]
+fn processing_latency_runs_to_the_commit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
+    let mut s = settings(tmp.path());
+    // A busy partition's checkpoint that never comes due by itself in this test.
+    s.engine.checkpoint_inputs = 1_000_000;
+    s.engine.checkpoint_interval = "1h".into();
+    let engine = Engine::open(&s).unwrap();
+    let latency = |e: &Engine| {
+        let h = &e.metrics.processing_latency;
+        (h.get_sample_count(), h.get_sample_sum())
+    };
+    let values: Vec<_> = (0..5).map(|i| cart(&format!("u{i}"), &format!("c{i}"))).collect();
+    engine.ingest_values(&values, None, t0).unwrap();
+    // Handled two seconds after the append, not committed.
+    assert_eq!(engine.pump_lazy(t0 + 2_000).unwrap(), 5);
+    assert_eq!(engine.metrics.inputs_processed.get(), 5);
+    assert_eq!(latency(&engine), (0, 0.0), "nothing is committed yet");
+    // Committed at seven seconds: every event's latency is seven seconds.
+    engine.pump(t0 + 7_000).unwrap();
+    assert_eq!(latency(&engine), (5, 35.0));
+}
+
 /// One `pump(wall)` processes the log and then every timer due by `wall`, including timers due
 /// after the last record.
 #[test]

@@ -79,7 +79,7 @@ impl Metrics {
             ),
             processing_latency: reg!(
                 Histogram::with_opts(
-                    HistogramOpts::new("dripline_processing_latency_seconds", "From log append to processing")
+                    HistogramOpts::new("dripline_processing_latency_seconds", "From log append to the commit of the event's effects")
                         .buckets(latency_buckets())
                 )
                 .unwrap()

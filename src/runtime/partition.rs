@@ -31,6 +31,11 @@ pub struct Partition {
     position: Option<u64>,
     /// The partition's clock: the input time of the last input handled (never goes back).
     last_time: Ts,
+    /// The latest wall time the runtime passed in: the commit time for the latency metric.
+    wall: Ts,
+    /// When each event handled since the last commit was appended to the log: its latency is
+    /// observed once the commit is written (`dripline_processing_latency_seconds`).
+    received: Vec<Ts>,
     batch: WriteBatch,
     fx: Vec<Effect>,
     hook: Option<Arc<dyn CommitHook>>,
@@ -150,6 +155,8 @@ impl Partition {
             counter_values: FxHashMap::default(),
             position: pos.offset,
             last_time: pos.clock,
+            wall: Ts::MIN,
+            received: Vec::new(),
             batch: WriteBatch::default(),
             fx: Vec::new(),
             hook: None,
@@ -214,6 +221,7 @@ impl Partition {
     /// Handles records in order, each after the timers due by its time; an unreadable one goes
     /// to the dead letters (it must not stall the partition). Does not commit.
     pub fn handle(&mut self, records: Vec<log::Scanned>, wall: Ts) -> Result<usize> {
+        self.wall = self.wall.max(wall);
         let mut n = 0;
         for r in records {
             let r = match r {
@@ -233,9 +241,7 @@ impl Partition {
             n += self.fire_until(t, None)?;
             self.last_time = t;
             let contact = r.event.user_id.clone();
-            self.metrics
-                .processing_latency
-                .observe(((wall - r.received).max(0)) as f64 / 1000.0);
+            self.received.push(r.received);
             self.apply(&contact, Input::Event(r.event), t)?;
             self.position = Some(r.offset);
             n += 1;
@@ -412,6 +418,13 @@ impl Partition {
             let started = std::time::Instant::now();
             self.store.write(std::mem::take(&mut self.batch), false)?;
             self.metrics.rocksdb_write.observe(started.elapsed().as_secs_f64());
+        }
+        // Received → committed: the decisions these events led to are durable (and visible to
+        // the mailer) only now.
+        for received in self.received.drain(..) {
+            self.metrics
+                .processing_latency
+                .observe((self.wall - received).max(0) as f64 / 1000.0);
         }
 
         self.metrics
