@@ -91,18 +91,23 @@ impl TimerQueue {
         self.cache.remove(k);
     }
 
-    /// Writes the puts and deletes made since the last call into `b`, in key order (stable:
-    /// a put and a delete of one key keep their order), as the memtable inserts them fastest.
+    /// Writes the puts and deletes made since the last call into `b`, in key order, as the
+    /// memtable inserts them fastest: for each key only its last operation, and nothing for a
+    /// timer both scheduled and ended (fired or cancelled) since the last call. A key is put at
+    /// most once (a contact never reuses a timer id), so that timer never reached the store.
     pub fn stage(&mut self, s: &Store, b: &mut WriteBatch) {
+        // Stable: the operations on one key keep the order they were made in.
         self.ops.sort_by(|x, y| x.0.cmp(&y.0));
         let cf = s.cf(CF_TIMERS);
-        for (k, put) in self.ops.drain(..) {
-            if put {
-                b.put_cf(cf, k, []);
-            } else {
-                b.delete_cf(cf, k);
+        for run in self.ops.chunk_by(|x, y| x.0 == y.0) {
+            let (first, last) = (&run[0], &run[run.len() - 1]);
+            match (first.1, last.1) {
+                (true, false) => {}
+                (_, true) => b.put_cf(cf, &last.0, []),
+                (false, false) => b.delete_cf(cf, &last.0),
             }
         }
+        self.ops.clear();
     }
 
     /// Whether the cache ran dry and more must be read from the store. The caller stages and
@@ -183,6 +188,41 @@ pub fn count(s: &Store) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A timer scheduled and ended (fired or cancelled) between two stages never reaches the
+    /// store; one that reached it is deleted from it.
+    #[test]
+    fn a_timer_that_ends_before_its_commit_writes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut q = TimerQueue::new(0, 8);
+        let key = |due: Ts, id: u64| TimerKey {
+            due,
+            contact: "ann".into(),
+            id,
+        };
+        q.horizon = Ts::MAX; // all cached, as after a page-in of an empty store
+        let mut b = WriteBatch::default();
+        q.schedule(key(10, 0));
+        q.schedule(key(20, 1));
+        q.schedule(key(30, 2));
+        q.cancel(&key(20, 1));
+        assert_eq!(q.pop_due(15).map(|k| k.id), Some(0));
+        q.stage(&s, &mut b);
+        assert_eq!(b.len(), 1, "only the timer still pending is put");
+        s.write(std::mem::take(&mut b), false).unwrap();
+        assert_eq!(count_stored(&s), 1);
+        // Stored, then ended: its delete is written.
+        assert_eq!(q.pop_due(30).map(|k| k.id), Some(2));
+        q.stage(&s, &mut b);
+        assert_eq!(b.len(), 1);
+        s.write(std::mem::take(&mut b), false).unwrap();
+        assert_eq!(count_stored(&s), 0);
+    }
+
+    fn count_stored(s: &Store) -> usize {
+        s.db.iterator_cf(s.cf(CF_TIMERS), rocksdb::IteratorMode::Start).count()
+    }
 
     #[test]
     fn the_queue_stays_bounded_and_still_yields_every_timer_in_due_order() {
