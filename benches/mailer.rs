@@ -79,7 +79,9 @@ fn workflows(dir: &std::path::Path) -> std::path::PathBuf {
 fn fill(engine: &Engine, n: usize) {
     let mut batch = rocksdb::WriteBatch::default();
     for i in 0..n {
-        let traits: Map = [("first_name".to_string(), Value::Str(format!("reader {i}")))].into();
+        let traits: Map = [("first_name".to_string(), Value::Str(format!("reader {i}")))]
+            .into_iter()
+            .collect();
         let e = OutboxEntry {
             partition: (i % 8) as u16,
             contact: format!("c{i}"),

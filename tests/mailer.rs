@@ -172,7 +172,7 @@ fn a_send_is_rendered_as_it_goes_out_and_a_template_that_cannot_render_is_refuse
         e.version = version;
         e.content = MailContent::Template {
             template: template.into(),
-            traits: std::sync::Arc::new([("first_name".to_string(), "Ann".into())].into()),
+            traits: std::sync::Arc::new([("first_name".to_string(), "Ann".into())].into_iter().collect()),
             event: Default::default(),
         };
         e

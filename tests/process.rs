@@ -293,7 +293,7 @@ fn kill_9_during_ingest_loses_nothing_acknowledged_and_sends_nothing_twice() {
     for (c, want) in expected.iter().enumerate() {
         let st = tables::get_contact(&store, &format!("c{c}")).unwrap().unwrap();
         assert_eq!(
-            st.traits["score"].as_f64().unwrap() as i64,
+            st.traits.get("score").unwrap().as_f64().unwrap() as i64,
             *want,
             "c{c} processed exactly once per event"
         );

@@ -171,7 +171,7 @@ fn w05_lead_scoring_crosses_50_once_makes_mql_notifies_sales_and_ends_nurture() 
         json!({"owner_email": "rep@example.com", "company": "Acme"}),
     );
     sim.track(t0 + HOUR, "ann", "Ebook Downloaded", json!({"title": "Guide"}));
-    assert_eq!(sim.contacts["ann"].traits["score"], 10i64.into());
+    assert_eq!(sim.contacts["ann"].traits.get("score"), Some(&10i64.into()));
     for i in 1..=4 {
         sim.track(t0 + 2 * i * DAY, "ann", "Webinar Attended", json!({}));
     }
@@ -179,8 +179,8 @@ fn w05_lead_scoring_crosses_50_once_makes_mql_notifies_sales_and_ends_nurture() 
     // before its third email (due day 9). A sixth engagement does not alert again.
     sim.track(t0 + 10 * DAY, "ann", "Webinar Attended", json!({}));
     sim.advance_to(t0 + 30 * DAY);
-    assert_eq!(sim.contacts["ann"].traits["score"], 60i64.into());
-    assert_eq!(sim.contacts["ann"].traits["lifecycle_stage"], "MQL".into());
+    assert_eq!(sim.contacts["ann"].traits.get("score"), Some(&60i64.into()));
+    assert_eq!(sim.contacts["ann"].traits.get("lifecycle_stage"), Some(&"MQL".into()));
     assert_eq!(
         sends(&sim, "lead_nurturing"),
         vec![
@@ -493,7 +493,10 @@ fn w15_deal_signed_confirms_and_makes_a_customer_which_starts_onboarding() {
         json!({"lifecycle_stage": "opportunity", "company": "Acme"}),
     );
     sim.track(t0, "ann", "Contract Signed", json!({"contract_id": "C-7"}));
-    assert_eq!(sim.contacts["ann"].traits["lifecycle_stage"], "customer".into());
+    assert_eq!(
+        sim.contacts["ann"].traits.get("lifecycle_stage"),
+        Some(&"customer".into())
+    );
     assert_eq!(
         sim.outbox().into_iter().map(|x| (x.2, x.3)).collect::<Vec<_>>(),
         vec![

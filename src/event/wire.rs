@@ -287,11 +287,13 @@ impl<'de> Deserialize<'de> for JsonValue {
                 Ok(JsonValue(Value::List(items)))
             }
             fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<JsonValue, A::Error> {
-                let mut map = Map::new();
+                let mut entries = Vec::with_capacity(m.size_hint().unwrap_or(0));
                 while let Some((k, JsonValue(v))) = m.next_entry::<String, JsonValue>()? {
-                    map.insert(k, v);
+                    entries.push((k, v));
                 }
-                Ok(JsonValue(Value::Map(map)))
+                // Sorted once (a repeated key keeps its last value, as JSON readers do): an
+                // insert per key into the sorted vector would cost n² on a large object.
+                Ok(JsonValue(Value::Map(entries.into_iter().collect())))
             }
         }
         d.deserialize_any(V)

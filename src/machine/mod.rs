@@ -25,6 +25,8 @@ use std::sync::Arc;
 
 /// Most recent sends kept per enrollment for `opened:`/`clicked:` conditions.
 const MAX_SENDS_KEPT: usize = 32;
+/// An identify with more traits than this is merged in one pass (see `Cx::set_traits`).
+const BULK_TRAITS: usize = 16;
 
 /// Applies one input at time `now` to a contact's state, appending the effects to `out`.
 ///
@@ -160,6 +162,41 @@ impl Cx<'_> {
         true
     }
 
+    /// Sets an identify's traits; returns the keys whose value changed. One key at a time for
+    /// the usual handful; in `bulk`, every change is recorded first and the maps are merged in
+    /// one sort, so a large identify never costs an insert into the sorted map per key (n²).
+    /// Either way, each condition is recorded before any trait it reads has changed.
+    fn set_traits<'e>(&mut self, new: &'e Map, bulk: bool) -> Vec<&'e str> {
+        if !bulk {
+            return new
+                .iter()
+                .filter(|(k, v)| self.set_trait(k, (*v).clone()))
+                .map(|(k, _)| k.as_str())
+                .collect();
+        }
+        let changed: Vec<(&'e String, &'e Value)> = new
+            .iter()
+            .filter(|(k, v)| match self.st.traits.get(k.as_str()) {
+                Some(old) => old != *v,
+                None => !v.is_null(),
+            })
+            .collect();
+        for (k, _) in &changed {
+            self.record_before(self.reg.index.cond_by_trait.get(k.as_str()));
+        }
+        if !changed.is_empty() {
+            let traits = Arc::make_mut(&mut self.st.traits);
+            let old = std::mem::take(traits);
+            // The later of two equal keys wins: the new value; a null removes the trait.
+            *traits = old
+                .into_iter()
+                .chain(changed.iter().map(|(k, v)| ((*k).clone(), (*v).clone())))
+                .collect();
+            traits.retain(|_, v| !v.is_null());
+        }
+        changed.into_iter().map(|(k, _)| k.as_str()).collect()
+    }
+
     fn apply(&mut self, action: &Action) {
         match action {
             Action::Set(k, v) => {
@@ -235,12 +272,7 @@ impl Cx<'_> {
             self.st.last_activity = Some(self.now);
             self.ensure_inactivity_timers();
         }
-        let mut changed: Vec<&str> = vec![];
-        for (k, v) in &ev.traits {
-            if self.set_trait(k, v.clone()) {
-                changed.push(k);
-            }
-        }
+        let changed = self.set_traits(&ev.traits, ev.traits.len() > BULK_TRAITS);
         if ev.kind == EventKind::Track {
             self.special_event(ev);
         }
@@ -271,7 +303,7 @@ impl Cx<'_> {
                 for wf in wfs {
                     let mut props = Map::new();
                     props.insert("trait".into(), k.into());
-                    props.insert("value".into(), ev.traits[k].clone());
+                    props.insert("value".into(), ev.traits.get(k).cloned().unwrap_or_default());
                     self.try_enroll(wf.clone(), &props);
                 }
             }
@@ -792,5 +824,68 @@ impl Cx<'_> {
         }));
         self.count(wf, i, Metric::Sent, 1);
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workflow::Policy;
+
+    /// The one-pass merge of a large identify leaves the same traits, reports the same changed
+    /// keys and records the same conditions (with the same values) as setting them one by one.
+    #[test]
+    fn a_bulk_identify_equals_setting_its_traits_one_by_one() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows");
+        let reg = Registry::load_dir(dir.as_ref(), &[], Policy::default()).unwrap();
+        let watched: Vec<String> = reg.index.cond_by_trait.keys().cloned().collect();
+        assert!(!watched.is_empty(), "the shipped workflows have trait conditions");
+        let mut st = ContactState::default();
+        let old: Map = (0..30)
+            .map(|i| (format!("k{i:02}"), Value::Int(i)))
+            .chain(watched.iter().map(|k| (k.clone(), Value::Str("old".into()))))
+            .collect();
+        st.traits = Arc::new(old);
+        // Unchanged, changed, new, removed (null) and a null for a trait never set, plus every
+        // trait a condition reads.
+        let new: Map = (0..40)
+            .map(|i| {
+                let v = match i % 5 {
+                    0 => Value::Int(i),
+                    1 => Value::Int(i + 100),
+                    2 => Value::Str(format!("v{i}")),
+                    _ => Value::Null,
+                };
+                (format!("k{i:02}"), v)
+            })
+            .chain(watched.iter().map(|k| (k.clone(), Value::Str("new".into()))))
+            .collect();
+        let run = |bulk: bool| {
+            let mut st = st.clone();
+            let mut out = vec![];
+            let mut cx = Cx {
+                contact: "ann",
+                st: &mut st,
+                now: 0,
+                reg: &reg,
+                out: &mut out,
+                before: Vec::new(),
+                touched: false,
+            };
+            let changed: Vec<String> = cx.set_traits(&new, bulk).into_iter().map(String::from).collect();
+            let mut before = cx.before.clone();
+            before.sort();
+            let touched = cx.touched;
+            (st.traits, changed, before, touched)
+        };
+        let (one_by_one, bulk) = (run(false), run(true));
+        assert_eq!(bulk, one_by_one);
+        let (traits, changed, before, touched) = bulk;
+        assert!(touched && !before.is_empty());
+        // Of the 40: six set to the value they had, four nulls for traits never set.
+        assert_eq!(changed.len(), 40 - 6 - 4 + watched.len(), "{changed:?}");
+        assert_eq!(traits.get("k01"), Some(&Value::Int(101)));
+        assert_eq!(traits.get("k03"), None, "a null removes the trait");
+        assert_eq!(traits.get("k35"), Some(&Value::Int(35)));
     }
 }
