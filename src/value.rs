@@ -21,6 +21,16 @@ impl Map {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// A look-up by key. Most maps hold a few keys, and comparing for equality (lengths first)
+    /// is cheaper there than the comparisons of a binary search.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        if self.0.len() <= 8 {
+            self.0.iter().find(|(k, _)| k.as_str() == key).map(|(_, v)| v)
+        } else {
+            self.0.get(key)
+        }
+    }
 }
 
 impl std::ops::Deref for Map {
@@ -237,6 +247,21 @@ mod tests {
             serde_json::to_string(&map).unwrap(),
             r#"{"a":{"Str":"x"},"b":{"Int":2},"c":"Null"}"#
         );
+    }
+
+    /// Small maps are scanned, larger ones searched: the same answers either way.
+    #[test]
+    fn look_ups_agree_with_a_btreemap() {
+        for n in [0, 1, 3, 8, 9, 40] {
+            let pairs: Vec<(String, Value)> = (0..n).map(|i| (format!("k{}", i * 7 % 41), Value::Int(i))).collect();
+            let map: Map = pairs.iter().cloned().collect();
+            let tree: BTreeMap<String, Value> = pairs.into_iter().collect();
+            for i in 0..45 {
+                let key = format!("k{i}");
+                assert_eq!(map.get(&key), tree.get(&key), "{n} keys, {key}");
+            }
+            assert_eq!(map.get(""), None);
+        }
     }
 
     #[test]
