@@ -144,12 +144,16 @@ impl Cx<'_> {
         }
     }
 
-    fn set_trait(&mut self, key: &str, value: Value) -> bool {
-        let same = match self.st.traits.get(key) {
-            Some(old) => *old == value,
+    /// Whether setting `key` to `value` leaves the traits as they are (a null unsets).
+    fn trait_unchanged(&self, key: &str, value: &Value) -> bool {
+        match self.st.traits.get(key) {
+            Some(old) => old == value,
             None => value.is_null(),
-        };
-        if same {
+        }
+    }
+
+    fn set_trait(&mut self, key: &str, value: Value) -> bool {
+        if self.trait_unchanged(key, &value) {
             return false;
         }
         self.record_before(self.reg.index.cond_by_trait.get(key));
@@ -174,13 +178,7 @@ impl Cx<'_> {
                 .map(|(k, _)| k.as_str())
                 .collect();
         }
-        let changed: Vec<(&'e String, &'e Value)> = new
-            .iter()
-            .filter(|(k, v)| match self.st.traits.get(k.as_str()) {
-                Some(old) => old != *v,
-                None => !v.is_null(),
-            })
-            .collect();
+        let changed: Vec<(&'e String, &'e Value)> = new.iter().filter(|(k, v)| !self.trait_unchanged(k, v)).collect();
         for (k, _) in &changed {
             self.record_before(self.reg.index.cond_by_trait.get(k.as_str()));
         }
