@@ -293,7 +293,7 @@ fn ingest_and_processing_on_two_threads_reach_the_one_thread_state() {
     piped.pump(end).unwrap();
 
     let digest = |e: &Engine| dripline::storage::digest::digest(&e.store, 3).unwrap();
-    assert!(digest(&serial).contacts() == 25);
+    assert_eq!(digest(&serial).contacts(), 25);
     assert_eq!(digest(&piped), digest(&serial));
     let outbox = |e: &Engine| dripline::storage::tables::outbox_ids(&e.store).unwrap();
     assert!(!outbox(&serial).is_empty(), "emails were decided");
