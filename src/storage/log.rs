@@ -225,11 +225,53 @@ pub struct EmbeddedLog {
     partitions: u16,
     /// The lock also orders appends.
     state: Mutex<State>,
-    /// The latest records of each partition, as appended (already parsed): a partition that
-    /// keeps up takes its input from here instead of reading and decoding it back from RocksDB.
-    /// Bounded (`tail_cap` per partition, oldest dropped); RocksDB stays the source of truth.
-    tails: Vec<Mutex<std::collections::VecDeque<LogRecord>>>,
+    /// The latest records of each partition, as appended: a partition that keeps up takes its
+    /// input from here instead of reading it back from RocksDB. Bounded (`tail_cap` records per
+    /// partition, oldest chunks dropped); RocksDB stays the source of truth.
+    tails: Mutex<Vec<Tail>>,
     tail_cap: usize,
+}
+
+/// A partition's in-memory tail: its latest appends, one chunk each, and the thread its
+/// consumer last took from it on.
+#[derive(Default)]
+struct Tail {
+    chunks: VecDeque<TailChunk>,
+    /// Where the consumer goes on: the end of what it took last.
+    consumed: u64,
+    taker: Option<std::thread::ThreadId>,
+}
+
+/// One append's records for a partition: offsets `first..end`.
+struct TailChunk {
+    first: u64,
+    end: u64,
+    body: Body,
+}
+
+/// A consumer on the appending thread takes the parsed records. One on another thread takes
+/// the chunk as written and decodes it itself: a record's memory is then allocated and freed
+/// by one thread. Freeing memory another thread allocated (the allocator hands it back to the
+/// owning thread's heap) cost the pipelined engine more than decoding does.
+enum Body {
+    Parsed(VecDeque<LogRecord>),
+    Encoded(Arc<Vec<u8>>),
+}
+
+/// What [`EmbeddedLog::take`] got from one chunk, to finish outside the lock.
+enum Part {
+    Parsed(Vec<LogRecord>),
+    Encoded(u64, Arc<Vec<u8>>),
+}
+
+impl Tail {
+    /// Records held and not yet consumed.
+    fn len(&self) -> u64 {
+        match (self.chunks.front(), self.chunks.back()) {
+            (Some(f), Some(b)) => b.end - f.first.max(self.consumed).min(b.end),
+            _ => 0,
+        }
+    }
 }
 
 impl EmbeddedLog {
@@ -248,7 +290,7 @@ impl EmbeddedLog {
             store,
             partitions,
             state: Mutex::new(State { next, window, floor }),
-            tails: (0..partitions).map(|_| Mutex::default()).collect(),
+            tails: Mutex::new((0..partitions).map(|_| Tail::default()).collect()),
             tail_cap: 0,
         })
     }
@@ -264,22 +306,58 @@ impl EmbeddedLog {
     /// holds `from`, else read back from RocksDB (up to where the tail begins).
     pub fn take(&self, partition: u16, from: u64, limit: usize) -> Result<Vec<Scanned>> {
         let mut limit = limit;
-        if let Some(tail) = self.tails.get(partition as usize) {
-            let mut tail = tail.lock().expect("tail lock");
-            while tail.front().is_some_and(|r| r.offset < from) {
-                tail.pop_front();
+        let mut tails = self.tails.lock().expect("tail lock");
+        if let Some(tail) = tails.get_mut(partition as usize) {
+            while tail.chunks.front().is_some_and(|c| c.end <= from) {
+                tail.chunks.pop_front();
             }
-            match tail.front() {
-                Some(r) if r.offset == from => {
-                    let n = limit.min(tail.len());
-                    return Ok(tail.drain(..n).map(Ok).collect());
+            match tail.chunks.front() {
+                Some(c) if c.first <= from => {
+                    let end = (from + limit as u64).min(tail.chunks.back().map_or(from, |c| c.end));
+                    let mut parts = Vec::new();
+                    for c in tail.chunks.iter_mut() {
+                        if c.first >= end {
+                            break;
+                        }
+                        match &mut c.body {
+                            Body::Parsed(records) => {
+                                while records.front().is_some_and(|r| r.offset < from) {
+                                    records.pop_front();
+                                }
+                                let n = records.iter().take_while(|r| r.offset < end).count();
+                                parts.push(Part::Parsed(records.drain(..n).collect()));
+                                c.first = records.front().map_or(c.end, |r| r.offset);
+                            }
+                            Body::Encoded(bytes) => parts.push(Part::Encoded(c.first, bytes.clone())),
+                        }
+                    }
+                    tail.consumed = end;
+                    tail.taker = Some(std::thread::current().id());
+                    while tail.chunks.front().is_some_and(|c| c.end <= end) {
+                        tail.chunks.pop_front();
+                    }
+                    drop(tails);
+                    let mut out = Vec::with_capacity((end - from) as usize);
+                    for part in parts {
+                        match part {
+                            Part::Parsed(records) => out.extend(records.into_iter().map(Ok)),
+                            Part::Encoded(first, bytes) => out.extend(
+                                records(first, &bytes)
+                                    .into_iter()
+                                    .filter(|(offset, _)| (from..end).contains(offset))
+                                    .map(|(offset, r)| scanned(offset, r)),
+                            ),
+                        }
+                    }
+                    return Ok(out);
                 }
                 // A gap (the tail overflowed, or records from before this process): read the
                 // gap from the store; the tail serves what follows it.
-                Some(r) => limit = limit.min((r.offset - from) as usize),
+                Some(c) => limit = limit.min((c.first - from) as usize),
                 None => {}
             }
         }
+        drop(tails);
         scan(&self.store, partition, from, limit)
     }
 
@@ -337,9 +415,22 @@ impl EmbeddedLog {
             hashes.push(h);
             out.push(Appended::At(p, off));
         }
+        // The tails this thread's own consumer takes from get the parsed events (below).
+        let me = std::thread::current().id();
+        let parsed: Vec<bool> = match self.tail_cap {
+            0 => vec![false; self.partitions as usize],
+            _ => self
+                .tails
+                .lock()
+                .expect("tail lock")
+                .iter()
+                .map(|t| t.taker == Some(me))
+                .collect(),
+        };
         // One chunk per partition, its records in offset order.
         records.sort_unstable_by_key(|r| r.0);
         let mut buf = Vec::with_capacity(256);
+        let mut chunks = Vec::new();
         for run in records.chunk_by(|a, b| a.0[..2] == b.0[..2]) {
             buf.clear();
             buf.push(CHUNK_FORMAT);
@@ -352,6 +443,11 @@ impl EmbeddedLog {
                 buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
             }
             batch.put_cf(cf, run[0].0, &buf);
+            if self.tail_cap > 0 {
+                let (p, first) = partition_and_offset(&run[0].0).expect("a log key");
+                let encoded = (!parsed[p as usize]).then(|| buf.to_vec());
+                chunks.push((p, first, run, encoded));
+            }
         }
         if !batch.is_empty() {
             s.write(batch, sync)?;
@@ -362,22 +458,34 @@ impl EmbeddedLog {
         for h in hashes {
             state.window.insert(h);
         }
-        if self.tail_cap > 0 {
-            let mut received = vec![0; events.len()];
-            for &(_, i, stamp) in &records {
-                received[i] = stamp;
-            }
-            for (i, (ev, a)) in events.into_iter().zip(&out).enumerate() {
-                if let Appended::At(p, offset) = *a {
-                    let mut tail = self.tails[p as usize].lock().expect("tail lock");
-                    tail.push_back(LogRecord {
-                        offset,
-                        received: received[i],
-                        event: ev,
-                    });
-                    if tail.len() > self.tail_cap {
-                        tail.pop_front();
-                    }
+        if !chunks.is_empty() {
+            let mut events: Vec<Option<Event>> = match parsed.contains(&true) {
+                true => events.into_iter().map(Some).collect(),
+                false => vec![],
+            };
+            let mut tails = self.tails.lock().expect("tail lock");
+            for (p, first, run, encoded) in chunks {
+                let body = match encoded {
+                    Some(bytes) => Body::Encoded(Arc::new(bytes)),
+                    None => Body::Parsed(
+                        run.iter()
+                            .zip(first..)
+                            .map(|(&(_, i, received), offset)| LogRecord {
+                                offset,
+                                received,
+                                event: events[i].take().expect("each event appended once"),
+                            })
+                            .collect(),
+                    ),
+                };
+                let tail = &mut tails[p as usize];
+                tail.chunks.push_back(TailChunk {
+                    first,
+                    end: first + run.len() as u64,
+                    body,
+                });
+                while tail.len() as usize > self.tail_cap {
+                    tail.chunks.pop_front();
                 }
             }
         }
@@ -435,21 +543,26 @@ pub fn scan(s: &Store, partition: u16, from: u64, limit: usize) -> Result<Vec<Sc
         return Ok(out);
     }
     walk(s, partition, from, |offset, r| {
-        out.push(match r {
-            Ok(b) => decode(offset, b).map_err(|e| Unreadable {
-                offset,
-                reason: e.to_string(),
-                bytes: b.to_vec(),
-            }),
-            Err((reason, b)) => Err(Unreadable {
-                offset,
-                reason,
-                bytes: b.to_vec(),
-            }),
-        });
+        out.push(scanned(offset, r));
         out.len() < limit
     })?;
     Ok(out)
+}
+
+/// A framed record decoded, or why it is unreadable.
+fn scanned(offset: u64, r: Framed<'_>) -> Scanned {
+    match r {
+        Ok(b) => decode(offset, b).map_err(|e| Unreadable {
+            offset,
+            reason: e.to_string(),
+            bytes: b.to_vec(),
+        }),
+        Err((reason, b)) => Err(Unreadable {
+            offset,
+            reason,
+            bytes: b.to_vec(),
+        }),
+    }
 }
 
 /// Up to `limit` readable records of `partition` from `from` (tests and tools).
@@ -629,5 +742,46 @@ mod tail_tests {
         let stored: Vec<LogRecord> = read(&store, 0, 2, 100).unwrap();
         assert_eq!(seen, stored);
         assert!(log.take(0, 13, 5).unwrap().is_empty());
+    }
+
+    /// Parsed records go to a consumer on the appending thread, encoded chunks to one on
+    /// another; a take that starts inside a chunk and spans both kinds still hands over exactly
+    /// what a read from RocksDB would.
+    #[test]
+    fn consumers_on_any_thread_take_what_the_store_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = EmbeddedLog::open(store.clone(), 1, 1000).unwrap().with_tail(100);
+        let batch = |from: usize| (from..from + 3).map(|i| ev("u", &format!("m{i}"))).collect::<Vec<_>>();
+        let take = |from: u64, n: usize| {
+            log.take(0, from, n)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.unwrap())
+                .collect::<Vec<_>>()
+        };
+        let elsewhere = |from: u64, n: usize| std::thread::scope(|s| s.spawn(|| take(from, n)).join().unwrap());
+        let stored = |from: u64, n: usize| read(&store, 0, from, n).unwrap();
+        // Per chunk held: its first offset and whether it holds parsed records.
+        let held = || {
+            let tails = log.tails.lock().unwrap();
+            tails[0]
+                .chunks
+                .iter()
+                .map(|c| (c.first, matches!(c.body, Body::Parsed(_))))
+                .collect::<Vec<_>>()
+        };
+
+        log.append(batch(0), 10).unwrap(); // nothing has taken yet: encoded, offsets 0..3
+        assert_eq!(held(), [(0, false)]);
+        assert_eq!(take(0, 2), stored(0, 2));
+        log.append(batch(3), 11).unwrap(); // this thread takes: parsed, offsets 3..6
+        assert_eq!(held(), [(0, false), (3, true)]);
+        assert_eq!(elsewhere(2, 3), stored(2, 3)); // 2 encoded, then 3 and 4 parsed
+        assert_eq!(held(), [(5, true)]);
+        log.append(batch(6), 12).unwrap(); // the consumer moved: encoded, offsets 6..9
+        assert_eq!(held(), [(5, true), (6, false)]);
+        assert_eq!(take(5, 10), stored(5, 10)); // 5 parsed, then 6 to 8 encoded
+        assert!(take(9, 10).is_empty());
     }
 }
