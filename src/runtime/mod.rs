@@ -111,7 +111,7 @@ impl Engine {
     /// state may still be inside) and the partition processors.
     pub fn open(settings: &Settings) -> anyhow::Result<Engine> {
         let e = &settings.engine;
-        crate::keep_freed_memory();
+        crate::tune_allocators();
         std::fs::create_dir_all(&e.data_dir).with_context(|| format!("creating {}", e.data_dir.display()))?;
         let store = Arc::new(Store::open(&e.data_dir).map_err(|err| match err {
             crate::storage::StoreError::Rocks(r) if r.to_string().contains("lock") => anyhow::Error::new(StoreInUse {
