@@ -459,24 +459,31 @@ impl EmbeddedLog {
             state.window.insert(h);
         }
         if !chunks.is_empty() {
-            let mut events: Vec<Option<Event>> = match parsed.contains(&true) {
-                true => events.into_iter().map(Some).collect(),
-                false => vec![],
-            };
+            // The parsed records, moved to their partitions in one pass (within a partition,
+            // offsets rise with the events' order).
+            let mut moved: Vec<VecDeque<LogRecord>> = (0..self.partitions).map(|_| VecDeque::new()).collect();
+            if parsed.contains(&true) {
+                let mut stamps = vec![0; events.len()];
+                for &(_, i, received) in &records {
+                    stamps[i] = received;
+                }
+                for (i, (event, a)) in events.into_iter().zip(&out).enumerate() {
+                    if let Appended::At(p, offset) = *a
+                        && parsed[p as usize]
+                    {
+                        moved[p as usize].push_back(LogRecord {
+                            offset,
+                            received: stamps[i],
+                            event,
+                        });
+                    }
+                }
+            }
             let mut tails = self.tails.lock().expect("tail lock");
             for (p, first, run, encoded) in chunks {
                 let body = match encoded {
                     Some(bytes) => Body::Encoded(Arc::new(bytes)),
-                    None => Body::Parsed(
-                        run.iter()
-                            .zip(first..)
-                            .map(|(&(_, i, received), offset)| LogRecord {
-                                offset,
-                                received,
-                                event: events[i].take().expect("each event appended once"),
-                            })
-                            .collect(),
-                    ),
+                    None => Body::Parsed(std::mem::take(&mut moved[p as usize])),
                 };
                 let tail = &mut tails[p as usize];
                 tail.chunks.push_back(TailChunk {
