@@ -41,9 +41,7 @@ pub fn digest(s: &Store, partitions: u16) -> Result<Digest> {
     let mut hashers: Vec<Xxh3> = (0..n).map(|_| Xxh3::new()).collect();
     let mut counts = vec![(0u64, 0u64); n];
     // RocksDB iterates in key order; each partition's hasher sees its contacts in that order.
-    for r in
-        s.db.iterator_cf_opt(s.cf(CF_CONTACTS), super::total_order(), rocksdb::IteratorMode::Start)
-    {
+    for r in s.db.iterator_cf(s.cf(CF_CONTACTS), rocksdb::IteratorMode::Start) {
         let (k, v) = r?;
         let p = partition_of(&String::from_utf8_lossy(&k), partitions) as usize;
         frame(&mut hashers[p], &k);

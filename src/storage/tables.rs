@@ -34,7 +34,7 @@ pub fn put_contact(s: &Store, b: &mut WriteBatch, id: &str, st: &ContactState) {
 }
 
 pub fn contacts(s: &Store) -> impl Iterator<Item = Result<(String, Vec<u8>)>> + '_ {
-    s.db.iterator_cf_opt(s.cf(CF_CONTACTS), super::total_order(), rocksdb::IteratorMode::Start)
+    s.db.iterator_cf(s.cf(CF_CONTACTS), rocksdb::IteratorMode::Start)
         .map(|r| {
             r.map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
                 .map_err(Into::into)
