@@ -66,23 +66,23 @@ struct Contacts {
 }
 
 impl Contacts {
-    /// The contact's state in its cache slot (loaded on a miss), marked changed: every input
-    /// handled is committed with its contact's state.
-    fn slot(&mut self, store: &Store, contact: &str) -> Result<&mut ContactState> {
-        // Looked up twice on a hit: returning the first borrow from inside the `if` is beyond
-        // the borrow checker.
-        if self.cache.contains(contact) {
-            let c = self.cache.get_mut(contact).expect("present");
+    /// Runs `f` on the contact's state in its cache slot (loaded on a miss), marked changed:
+    /// every input handled is committed with its contact's state. One cache look-up on a hit
+    /// and one insert on a miss (a function that returned the slot would have to look it up
+    /// again: returning a borrow taken inside the `if` is beyond the borrow checker).
+    fn with_slot<R>(&mut self, store: &Store, contact: &str, f: impl FnOnce(&mut ContactState) -> R) -> Result<R> {
+        if let Some(c) = self.cache.get_mut(contact) {
             if !c.dirty {
                 c.dirty = true;
                 self.dirty.push(c.id.clone());
             }
-            return Ok(&mut c.state);
+            return Ok(f(&mut c.state));
         }
-        let state = match self.spilled.remove(contact) {
+        let mut state = match self.spilled.remove(contact) {
             Some(st) => st,
             None => tables::get_contact(store, contact)?.unwrap_or_default(),
         };
+        let r = f(&mut state);
         let id: Arc<str> = contact.into();
         self.dirty.push(id.clone());
         let slot = Cached {
@@ -95,7 +95,7 @@ impl Contacts {
         {
             self.spilled.insert(evicted, old.state);
         }
-        Ok(&mut self.cache.peek_mut(contact).expect("just pushed").state)
+        Ok(r)
     }
 }
 
@@ -290,9 +290,10 @@ impl Partition {
     }
 
     fn apply(&mut self, contact: &str, input: Input, at: Ts) -> Result<()> {
-        let st = self.contacts.slot(&self.store, contact)?;
         let mut fx = std::mem::take(&mut self.fx);
-        handle(contact, st, &input, at, &self.reg, &mut fx);
+        let reg = &self.reg;
+        self.contacts
+            .with_slot(&self.store, contact, |st| handle(contact, st, &input, at, reg, &mut fx))?;
         for e in fx.drain(..) {
             match e {
                 Effect::ScheduleTimer { id, due } => self.timers.schedule(TimerKey {
