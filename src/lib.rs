@@ -97,34 +97,30 @@ mod tests {
     #[test]
     fn the_huge_page_option_is_the_one_named() {
         const CHILD: &str = "DRIPLINE_THP_PROBE";
-        // SAFETY: reads and sets integer options.
-        unsafe {
-            if std::env::var_os(CHILD).is_some() {
-                println!(
-                    "allow_thp={}",
-                    libmimalloc_sys::mi_option_get(super::MI_OPTION_ALLOW_THP)
-                );
-                return;
-            }
-            let probe = |value: &str| {
-                let out = std::process::Command::new(std::env::current_exe().unwrap())
-                    .args(["tests::the_huge_page_option_is_the_one_named", "--exact", "--nocapture"])
-                    .env(CHILD, "1")
-                    .env("MIMALLOC_ALLOW_THP", value)
-                    .output()
-                    .unwrap();
-                let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-                stdout
-                    .lines()
-                    .find_map(|l| l.strip_prefix("allow_thp="))
-                    .map(str::to_owned)
-            };
-            assert_eq!(probe("0").as_deref(), Some("0"));
-            assert_eq!(probe("1").as_deref(), Some("1"));
-            if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-                super::tune_allocators();
-                assert_eq!(libmimalloc_sys::mi_option_get(super::MI_OPTION_ALLOW_THP), 0);
-            }
+        // SAFETY: reads an integer option.
+        let allow_thp = || unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_ALLOW_THP) };
+        if std::env::var_os(CHILD).is_some() {
+            println!("allow_thp={}", allow_thp());
+            return;
+        }
+        let probe = |value: &str| {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args(["tests::the_huge_page_option_is_the_one_named", "--exact", "--nocapture"])
+                .env(CHILD, "1")
+                .env("MIMALLOC_ALLOW_THP", value)
+                .output()
+                .unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+            stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("allow_thp="))
+                .map(str::to_owned)
+        };
+        assert_eq!(probe("0").as_deref(), Some("0"));
+        assert_eq!(probe("1").as_deref(), Some("1"));
+        if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+            super::tune_allocators();
+            assert_eq!(allow_thp(), 0);
         }
     }
 
