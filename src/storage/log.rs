@@ -446,7 +446,7 @@ impl EmbeddedLog {
             if self.tail_cap > 0 {
                 let (p, first) = partition_and_offset(&run[0].0).expect("a log key");
                 let encoded = (!parsed[p as usize]).then(|| buf.to_vec());
-                chunks.push((p, first, run, encoded));
+                chunks.push((p, first, run.len() as u64, encoded));
             }
         }
         if !batch.is_empty() {
@@ -480,7 +480,7 @@ impl EmbeddedLog {
                 }
             }
             let mut tails = self.tails.lock().expect("tail lock");
-            for (p, first, run, encoded) in chunks {
+            for (p, first, n, encoded) in chunks {
                 let body = match encoded {
                     Some(bytes) => Body::Encoded(Arc::new(bytes)),
                     None => Body::Parsed(std::mem::take(&mut moved[p as usize])),
@@ -488,7 +488,7 @@ impl EmbeddedLog {
                 let tail = &mut tails[p as usize];
                 tail.chunks.push_back(TailChunk {
                     first,
-                    end: first + run.len() as u64,
+                    end: first + n,
                     body,
                 });
                 while tail.len() as usize > self.tail_cap {
