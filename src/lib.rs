@@ -30,22 +30,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// mimalloc's `purge_delay` option (v2 numbering; the Rust bindings name no constant for it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// mimalloc's `allow_thp` option (v2 numbering, checked against the C header's enum).
-const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 37;
-
-/// Sets both allocators up for the engine's pattern of allocation (called by `Engine::open`);
-/// an allocator variable in the environment still wins over each setting:
-/// - [`keep_freed_memory`];
-/// - mimalloc takes its memory in small pages, not transparent huge pages (`MIMALLOC_ALLOW_THP`).
-///   It advises huge pages for its segments, and the kernel then zeroes 2 MiB at the first touch,
-///   on the allocating thread, however little of it is used: that zeroing was 3.5 % of the
-///   pipelined profile. Without: 1.2–1.7 s less CPU per 1M-contact run, and no more RSS.
+/// Sets both allocators up for the engine's pattern of allocation (called by `Engine::open`):
+/// see [`keep_freed_memory`]. An allocator variable in the environment still wins.
 pub fn tune_allocators() {
     keep_freed_memory();
-    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-        // SAFETY: sets a plain integer option of the allocator, read at each OS allocation.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0) }
-    }
 }
 
 /// Keeps memory the engine frees for its next batch instead of returning it to the OS, in both
@@ -88,39 +76,6 @@ mod tests {
             assert_eq!(get(), 10);
             super::keep_freed_memory();
             assert_eq!(get(), -1);
-        }
-    }
-
-    /// Option 37 is `allow_thp`: in a process started with `MIMALLOC_ALLOW_THP=0` (mimalloc reads
-    /// its variables at start) it reads 0, and 1 (the default) with `=1`. The test runs itself
-    /// as that process.
-    #[test]
-    fn the_huge_page_option_is_the_one_named() {
-        const CHILD: &str = "DRIPLINE_THP_PROBE";
-        // SAFETY: reads an integer option.
-        let allow_thp = || unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_ALLOW_THP) };
-        if std::env::var_os(CHILD).is_some() {
-            println!("allow_thp={}", allow_thp());
-            return;
-        }
-        let probe = |value: &str| {
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args(["tests::the_huge_page_option_is_the_one_named", "--exact", "--nocapture"])
-                .env(CHILD, "1")
-                .env("MIMALLOC_ALLOW_THP", value)
-                .output()
-                .unwrap();
-            let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-            stdout
-                .lines()
-                .find_map(|l| l.strip_prefix("allow_thp="))
-                .map(str::to_owned)
-        };
-        assert_eq!(probe("0").as_deref(), Some("0"));
-        assert_eq!(probe("1").as_deref(), Some("1"));
-        if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
-            super::tune_allocators();
-            assert_eq!(allow_thp(), 0);
         }
     }
 
