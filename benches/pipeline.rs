@@ -9,13 +9,18 @@
 //! Printed beside it, measured in the same run: the raw limit — the same JSON parsed and written
 //! as one RocksDB put each, in WriteBatches of the same size, WAL on, fsync per batch.
 //!
+//! Every phase reads the same clickstream, written to a file before the first one, as a
+//! client's bytes: making the JSON while a phase runs would take CPU from the cores the
+//! pipelined engine shares.
+//!
 //! `DRIPLINE_BENCH_CONTACTS` and `DRIPLINE_BENCH_EVENTS` scale it down for a quick look.
 
 mod common;
 
-use common::Wire;
+use common::{Wire, WireFile};
 use dripline::config::Settings;
 use dripline::runtime::Engine;
+use std::path::Path;
 use std::time::Instant;
 
 const CHUNK: usize = 1024;
@@ -81,8 +86,8 @@ struct Phase {
     latencies: Vec<f64>,
     /// Peak RSS of the phase.
     rss: f64,
-    /// CPU time of the phase, all threads. Like the raw limit's, it includes making the input
-    /// (a few per cent), which the timed parts leave out.
+    /// CPU time of the phase, all threads. Like the raw limit's, it includes reading the input
+    /// from the clickstream file (a copy), which the timed parts leave out.
     cpu: f64,
 }
 
@@ -90,13 +95,12 @@ const START: &str = "2026-03-02T08:00:00Z";
 
 /// Serial: on one thread, append a chunk, process everything appended, commit — every cost on
 /// one core, one after the other.
-fn serial(engine: &Engine, contacts: usize, events: usize) -> Phase {
-    let total = Wire::new(contacts, events).total();
+fn serial(engine: &Engine, input: &Path, total: usize) -> Phase {
     let mut latencies = Vec::with_capacity(total / CHUNK + 1);
     let mut received = chrono::DateTime::parse_from_rfc3339(START).unwrap().timestamp_millis();
     let (mut t_ingest, mut t_process) = (0.0, 0.0);
     let cpu = cpu_seconds();
-    let mut wire = Wire::new(contacts, events);
+    let mut wire = WireFile::open(input).expect("clickstream");
     // Chunks appended and not yet committed: when, and the log's end offsets just after.
     let mut pending = std::collections::VecDeque::new();
     loop {
@@ -135,9 +139,8 @@ fn serial(engine: &Engine, contacts: usize, events: usize) -> Phase {
 
 /// Pipelined, as `dripline run` is shaped: one thread appends (the HTTP source's role) while
 /// another hosts every partition (one core processes), each as fast as it can.
-fn pipelined(engine: &Engine, contacts: usize, events: usize) -> Phase {
+fn pipelined(engine: &Engine, input: &Path, total: usize) -> Phase {
     use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-    let total = Wire::new(contacts, events).total();
     let wall = AtomicI64::new(chrono::DateTime::parse_from_rfc3339(START).unwrap().timestamp_millis());
     let done = AtomicBool::new(false);
     let pending = std::sync::Mutex::new(std::collections::VecDeque::new());
@@ -146,10 +149,10 @@ fn pipelined(engine: &Engine, contacts: usize, events: usize) -> Phase {
     let cpu = cpu_seconds();
     let (t_ingest, t_process) = std::thread::scope(|scope| {
         let ingest = scope.spawn(|| {
-            let mut wire = Wire::new(contacts, events);
+            let mut wire = WireFile::open(input).expect("clickstream");
             let mut busy = 0.0;
             loop {
-                // The input is made outside the timed part, as in the serial phase.
+                // The input is read outside the timed part, as in the serial phase.
                 let chunk = wire.chunk(CHUNK);
                 if chunk.is_empty() {
                     break;
@@ -221,10 +224,20 @@ fn main() {
         s
     };
     if let Ok(parent) = std::env::var(PIPELINED_CHILD) {
-        let (raw, digest) = parent.split_once(' ').expect("raw limit and digest");
+        // "RAW DIGEST [INPUT]": without INPUT (a child run by hand), the clickstream is written here.
+        let mut args = parent.split(' ');
+        let (raw, digest) = (args.next().expect("raw limit"), args.next().expect("digest"));
+        let input = match args.next() {
+            Some(path) => path.into(),
+            None => {
+                let path = tmp.path().join("clickstream.ndjson");
+                WireFile::write(&path, contacts, events).expect("clickstream file");
+                path
+            }
+        };
         let s = settings("pipelined");
         let engine = Engine::open(&s).expect("engine");
-        let piped = pipelined(&engine, contacts, events);
+        let piped = pipelined(&engine, &input, Wire::new(contacts, events).total());
         let total = dripline::storage::digest::digest(&engine.store, s.engine.partitions)
             .expect("digest")
             .total;
@@ -262,8 +275,14 @@ fn main() {
         "pipeline: {contacts} contacts, {total} events ({events} clickstream + {contacts} identify), batches of {CHUNK}"
     );
 
+    // Every phase reads the same clickstream from a file written first, so none pays for making
+    // it while it runs (see `WireFile`).
+    let input_dir = tempfile::tempdir().expect("temp dir");
+    let input = input_dir.path().join("clickstream.ndjson");
+    WireFile::write(&input, contacts, events).expect("clickstream file");
+
     let engine = Engine::open(&s).expect("engine");
-    let run = serial(&engine, contacts, events);
+    let run = serial(&engine, &input, total);
     let e2e = total as f64 / run.elapsed;
     let decided: u64 = engine
         .metrics
@@ -296,7 +315,7 @@ fn main() {
     let raw = {
         let store = dripline::storage::Store::open(&raw_dir).expect("raw store");
         let cf = store.cf(dripline::storage::CF_LOG);
-        let mut wire = Wire::new(contacts, events);
+        let mut wire = WireFile::open(&input).expect("clickstream");
         let mut elapsed = 0.0;
         let cpu = cpu_seconds();
         for n in 0.. {
@@ -364,7 +383,10 @@ fn main() {
     // this one the serial engine's memory would count in its peak RSS.
     let status = std::process::Command::new(std::env::current_exe().expect("this bench"))
         .arg("--bench")
-        .env(PIPELINED_CHILD, format!("{raw} {:032x}", live_digest.total))
+        .env(
+            PIPELINED_CHILD,
+            format!("{raw} {:032x} {}", live_digest.total, input.display()),
+        )
         .status()
         .expect("pipelined phase");
     assert!(status.success(), "pipelined phase failed");
