@@ -6,6 +6,8 @@
 
 use super::metrics::Metrics;
 use crate::machine::{ContactState, Effect, Input, Metric, handle};
+use crate::storage::StoreError;
+use crate::storage::handoff::Pending;
 use crate::storage::tables::{self, MailContent, OutboxEntry};
 use crate::storage::timers::{TimerKey, TimerQueue};
 use crate::storage::{Result, Store, log};
@@ -13,7 +15,23 @@ use crate::time::Ts;
 use crate::workflow::{Registry, StepIdx};
 use rocksdb::WriteBatch;
 use rustc_hash::FxHashMap;
-use std::sync::Arc;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Commits left handed off at most (all partitions' together): a partition whose commit finds
+/// one still waiting (nothing was appended since) writes both itself. While ingest runs, a commit
+/// is taken within an append or two; when it stops, nothing piles up (each waiting commit holds
+/// its WriteBatch, tens of MiB at the benchmark's 16384 inputs, and the states it wrote).
+const MAX_HANDED_OFF: usize = 2;
+
+/// Received → committed: the decisions these events led to are durable (and visible to the
+/// mailer) only once their commit is written.
+fn observe_latency(metrics: &Metrics, wall: Ts, received: Vec<Ts>) {
+    for r in received {
+        metrics.processing_latency.observe((wall - r).max(0) as f64 / 1000.0);
+    }
+}
 
 pub struct Partition {
     pub id: u16,
@@ -43,6 +61,12 @@ pub struct Partition {
     checkpoint: Checkpoint,
     uncommitted: usize,
     last_commit: std::time::Instant,
+    /// The last commit staged, and the last one written (a commit handed off is written later,
+    /// by another thread: see [`Partition::commit_behind`]).
+    epoch: u64,
+    written: Arc<AtomicU64>,
+    /// Why a commit handed off failed, reported by the thread that wrote it.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 /// A contact's state in the cache. The id is shared by the cache key and the dirty list, so
@@ -52,6 +76,8 @@ struct Cached {
     state: ContactState,
     /// Changed since the last commit.
     dirty: bool,
+    /// The commit that last wrote this state (0: it came from the store).
+    epoch: u64,
 }
 
 /// The partition's contact states: an LRU cache over RocksDB. A dirty contact pushed out before
@@ -63,6 +89,10 @@ struct Contacts {
     dirty: Vec<Arc<str>>,
     /// Dirty contacts evicted before the commit: not in RocksDB yet, so a load looks here first.
     spilled: FxHashMap<Arc<str>, ContactState>,
+    /// Contacts pushed out of the cache while the commit that wrote them is handed off and not
+    /// written yet (the store still holds an older state, so a load looks here before it), by
+    /// commit, oldest first: dropped as soon as their commit is written.
+    inflight: VecDeque<(u64, FxHashMap<Arc<str>, ContactState>)>,
 }
 
 impl Contacts {
@@ -70,7 +100,21 @@ impl Contacts {
     /// every input handled is committed with its contact's state. One cache look-up on a hit
     /// and one insert on a miss (a function that returned the slot would have to look it up
     /// again: returning a borrow taken inside the `if` is beyond the borrow checker).
-    fn with_slot<R>(&mut self, store: &Store, contact: &str, f: impl FnOnce(&mut ContactState) -> R) -> Result<R> {
+    /// `written`: the partition's last commit known written.
+    /// Drops the states kept for commits written since.
+    fn forget_written(&mut self, written: u64) {
+        while self.inflight.front().is_some_and(|(e, _)| *e <= written) {
+            self.inflight.pop_front();
+        }
+    }
+
+    fn with_slot<R>(
+        &mut self,
+        store: &Store,
+        contact: &str,
+        written: u64,
+        f: impl FnOnce(&mut ContactState) -> R,
+    ) -> Result<R> {
         if let Some(c) = self.cache.get_mut(contact) {
             if !c.dirty {
                 c.dirty = true;
@@ -78,22 +122,29 @@ impl Contacts {
             }
             return Ok(f(&mut c.state));
         }
-        let mut state = match self.spilled.remove(contact) {
-            Some(st) => st,
-            None => tables::get_contact(store, contact)?.unwrap_or_default(),
+        let (id, mut state) = match self.spilled.remove_entry(contact) {
+            Some(found) => found,
+            None => match self.inflight.iter_mut().find_map(|(_, m)| m.remove_entry(contact)) {
+                Some(found) => found,
+                None => (contact.into(), tables::get_contact(store, contact)?.unwrap_or_default()),
+            },
         };
         let r = f(&mut state);
-        let id: Arc<str> = contact.into();
         self.dirty.push(id.clone());
         let slot = Cached {
             id: id.clone(),
             state,
             dirty: true,
+            epoch: 0,
         };
-        if let Some((evicted, old)) = self.cache.push(id, slot)
-            && old.dirty
-        {
-            self.spilled.insert(evicted, old.state);
+        if let Some((evicted, old)) = self.cache.push(id, slot) {
+            if old.dirty {
+                self.spilled.insert(evicted, old.state);
+            } else if old.epoch > written {
+                if let Some((_, m)) = self.inflight.iter_mut().find(|(e, _)| *e == old.epoch) {
+                    m.insert(evicted, old.state);
+                }
+            }
         }
         Ok(r)
     }
@@ -150,6 +201,7 @@ impl Partition {
                 cache: lru::LruCache::new(std::num::NonZeroUsize::new(cache_cap.max(1)).expect("non-zero")),
                 dirty: Vec::new(),
                 spilled: FxHashMap::default(),
+                inflight: VecDeque::new(),
             },
             counter_deltas: FxHashMap::default(),
             counter_values: FxHashMap::default(),
@@ -163,6 +215,9 @@ impl Partition {
             checkpoint: Checkpoint::default(),
             uncommitted: 0,
             last_commit: std::time::Instant::now(),
+            epoch: 0,
+            written: Arc::new(AtomicU64::new(0)),
+            failure: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -191,6 +246,10 @@ impl Partition {
     /// stamped earlier can arrive after them. Commits when the [`Checkpoint`] says so, or when
     /// the log is drained and `commit_when_drained`. Returns the inputs handled.
     pub fn poll(&mut self, log: &log::EmbeddedLog, wall: Ts, max: usize, commit_when_drained: bool) -> Result<usize> {
+        if let Some(failure) = self.failure.lock().expect("failure lock").take() {
+            return Err(StoreError::HandedOff(failure));
+        }
+        self.contacts.forget_written(self.written.load(Ordering::Acquire));
         let records = log.take(self.id, self.next_offset(), max)?;
         let consumed = records.len();
         let mut n = self.handle(records, wall)?;
@@ -204,8 +263,15 @@ impl Partition {
             self.uncommitted += n.max(consumed);
         }
         let due = self.uncommitted >= self.checkpoint.inputs || self.last_commit.elapsed() >= self.checkpoint.interval;
-        if self.uncommitted > 0 && (due || (drained && commit_when_drained)) {
+        if self.uncommitted > 0 && drained && commit_when_drained {
             self.commit()?;
+        } else if self.uncommitted > 0 && due {
+            // Busy: the next append writes it.
+            self.commit_behind()?;
+        }
+        if n == 0 && consumed == 0 {
+            // Idle: nothing handed off may wait for an append that is not coming.
+            self.store.write_handed_off()?;
         }
         Ok(n.max(consumed))
     }
@@ -213,9 +279,11 @@ impl Partition {
     /// Commits whatever [`Partition::poll`] has handled and not committed yet.
     pub fn flush(&mut self) -> Result<()> {
         if self.uncommitted > 0 {
-            self.commit()?;
+            self.commit()
+        } else {
+            // What it handed off is written too (with any other partition's before it).
+            self.store.write_handed_off()
         }
-        Ok(())
     }
 
     /// Handles records in order, each after the timers due by its time; an unreadable one goes
@@ -293,7 +361,9 @@ impl Partition {
         let mut fx = std::mem::take(&mut self.fx);
         let reg = &self.reg;
         self.contacts
-            .with_slot(&self.store, contact, |st| handle(contact, st, &input, at, reg, &mut fx))?;
+            .with_slot(&self.store, contact, self.written.load(Ordering::Acquire), |st| {
+                handle(contact, st, &input, at, reg, &mut fx)
+            })?;
         for e in fx.drain(..) {
             match e {
                 Effect::ScheduleTimer { id, due } => self.timers.schedule(TimerKey {
@@ -348,7 +418,41 @@ impl Partition {
         Ok(())
     }
 
-    /// Writes everything staged, with the consumed position, as one batch.
+    /// Stages everything handled, with the consumed position, as one batch, and hands it off
+    /// to the next thread that appends to the log (see [`crate::storage::handoff`]); with a
+    /// commit hook (the Kafka changelog) or with too many handed off already, writes at once.
+    pub fn commit_behind(&mut self) -> Result<()> {
+        if self.hook.is_some() {
+            return self.commit();
+        }
+        self.uncommitted = 0;
+        self.last_commit = std::time::Instant::now();
+        self.stage()?;
+        let (epoch, wall, received) = (self.epoch, self.wall, std::mem::take(&mut self.received));
+        let (written, failure, metrics) = (self.written.clone(), self.failure.clone(), self.metrics.clone());
+        let waiting = self.store.handoff.push(Pending {
+            batch: std::mem::take(&mut self.batch),
+            done: Box::new(move |r| match r {
+                Ok(took) => {
+                    metrics.rocksdb_write.observe(took.as_secs_f64());
+                    written.store(epoch, Ordering::Release);
+                    observe_latency(&metrics, wall, received);
+                }
+                Err(e) => *failure.lock().expect("failure lock") = Some(e.to_string()),
+            }),
+        });
+        self.metrics
+            .contacts_cached
+            .with_label_values(&[&self.id.to_string()])
+            .set(self.contacts.cache.len() as i64);
+        if waiting >= MAX_HANDED_OFF {
+            self.store.write_handed_off()?;
+        }
+        Ok(())
+    }
+
+    /// Writes everything staged, with the consumed position, as one batch, now (after any
+    /// commits handed off before it).
     pub fn commit(&mut self) -> Result<()> {
         self.uncommitted = 0;
         self.last_commit = std::time::Instant::now();
@@ -366,6 +470,11 @@ impl Partition {
     /// The first half of a commit: everything pending (dirty contacts, counters, the position)
     /// staged into the batch, for a caller that publishes several partitions' batches at once.
     pub fn stage(&mut self) -> Result<()> {
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let written = self.written.load(Ordering::Acquire);
+        self.contacts.forget_written(written);
+        self.contacts.inflight.push_back((epoch, FxHashMap::default()));
         self.timers.stage(&self.store, &mut self.batch);
         // In key order, as the memtable inserts them fastest.
         let mut dirty = std::mem::take(&mut self.contacts.dirty);
@@ -377,6 +486,7 @@ impl Partition {
                 && c.dirty
             {
                 c.dirty = false;
+                c.epoch = epoch;
                 tables::put_contact(&self.store, &mut self.batch, id, &c.state);
             }
         }
@@ -386,6 +496,12 @@ impl Partition {
         spilled.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         for (id, st) in spilled {
             tables::put_contact(&self.store, &mut self.batch, &id, &st);
+            self.contacts
+                .inflight
+                .back_mut()
+                .expect("pushed above")
+                .1
+                .insert(id, st);
         }
         for ((workflow, version, step, metric), delta) in self.counter_deltas.drain() {
             let Some(wf) = self.reg.get(&workflow, version) else {
@@ -415,18 +531,15 @@ impl Partition {
 
     /// The second half: the staged batch written locally, as one WriteBatch.
     pub fn write_staged(&mut self) -> Result<()> {
+        // Never ahead of this partition's commits handed off earlier.
+        self.store.write_handed_off()?;
         if !self.batch.is_empty() {
             let started = std::time::Instant::now();
             self.store.write(std::mem::take(&mut self.batch), false)?;
             self.metrics.rocksdb_write.observe(started.elapsed().as_secs_f64());
         }
-        // Received → committed: the decisions these events led to are durable (and visible to
-        // the mailer) only now.
-        for received in self.received.drain(..) {
-            self.metrics
-                .processing_latency
-                .observe((self.wall - received).max(0) as f64 / 1000.0);
-        }
+        self.written.store(self.epoch, Ordering::Release);
+        observe_latency(&self.metrics, self.wall, std::mem::take(&mut self.received));
 
         self.metrics
             .contacts_cached

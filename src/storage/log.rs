@@ -391,6 +391,11 @@ impl EmbeddedLog {
     pub fn append_at(&self, events: Vec<Event>, stamps: &[Ts], sync: bool) -> Result<Vec<Appended>> {
         debug_assert_eq!(events.len(), stamps.len());
         let s = &self.store;
+        // This thread writes anyway: the commits busy partitions handed off first (outside the
+        // log lock). A failure is its partition's to report, not this append's.
+        if let Err(e) = s.write_handed_off() {
+            tracing::error!("writing the commits handed off: {e}");
+        }
         let mut state = self.state.lock().expect("log lock");
         let mut floor = state.floor;
         let mut batch = WriteBatch::default();

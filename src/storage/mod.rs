@@ -3,6 +3,7 @@
 //! goes into one `WriteBatch`, so a crash never leaves half of it. WAL on.
 
 pub mod digest;
+pub mod handoff;
 pub mod log;
 pub mod tables;
 pub mod timers;
@@ -40,6 +41,8 @@ pub enum StoreError {
     Rocks(#[from] rocksdb::Error),
     #[error("changelog: {0}")]
     Changelog(String),
+    #[error("a commit handed off to another thread failed: {0}")]
+    HandedOff(String),
     #[error("corrupt record in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
 }
@@ -52,6 +55,8 @@ pub struct Store {
     /// flushes the memtables at the end. A crash mid-replay loses only a directory that is
     /// rebuilt from scratch anyway.
     bulk: std::sync::atomic::AtomicBool,
+    /// Commits busy partitions left for the next writer (see [`handoff`]).
+    pub handoff: handoff::Handoff,
 }
 
 impl Store {
@@ -98,6 +103,7 @@ impl Store {
         let store = Store {
             db: DB::open_cf_descriptors(&opts, dir, cfs)?,
             bulk: Default::default(),
+            handoff: Default::default(),
         };
         tables::upgrade_outbox_keys_once(&store)?;
         Ok(store)
@@ -108,6 +114,7 @@ impl Store {
         Ok(Store {
             db: DB::open_cf_for_read_only(&Options::default(), dir, ALL, false)?,
             bulk: Default::default(),
+            handoff: Default::default(),
         })
     }
 
@@ -125,6 +132,11 @@ impl Store {
             w.set_sync(sync);
         }
         Ok(self.db.write_opt(batch, &w)?)
+    }
+
+    /// Writes the commits partitions have handed off (see [`handoff`]), in order.
+    pub fn write_handed_off(&self) -> Result<()> {
+        self.handoff.write_all(self)
     }
 
     pub fn start_bulk(&self) {
@@ -180,6 +192,7 @@ mod tests {
             let old = Store {
                 db: DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap(),
                 bulk: Default::default(),
+                handoff: Default::default(),
             };
             let write = |ids: std::ops::Range<i64>| {
                 let mut b = WriteBatch::default();
