@@ -213,10 +213,11 @@ fn engine_states_equal_the_pure_simulation_even_with_a_tiny_cache() {
     assert_eq!(emls(tmp.path()).len(), sim.sent.len());
 }
 
-/// A busy partition hands its commits off to the next append (it polls full batches and commits
-/// by checkpoint), and nothing is lost while they wait: a contact pushed out of the tiny cache
-/// before its commit is written reloads its newest state, not the store's older one. The states
-/// end equal to the pure simulation's.
+/// A busy partition hands its commits off to the next append when another thread appends (it
+/// polls full batches and commits by checkpoint), and nothing is lost while they wait: a contact
+/// pushed out of the tiny cache before its commit is written reloads its newest state, not the
+/// store's older one. The states end equal to the pure simulation's. With the appends on its
+/// own thread, the same commit is written at once.
 #[test]
 fn commits_handed_off_wait_for_the_next_append_and_lose_nothing() {
     use dripline::machine::sim::Sim;
@@ -256,7 +257,15 @@ fn commits_handed_off_wait_for_the_next_append_and_lose_nothing() {
         }
     }
 
-    engine.ingest_values(&first, None, t0).unwrap();
+    // Appends come from another thread, as HTTP ingest's do.
+    let elsewhere = |values: &[serde_json::Value], at| {
+        std::thread::scope(|s| {
+            s.spawn(|| engine.ingest_values(values, None, at).unwrap())
+                .join()
+                .unwrap()
+        });
+    };
+    elsewhere(&first, t0);
     // A full poll commits by checkpoint and hands off; the next (3 records) drains the log.
     assert_eq!(engine.pump_lazy(t0).unwrap(), 7);
     let position = || {
@@ -267,7 +276,7 @@ fn commits_handed_off_wait_for_the_next_append_and_lose_nothing() {
     assert_eq!(position(), None, "the commit waits for a writer");
     assert_eq!(engine.contact("a").unwrap(), None);
     // The next append writes it before its own records.
-    engine.ingest_values(&second, None, t0 + MINUTE).unwrap();
+    elsewhere(&second, t0 + MINUTE);
     assert_eq!(position(), Some(3), "the handed-off commit is written");
     assert!(engine.contact("a").unwrap().is_some());
 
@@ -288,6 +297,18 @@ fn commits_handed_off_wait_for_the_next_append_and_lose_nothing() {
     engine.drain_mail(100).unwrap();
     assert_eq!(emls(tmp.path()).len(), sim.sent.len());
     assert!(!sim.sent.is_empty());
+
+    // Appended on this thread, the checkpoint commit is written as it is made.
+    let other = tempfile::tempdir().unwrap();
+    s.engine.data_dir = other.path().join("data");
+    s.mail.outbox_dir = other.path().join("mail");
+    let engine = Engine::open(&s).unwrap();
+    engine.ingest_values(&first, None, t0).unwrap();
+    assert_eq!(engine.pump_lazy(t0).unwrap(), 7);
+    let position = dripline::storage::tables::get_position(&engine.store, 0)
+        .unwrap()
+        .offset;
+    assert_eq!(position, Some(3), "written at once");
 }
 
 /// The rounds the next test feeds: identifies, then a mix of tracks three hours apart (so
@@ -320,7 +341,8 @@ fn rounds(t0: i64, n: i64) -> Vec<(i64, Vec<serde_json::Value>)> {
 
 /// Ingest on one thread and processing on another (as `dripline run` runs them) reach the same
 /// state as taking turns on one thread, however the two interleave: timers fire by record time,
-/// and up to the wall clock only once the log is sealed there.
+/// and up to the wall clock only once the log is sealed there; commits handed off to the ingest
+/// thread lose nothing.
 #[test]
 fn ingest_and_processing_on_two_threads_reach_the_one_thread_state() {
     use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -332,6 +354,8 @@ fn ingest_and_processing_on_two_threads_reach_the_one_thread_state() {
         s.engine.partitions = 3;
         s.engine.cache_contacts_per_partition = 4;
         s.engine.batch = 16;
+        // Commits by checkpoint while busy: handed off to the ingest thread in the piped run.
+        s.engine.checkpoint_inputs = 8;
         Engine::open(&s).unwrap()
     };
 

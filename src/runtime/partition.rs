@@ -266,8 +266,12 @@ impl Partition {
         if self.uncommitted > 0 && drained && commit_when_drained {
             self.commit()?;
         } else if self.uncommitted > 0 && due {
-            // Busy: the next append writes it.
-            self.commit_behind()?;
+            if log.appended_elsewhere() {
+                // Busy, and another thread appends: the next append writes it.
+                self.commit_behind()?;
+            } else {
+                self.commit()?;
+            }
         }
         if n == 0 && consumed == 0 {
             // Idle: nothing handed off may wait for an append that is not coming.

@@ -218,6 +218,8 @@ struct State {
     /// by [`EmbeddedLog::seal`], so a partition that fired timers up to its wall clock can never
     /// later see an event stamped before them (live and replay then order them alike).
     floor: Ts,
+    /// The thread that appended last.
+    appender: Option<std::thread::ThreadId>,
 }
 
 pub struct EmbeddedLog {
@@ -289,7 +291,12 @@ impl EmbeddedLog {
         Ok(EmbeddedLog {
             store,
             partitions,
-            state: Mutex::new(State { next, window, floor }),
+            state: Mutex::new(State {
+                next,
+                window,
+                floor,
+                appender: None,
+            }),
             tails: Mutex::new((0..partitions).map(|_| Tail::default()).collect()),
             tail_cap: 0,
         })
@@ -371,6 +378,14 @@ impl EmbeddedLog {
 
     pub fn partitions(&self) -> u16 {
         self.partitions
+    }
+
+    /// Whether the last append came from another thread than this one: only then is a commit
+    /// worth handing off to the next append (see [`crate::storage::handoff`]); on one thread
+    /// it would only be written later.
+    pub fn appended_elsewhere(&self) -> bool {
+        let appender = self.state.lock().expect("log lock").appender;
+        appender.is_some_and(|t| t != std::thread::current().id())
     }
 
     /// The offset the next record of each partition will get.
@@ -458,6 +473,7 @@ impl EmbeddedLog {
             s.write(batch, sync)?;
         }
         state.floor = floor;
+        state.appender = Some(me);
         // Only what is durable joins the window (a failed write leaves it as it was) and the
         // tails, in offset order (still under the lock that orders appends).
         for h in hashes {
