@@ -65,7 +65,8 @@ pub struct Partition {
     /// by another thread: see [`Partition::commit_behind`]).
     epoch: u64,
     written: Arc<AtomicU64>,
-    /// Why a commit handed off failed, reported by the thread that wrote it.
+    /// Why a commit failed (a handed-off one reported by the thread that wrote it): from then on
+    /// every poll fails with it.
     failure: Arc<Mutex<Option<String>>>,
 }
 
@@ -246,8 +247,10 @@ impl Partition {
     /// stamped earlier can arrive after them. Commits when the [`Checkpoint`] says so, or when
     /// the log is drained and `commit_when_drained`. Returns the inputs handled.
     pub fn poll(&mut self, log: &log::EmbeddedLog, wall: Ts, max: usize, commit_when_drained: bool) -> Result<usize> {
-        if let Some(failure) = self.failure.lock().expect("failure lock").take() {
-            return Err(StoreError::HandedOff(failure));
+        // Fail-stop: after a failed commit the partition's memory is ahead of its store; a
+        // restart resumes from the last commit written and handles the rest again.
+        if let Some(failure) = self.failure.lock().expect("failure lock").clone() {
+            return Err(StoreError::CommitFailed(failure));
         }
         self.contacts.forget_written(self.written.load(Ordering::Acquire));
         let records = log.take(self.id, self.next_offset(), max)?;
@@ -539,7 +542,10 @@ impl Partition {
         self.store.write_handed_off()?;
         if !self.batch.is_empty() {
             let started = std::time::Instant::now();
-            self.store.write(std::mem::take(&mut self.batch), false)?;
+            if let Err(e) = self.store.write(std::mem::take(&mut self.batch), false) {
+                *self.failure.lock().expect("failure lock") = Some(e.to_string());
+                return Err(e);
+            }
             self.metrics.rocksdb_write.observe(started.elapsed().as_secs_f64());
         }
         self.written.store(self.epoch, Ordering::Release);

@@ -41,8 +41,8 @@ pub enum StoreError {
     Rocks(#[from] rocksdb::Error),
     #[error("changelog: {0}")]
     Changelog(String),
-    #[error("a commit handed off to another thread failed: {0}")]
-    HandedOff(String),
+    #[error("a commit of this partition failed (restart to resume from the last one written): {0}")]
+    CommitFailed(String),
     #[error("corrupt record in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
 }
