@@ -155,12 +155,26 @@ fn timers_page_in_from_rocksdb_in_due_order_across_many_contacts() {
     assert_eq!(dripline::storage::tables::sent_ids(&engine.store).unwrap().len(), 6000);
 }
 
+/// The pure simulator over the workflows `s` loads, its clock at `t0`.
+fn sim(s: &dripline::config::Settings, t0: i64) -> dripline::machine::sim::Sim {
+    let reg = dripline::workflow::Registry::load_dir(&s.workflows.dir, &[], s.policy().unwrap()).unwrap();
+    dripline::machine::sim::Sim::new(std::sync::Arc::new(reg), t0)
+}
+
+/// Each contact's stored state equals the simulator's, byte for byte.
+fn assert_states_equal(engine: &Engine, sim: &dripline::machine::sim::Sim, ids: &[impl AsRef<str>]) {
+    for id in ids {
+        let id = id.as_ref();
+        let stored = engine.contact(id).unwrap().unwrap();
+        assert_eq!(stored.encode(), sim.contacts[id].encode(), "{id} differs");
+    }
+}
+
 /// The runtime (log, partitions, RocksDB, paged timers, a cache of 3 contacts per partition so
 /// evictions happen mid-batch) must reach byte-identical contact states to the pure simulator
 /// given the same inputs at the same times.
 #[test]
 fn engine_states_equal_the_pure_simulation_even_with_a_tiny_cache() {
-    use dripline::machine::sim::Sim;
     use dripline::time::DAY;
     let tmp = tempfile::tempdir().unwrap();
     let t0 = parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
@@ -169,12 +183,7 @@ fn engine_states_equal_the_pure_simulation_even_with_a_tiny_cache() {
     s.engine.cache_contacts_per_partition = 3;
     s.engine.batch = 50;
     let engine = Engine::open(&s).unwrap();
-    let mut sim = Sim::new(
-        std::sync::Arc::new(
-            dripline::workflow::Registry::load_dir(&s.workflows.dir, &[], s.policy().unwrap()).unwrap(),
-        ),
-        t0,
-    );
+    let mut sim = sim(&s, t0);
     let names = [
         "Product Added",
         "Order Completed",
@@ -204,11 +213,8 @@ fn engine_states_equal_the_pure_simulation_even_with_a_tiny_cache() {
     let end = t0 + 200 * DAY;
     sim.advance_to(end);
     engine.pump(end).unwrap();
-    for c in 0..25 {
-        let id = format!("u{c}");
-        let stored = engine.contact(&id).unwrap().unwrap();
-        assert_eq!(stored.encode(), sim.contacts[&id].encode(), "{id} differs");
-    }
+    let ids: Vec<String> = (0..25).map(|c| format!("u{c}")).collect();
+    assert_states_equal(&engine, &sim, &ids);
     engine.drain_mail(100_000).unwrap();
     assert_eq!(emls(tmp.path()).len(), sim.sent.len());
 }
@@ -220,7 +226,6 @@ fn engine_states_equal_the_pure_simulation_even_with_a_tiny_cache() {
 /// own thread, the same commit is written at once.
 #[test]
 fn commits_handed_off_wait_for_the_next_append_and_lose_nothing() {
-    use dripline::machine::sim::Sim;
     let tmp = tempfile::tempdir().unwrap();
     let t0 = parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
     let mut s = settings(tmp.path());
@@ -230,12 +235,7 @@ fn commits_handed_off_wait_for_the_next_append_and_lose_nothing() {
     s.engine.checkpoint_inputs = 4;
     s.engine.checkpoint_interval = "1h".into();
     let engine = Engine::open(&s).unwrap();
-    let mut sim = Sim::new(
-        std::sync::Arc::new(
-            dripline::workflow::Registry::load_dir(&s.workflows.dir, &[], s.policy().unwrap()).unwrap(),
-        ),
-        t0,
-    );
+    let mut sim = sim(&s, t0);
     let identify = |u: &str, n: usize| json!({"type": "identify", "userId": u, "messageId": format!("m{n}"), "traits": {"email": format!("{u}@example.org"), "first_name": u}});
     // a..d fill the cache twice over: a and b are pushed out changed before the first commit,
     // c and d unchanged after it (their newest state is in the commit), and a, b and c come back
@@ -285,10 +285,7 @@ fn commits_handed_off_wait_for_the_next_append_and_lose_nothing() {
     sim.advance_to(end);
     engine.pump(end).unwrap();
     assert_eq!(position(), Some(8));
-    for id in ["a", "b", "c", "d"] {
-        let stored = engine.contact(id).unwrap().unwrap();
-        assert_eq!(stored.encode(), sim.contacts[id].encode(), "{id} differs");
-    }
+    assert_states_equal(&engine, &sim, &["a", "b", "c", "d"]);
     assert_eq!(
         engine.contact("b").unwrap().unwrap().traits.get("first_name"),
         Some(&dripline::value::Value::Str("b".into())),
