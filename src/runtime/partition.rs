@@ -102,13 +102,6 @@ impl Contacts {
     /// and one insert on a miss (a function that returned the slot would have to look it up
     /// again: returning a borrow taken inside the `if` is beyond the borrow checker).
     /// `written`: the partition's last commit known written.
-    /// Drops the states kept for commits written since.
-    fn forget_written(&mut self, written: u64) {
-        while self.inflight.front().is_some_and(|(e, _)| *e <= written) {
-            self.inflight.pop_front();
-        }
-    }
-
     fn with_slot<R>(
         &mut self,
         store: &Store,
@@ -148,6 +141,13 @@ impl Contacts {
             }
         }
         Ok(r)
+    }
+
+    /// Drops the states kept for commits written since.
+    fn forget_written(&mut self, written: u64) {
+        while self.inflight.front().is_some_and(|(e, _)| *e <= written) {
+            self.inflight.pop_front();
+        }
     }
 }
 
