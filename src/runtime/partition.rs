@@ -558,3 +558,34 @@ impl Partition {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Event;
+
+    /// A commit that cannot be written (here: the store is open read-only) fails its poll, and
+    /// every poll after it, instead of going on with a memory that is ahead of the store.
+    #[test]
+    fn a_failed_commit_fails_every_later_poll() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Arc::new(Store::open(dir.path()).unwrap());
+            let log = log::EmbeddedLog::open(store, 1, 16).unwrap();
+            let ev = Event::track("ann", "m1", "Signed Up", crate::value::Map::new());
+            log.append(vec![ev], 1_000).unwrap();
+        }
+        let store = Arc::new(Store::open_read_only(dir.path()).unwrap());
+        let log = log::EmbeddedLog::open(store.clone(), 1, 16).unwrap();
+        let policy = crate::config::Settings::load(None).unwrap().policy().unwrap();
+        let workflows = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"));
+        let reg = Arc::new(Registry::load_dir(workflows, &[], policy).unwrap());
+        let mut p = Partition::open(0, store, reg, Arc::new(Metrics::new()), 4).unwrap();
+        let first = p.poll(&log, 2_000, 16, true).unwrap_err();
+        assert!(matches!(first, StoreError::Rocks(_)), "{first}");
+        for wall in [3_000, 4_000] {
+            let again = p.poll(&log, wall, 16, true).unwrap_err();
+            assert!(matches!(again, StoreError::CommitFailed(_)), "{again}");
+        }
+    }
+}

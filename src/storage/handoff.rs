@@ -64,3 +64,56 @@ impl Handoff {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::CF_POSITIONS;
+    use std::sync::Arc;
+
+    fn put(s: &Store, v: &[u8]) -> WriteBatch {
+        let mut b = WriteBatch::default();
+        b.put_cf(s.cf(CF_POSITIONS), b"k", v);
+        b
+    }
+
+    /// Each commit's partition hears how its write went, in the order they were handed off.
+    fn pending(s: &Store, v: u8, heard: &Arc<Mutex<Vec<(u8, bool)>>>) -> Pending {
+        let heard = heard.clone();
+        Pending {
+            batch: put(s, &[v]),
+            done: Box::new(move |r| heard.lock().unwrap().push((v, r.is_ok()))),
+        }
+    }
+
+    #[test]
+    fn commits_are_written_in_the_order_handed_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        for v in 1..=3 {
+            assert_eq!(s.handoff.push(pending(&s, v, &heard)), v as usize);
+        }
+        s.write_handed_off().unwrap();
+        assert_eq!(*heard.lock().unwrap(), [(1, true), (2, true), (3, true)]);
+        let stored = s.db.get_cf(s.cf(CF_POSITIONS), b"k").unwrap();
+        assert_eq!(stored.as_deref(), Some(&[3u8][..]), "the last one handed off wins");
+        s.write_handed_off().unwrap();
+        assert_eq!(heard.lock().unwrap().len(), 3, "each written once");
+    }
+
+    /// A write that fails (the store is read-only) is reported to its partition and returned;
+    /// the commits behind it stay queued, unheard.
+    #[test]
+    fn a_failed_write_is_reported_and_the_rest_wait() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let s = Store::open_read_only(dir.path()).unwrap();
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        s.handoff.push(pending(&s, 1, &heard));
+        s.handoff.push(pending(&s, 2, &heard));
+        assert!(s.write_handed_off().is_err());
+        assert_eq!(*heard.lock().unwrap(), [(1, false)]);
+        assert_eq!(s.handoff.push(pending(&s, 3, &heard)), 2, "2 still waits, before 3");
+    }
+}
