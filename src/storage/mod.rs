@@ -59,47 +59,54 @@ pub struct Store {
     pub handoff: handoff::Handoff,
 }
 
+/// The store's options and its column families with theirs: the same for a read-only open,
+/// so that it reads the tables as they were written (filters, block cache).
+fn options() -> (Options, Vec<ColumnFamilyDescriptor>) {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
+    opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    opts.increase_parallelism(2);
+    // Memtable inserts by one writer at a time, with plain stores; concurrent inserts link
+    // skiplist nodes with compare-and-swap. (What the benchmarks measure; not compared.)
+    opts.set_allow_concurrent_memtable_write(false);
+    // Memory must not grow with the data: all memtables together are capped (the write
+    // buffer manager flushes the largest when the total reaches it).
+    opts.set_db_write_buffer_size(256 << 20);
+    opts.set_write_buffer_size(64 << 20);
+    opts.set_max_write_buffer_number(3);
+    // Point lookups (contacts, sent ledger, counters) mostly miss or hit one key:
+    // bloom filters keep misses off the SST files.
+    // Filters and indexes stay pinned in the table readers (not in the block cache, where
+    // they thrash once tables outgrow it); data blocks share one 256 MiB cache.
+    let cache = rocksdb::Cache::new_lru_cache(256 << 20);
+    let point = || {
+        let mut o = Options::default();
+        let mut t = rocksdb::BlockBasedOptions::default();
+        t.set_bloom_filter(10.0, false);
+        t.set_block_cache(&cache);
+        o.set_block_based_table_factory(&t);
+        o.set_compression_type(rocksdb::DBCompressionType::Lz4);
+        // The same for the memtable: a lookup of a new id or contact (most of them) answers
+        // from a bloom filter instead of a skiplist search.
+        o.set_memtable_prefix_bloom_ratio(0.05);
+        o.set_memtable_whole_key_filtering(true);
+        o
+    };
+    let cfs = ALL.iter().map(|n| match *n {
+        // Contacts too, in a skiplist memtable like every table. A hashed memtable (by whole
+        // key, sessions 5 to 8) made each insert touch one bucket, but its flush had to sort
+        // every key into a new skiplist on the flush thread: 11 % of the pipelined engine's
+        // CPU. Inserting in order as it goes costs the processing thread less than that.
+        CF_CONTACTS | CF_SENT | CF_COUNTERS | CF_SUPPRESSIONS => ColumnFamilyDescriptor::new(*n, point()),
+        _ => ColumnFamilyDescriptor::new(*n, Options::default()),
+    });
+    (opts, cfs.collect())
+}
+
 impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
-        let mut opts = Options::default();
-        opts.create_if_missing(true);
-        opts.create_missing_column_families(true);
-        opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        opts.increase_parallelism(2);
-        // Memtable inserts by one writer at a time, with plain stores; concurrent inserts link
-        // skiplist nodes with compare-and-swap. (What the benchmarks measure; not compared.)
-        opts.set_allow_concurrent_memtable_write(false);
-        // Memory must not grow with the data: all memtables together are capped (the write
-        // buffer manager flushes the largest when the total reaches it).
-        opts.set_db_write_buffer_size(256 << 20);
-        opts.set_write_buffer_size(64 << 20);
-        opts.set_max_write_buffer_number(3);
-        // Point lookups (contacts, sent ledger, counters) mostly miss or hit one key:
-        // bloom filters keep misses off the SST files.
-        // Filters and indexes stay pinned in the table readers (not in the block cache, where
-        // they thrash once tables outgrow it); data blocks share one 256 MiB cache.
-        let cache = rocksdb::Cache::new_lru_cache(256 << 20);
-        let point = || {
-            let mut o = Options::default();
-            let mut t = rocksdb::BlockBasedOptions::default();
-            t.set_bloom_filter(10.0, false);
-            t.set_block_cache(&cache);
-            o.set_block_based_table_factory(&t);
-            o.set_compression_type(rocksdb::DBCompressionType::Lz4);
-            // The same for the memtable: a lookup of a new id or contact (most of them) answers
-            // from a bloom filter instead of a skiplist search.
-            o.set_memtable_prefix_bloom_ratio(0.05);
-            o.set_memtable_whole_key_filtering(true);
-            o
-        };
-        let cfs = ALL.iter().map(|n| match *n {
-            // Contacts too, in a skiplist memtable like every table. A hashed memtable (by whole
-            // key, sessions 5 to 8) made each insert touch one bucket, but its flush had to sort
-            // every key into a new skiplist on the flush thread: 11 % of the pipelined engine's
-            // CPU. Inserting in order as it goes costs the processing thread less than that.
-            CF_CONTACTS | CF_SENT | CF_COUNTERS | CF_SUPPRESSIONS => ColumnFamilyDescriptor::new(*n, point()),
-            _ => ColumnFamilyDescriptor::new(*n, Options::default()),
-        });
+        let (opts, cfs) = options();
         let store = Store {
             db: DB::open_cf_descriptors(&opts, dir, cfs)?,
             bulk: Default::default(),
@@ -109,10 +116,12 @@ impl Store {
         Ok(store)
     }
 
-    /// Opens for reading while a running engine holds the store (`contact show`).
+    /// Opens for reading while a running engine holds the store (`contact show`), with the
+    /// options it was written with.
     pub fn open_read_only(dir: &Path) -> Result<Store> {
+        let (opts, cfs) = options();
         Ok(Store {
-            db: DB::open_cf_for_read_only(&Options::default(), dir, ALL, false)?,
+            db: DB::open_cf_descriptors_read_only(&opts, dir, cfs, false)?,
             bulk: Default::default(),
             handoff: Default::default(),
         })
@@ -155,6 +164,19 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `contact show`'s read-only open reads the tables with the options they were written
+    /// with: the contacts' shared 256 MiB block cache, not a default one.
+    #[test]
+    fn a_read_only_open_has_the_writers_options() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path()).unwrap());
+        let s = Store::open_read_only(dir.path()).unwrap();
+        let capacity =
+            s.db.property_int_value_cf(s.cf(CF_CONTACTS), "rocksdb.block-cache-capacity")
+                .unwrap();
+        assert_eq!(capacity, Some(256 << 20));
+    }
 
     /// A store whose contacts table was written with the earlier hashed memtable (whole-key
     /// prefix extractor, flushed tables and a WAL) opens with today's options and reads every
