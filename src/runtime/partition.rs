@@ -25,9 +25,12 @@ use std::sync::{Arc, Mutex};
 /// its WriteBatch, tens of MiB at the benchmark's 16384 inputs, and the states it wrote).
 const MAX_HANDED_OFF: usize = 2;
 
-/// Received → committed: the decisions these events led to are durable (and visible to the
-/// mailer) only once their commit is written.
-fn observe_latency(metrics: &Metrics, wall: Ts, received: Vec<Ts>) {
+/// A partition's commit `epoch` is written, by whichever thread wrote it: the partition may
+/// forget the states it kept for it, and the events it holds count as processed. Received →
+/// committed: the decisions these events led to are durable (and visible to the mailer) only
+/// now.
+fn mark_written(metrics: &Metrics, written: &AtomicU64, epoch: u64, wall: Ts, received: Vec<Ts>) {
+    written.store(epoch, Ordering::Release);
     for r in received {
         metrics.processing_latency.observe((wall - r).max(0) as f64 / 1000.0);
     }
@@ -432,9 +435,7 @@ impl Partition {
         if self.hook.is_some() {
             return self.commit();
         }
-        self.uncommitted = 0;
-        self.last_commit = std::time::Instant::now();
-        self.stage()?;
+        self.begin_commit()?;
         let (epoch, wall, received) = (self.epoch, self.wall, std::mem::take(&mut self.received));
         let (written, failure, metrics) = (self.written.clone(), self.failure.clone(), self.metrics.clone());
         let waiting = self.store.handoff.push(Pending {
@@ -442,16 +443,11 @@ impl Partition {
             done: Box::new(move |r| match r {
                 Ok(took) => {
                     metrics.rocksdb_write.observe(took.as_secs_f64());
-                    written.store(epoch, Ordering::Release);
-                    observe_latency(&metrics, wall, received);
+                    mark_written(&metrics, &written, epoch, wall, received);
                 }
                 Err(e) => *failure.lock().expect("failure lock") = Some(e.to_string()),
             }),
         });
-        self.metrics
-            .contacts_cached
-            .with_label_values(&[&self.id.to_string()])
-            .set(self.contacts.cache.len() as i64);
         if waiting >= MAX_HANDED_OFF {
             self.store.write_handed_off()?;
         }
@@ -461,9 +457,7 @@ impl Partition {
     /// Writes everything staged, with the consumed position, as one batch, now (after any
     /// commits handed off before it).
     pub fn commit(&mut self) -> Result<()> {
-        self.uncommitted = 0;
-        self.last_commit = std::time::Instant::now();
-        self.stage()?;
+        self.begin_commit()?;
         if !self.batch.is_empty() {
             if let Some(hook) = &self.hook {
                 // Published (and acknowledged) before it is visible locally: whatever the mailer
@@ -474,8 +468,17 @@ impl Partition {
         self.write_staged()
     }
 
+    /// What every commit starts with: the checkpoint counts from here, and everything pending
+    /// is staged.
+    fn begin_commit(&mut self) -> Result<()> {
+        self.uncommitted = 0;
+        self.last_commit = std::time::Instant::now();
+        self.stage()
+    }
+
     /// The first half of a commit: everything pending (dirty contacts, counters, the position)
-    /// staged into the batch, for a caller that publishes several partitions' batches at once.
+    /// staged into the batch, for a caller that publishes several partitions' batches at once;
+    /// the cached-contacts gauge is set here, once for every kind of commit.
     pub fn stage(&mut self) -> Result<()> {
         self.epoch += 1;
         let epoch = self.epoch;
@@ -529,6 +532,10 @@ impl Partition {
             };
             tables::put_position(&self.store, &mut self.batch, self.id, pos);
         }
+        self.metrics
+            .contacts_cached
+            .with_label_values(&[&self.id.to_string()])
+            .set(self.contacts.cache.len() as i64);
         Ok(())
     }
 
@@ -548,13 +555,13 @@ impl Partition {
             }
             self.metrics.rocksdb_write.observe(started.elapsed().as_secs_f64());
         }
-        self.written.store(self.epoch, Ordering::Release);
-        observe_latency(&self.metrics, self.wall, std::mem::take(&mut self.received));
-
-        self.metrics
-            .contacts_cached
-            .with_label_values(&[&self.id.to_string()])
-            .set(self.contacts.cache.len() as i64);
+        mark_written(
+            &self.metrics,
+            &self.written,
+            self.epoch,
+            self.wall,
+            std::mem::take(&mut self.received),
+        );
         Ok(())
     }
 }
