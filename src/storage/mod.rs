@@ -105,13 +105,17 @@ fn options() -> (Options, Vec<ColumnFamilyDescriptor>) {
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> Result<Store> {
-        let (opts, cfs) = options();
-        let store = Store {
-            db: DB::open_cf_descriptors(&opts, dir, cfs)?,
+    fn with_db(db: DB) -> Store {
+        Store {
+            db,
             bulk: Default::default(),
             handoff: Default::default(),
-        };
+        }
+    }
+
+    pub fn open(dir: &Path) -> Result<Store> {
+        let (opts, cfs) = options();
+        let store = Store::with_db(DB::open_cf_descriptors(&opts, dir, cfs)?);
         tables::upgrade_outbox_keys_once(&store)?;
         Ok(store)
     }
@@ -120,11 +124,9 @@ impl Store {
     /// options it was written with.
     pub fn open_read_only(dir: &Path) -> Result<Store> {
         let (opts, cfs) = options();
-        Ok(Store {
-            db: DB::open_cf_descriptors_read_only(&opts, dir, cfs, false)?,
-            bulk: Default::default(),
-            handoff: Default::default(),
-        })
+        Ok(Store::with_db(DB::open_cf_descriptors_read_only(
+            &opts, dir, cfs, false,
+        )?))
     }
 
     pub fn cf(&self, name: &str) -> &ColumnFamily {
@@ -211,11 +213,7 @@ mod tests {
                 CF_CONTACTS => ColumnFamilyDescriptor::new(*n, hashed()),
                 _ => ColumnFamilyDescriptor::new(*n, Options::default()),
             });
-            let old = Store {
-                db: DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap(),
-                bulk: Default::default(),
-                handoff: Default::default(),
-            };
+            let old = Store::with_db(DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap());
             let write = |ids: std::ops::Range<i64>| {
                 let mut b = WriteBatch::default();
                 for i in ids {
