@@ -38,6 +38,20 @@ pub fn tune_allocators() {
     one_glibc_arena();
 }
 
+/// Whether none of these variables is set: an allocator variable in the environment wins over
+/// the engine's setting of the same thing.
+fn none_set(vars: &[&str]) -> bool {
+    vars.iter().all(|v| std::env::var_os(v).is_none())
+}
+
+/// What overrides [`one_glibc_arena`].
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const GLIBC_ARENA_VARS: [&str; 2] = ["MALLOC_ARENA_MAX", "GLIBC_TUNABLES"];
+
+/// What overrides the glibc half of [`keep_freed_memory`].
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const GLIBC_KEEP_VARS: [&str; 3] = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"];
+
 /// glibc serves RocksDB's C++ side from one arena for every thread instead of one per thread.
 /// Memtable blocks are allocated by whichever thread writes a batch, and since commits are
 /// handed off to the ingest thread (`storage::handoff`) both it and the processing thread write
@@ -47,10 +61,7 @@ pub fn tune_allocators() {
 /// `GLIBC_TUNABLES` in the environment still win.
 fn one_glibc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if ["MALLOC_ARENA_MAX", "GLIBC_TUNABLES"]
-        .iter()
-        .all(|v| std::env::var_os(v).is_none())
-    {
+    if none_set(&GLIBC_ARENA_VARS) {
         // SAFETY: a plain integer parameter of glibc malloc, read when a thread first needs an
         // arena.
         unsafe {
@@ -70,15 +81,12 @@ fn one_glibc_arena() {
 ///   heap top past its trim threshold; both are raised. `MALLOC_MMAP_THRESHOLD_`,
 ///   `MALLOC_TRIM_THRESHOLD_` or `GLIBC_TUNABLES` in the environment still win.
 fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+    if none_set(&["MIMALLOC_PURGE_DELAY"]) {
         // SAFETY: sets a plain integer option of the allocator; any thread, any time.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
     }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    if ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"]
-        .iter()
-        .all(|v| std::env::var_os(v).is_none())
-    {
+    if none_set(&GLIBC_KEEP_VARS) {
         // SAFETY: plain integer parameters of glibc malloc, which takes them at any time.
         unsafe {
             // glibc's largest (32 MiB on 64-bit); fixed, it also stops the dynamic adjustment.
@@ -95,7 +103,7 @@ mod tests {
     fn freed_memory_is_kept() {
         // SAFETY: reads an integer option.
         let get = || unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_PURGE_DELAY) };
-        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        if super::none_set(&["MIMALLOC_PURGE_DELAY"]) {
             assert_eq!(get(), 10);
             super::keep_freed_memory();
             assert_eq!(get(), -1);
@@ -107,10 +115,7 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn new_threads_get_no_glibc_arena_of_their_own() {
-        if ["MALLOC_ARENA_MAX", "GLIBC_TUNABLES"]
-            .iter()
-            .any(|v| std::env::var_os(v).is_some())
-        {
+        if !super::none_set(&super::GLIBC_ARENA_VARS) {
             return;
         }
         // The `<heap nr=...>` elements of glibc's malloc_info report, one per arena.
@@ -165,8 +170,7 @@ mod tests {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[test]
     fn glibc_serves_large_blocks_from_its_heap() {
-        let tuned = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"];
-        if tuned.iter().any(|v| std::env::var_os(v).is_some()) {
+        if !super::none_set(&super::GLIBC_KEEP_VARS) {
             return;
         }
         // SAFETY: plain malloc/free of blocks nothing else sees; mallinfo2 only reads counters.
