@@ -52,6 +52,18 @@ fn cpu_seconds() -> f64 {
     secs(u.ru_utime) + secs(u.ru_stime)
 }
 
+/// CPU time of the calling thread so far: unlike wall time, it leaves out the time the thread
+/// waited for a core.
+fn thread_cpu_seconds() -> f64 {
+    // SAFETY: clock_gettime fills the struct it is given.
+    let t = unsafe {
+        let mut t = std::mem::zeroed::<libc::timespec>();
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t);
+        t
+    };
+    t.tv_sec as f64 + t.tv_nsec as f64 / 1e9
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -89,6 +101,9 @@ struct Phase {
     /// CPU time of the phase, all threads. Like the raw limit's, it includes reading the input
     /// from the clickstream file (a copy), which the timed parts leave out.
     cpu: f64,
+    /// Pipelined: CPU time of the ingest thread and of the processing thread, each over its
+    /// whole loop (reading the input included).
+    thread_cpu: Option<(f64, f64)>,
 }
 
 const START: &str = "2026-03-02T08:00:00Z";
@@ -134,6 +149,7 @@ fn serial(engine: &Engine, input: &Path, total: usize) -> Phase {
         latencies,
         rss: peak_rss_mib(),
         cpu: cpu_seconds() - cpu,
+        thread_cpu: None,
     }
 }
 
@@ -147,8 +163,9 @@ fn pipelined(engine: &Engine, input: &Path, total: usize) -> Phase {
     let mut latencies = Vec::with_capacity(total / CHUNK + 1);
     let start = Instant::now();
     let cpu = cpu_seconds();
-    let (t_ingest, t_process) = std::thread::scope(|scope| {
+    let ((t_ingest, cpu_ingest), (t_process, cpu_process)) = std::thread::scope(|scope| {
         let ingest = scope.spawn(|| {
+            let cpu = thread_cpu_seconds();
             let mut wire = WireFile::open(input).expect("clickstream");
             let mut busy = 0.0;
             loop {
@@ -168,8 +185,9 @@ fn pipelined(engine: &Engine, input: &Path, total: usize) -> Phase {
                 wall.store(received, Ordering::Release);
             }
             done.store(true, Ordering::Release);
-            busy
+            (busy, thread_cpu_seconds() - cpu)
         });
+        let cpu = thread_cpu_seconds();
         let mut busy = 0.0;
         loop {
             let finished = done.load(Ordering::Acquire);
@@ -190,7 +208,7 @@ fn pipelined(engine: &Engine, input: &Path, total: usize) -> Phase {
         let p = Instant::now();
         engine.flush().expect("final commit");
         busy += p.elapsed().as_secs_f64();
-        (ingest.join().expect("ingest thread"), busy)
+        (ingest.join().expect("ingest thread"), (busy, thread_cpu_seconds() - cpu))
     });
     let elapsed = start.elapsed().as_secs_f64();
     let mut pending = pending.into_inner().unwrap();
@@ -204,6 +222,7 @@ fn pipelined(engine: &Engine, input: &Path, total: usize) -> Phase {
         latencies,
         rss: peak_rss_mib(),
         cpu: cpu_seconds() - cpu,
+        thread_cpu: Some((cpu_ingest, cpu_process)),
     }
 }
 
@@ -248,6 +267,8 @@ fn main() {
             "  busy:      ingest thread {:.1} s, processing thread {:.1} s; CPU, all threads: {:.1} s",
             piped.t_ingest, piped.t_process, piped.cpu
         );
+        let (cpu_ingest, cpu_process) = piped.thread_cpu.expect("pipelined");
+        println!("  on CPU:    ingest thread {cpu_ingest:.1} s, processing thread {cpu_process:.1} s");
         println!(
             "  ratio:     {:>9.1} % of the raw limit",
             100.0 * e2e / raw.parse::<f64>().expect("raw")

@@ -30,6 +30,8 @@ pub struct Sim {
     pub counts: BTreeMap<(String, u32, String, Metric), i64>,
     /// Bookkeeping violations seen (a cancel of a timer that was not pending).
     pub errors: Vec<String>,
+    /// Timers fired so far.
+    pub fired: u64,
     effects: Vec<Effect>,
     seq: u64,
 }
@@ -45,6 +47,7 @@ impl Sim {
             webhooks: vec![],
             counts: BTreeMap::new(),
             errors: vec![],
+            fired: 0,
             effects: vec![],
             seq: 0,
         }
@@ -57,6 +60,7 @@ impl Sim {
                 break;
             }
             self.timers.pop_first();
+            self.fired += 1;
             self.now = self.now.max(due);
             self.apply(&contact, &Input::Timer { id }, due);
         }

@@ -110,18 +110,21 @@ impl TimerQueue {
         self.ops.clear();
     }
 
-    /// Whether the cache ran dry and more must be read from the store. The caller stages and
-    /// commits first: timers scheduled beyond the horizon are only in the pending operations.
+    /// Whether the cache ran dry and more must be read from the store.
     pub fn needs_page(&self) -> bool {
         self.cache.is_empty() && self.horizon != Ts::MAX
     }
 
-    /// Reads the next page of timers from the store (all of the last due time read).
+    /// Reads the next page of timers (all of the last due time read): from the store, with the
+    /// operations pending since the last [`TimerQueue::stage`] laid over it. The caller makes
+    /// sure every batch staged before is written (it may be handed off, see
+    /// [`crate::storage::handoff`]); what is not staged yet needs no commit first.
     pub fn page_in(&mut self, s: &Store) -> Result<()> {
+        let from = self.horizon;
         let start = encode(
             self.partition,
             &TimerKey {
-                due: self.horizon,
+                due: from,
                 contact: String::new(),
                 id: 0,
             },
@@ -148,6 +151,22 @@ impl TimerQueue {
         }
         if !full {
             self.horizon = Ts::MAX;
+        }
+        // Timers scheduled beyond the old horizon are only in the pending operations, and a
+        // stored timer cancelled since is still in the store: laid over in the order made (a
+        // key is put at most once, and deleted after). The cache was empty, so it now holds
+        // only the range read; an operation outside it is skipped before it is decoded.
+        let range = due_bytes(from)..due_bytes(self.horizon);
+        for (key, put) in &self.ops {
+            if !key.get(2..10).is_some_and(|due| range.contains(&due.try_into().expect("8 bytes"))) {
+                continue;
+            }
+            let Some((_, k)) = decode(key) else { continue };
+            if *put {
+                self.cache.insert(k);
+            } else {
+                self.cache.remove(&k);
+            }
         }
         Ok(())
     }
