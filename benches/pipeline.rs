@@ -208,7 +208,10 @@ fn pipelined(engine: &Engine, input: &Path, total: usize) -> Phase {
         let p = Instant::now();
         engine.flush().expect("final commit");
         busy += p.elapsed().as_secs_f64();
-        (ingest.join().expect("ingest thread"), (busy, thread_cpu_seconds() - cpu))
+        (
+            ingest.join().expect("ingest thread"),
+            (busy, thread_cpu_seconds() - cpu),
+        )
     });
     let elapsed = start.elapsed().as_secs_f64();
     let mut pending = pending.into_inner().unwrap();

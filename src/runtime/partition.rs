@@ -707,6 +707,10 @@ mod tests {
             .iterator_cf(store.cf(crate::storage::CF_TIMERS), rocksdb::IteratorMode::Start)
             .count();
         assert_eq!(stored_timers, sim.timers.len());
-        assert_eq!(metrics.timers_fired.get(), sim.fired, "each timer fired once, none cancelled");
+        assert_eq!(
+            metrics.timers_fired.get(),
+            sim.fired,
+            "each timer fired once, none cancelled"
+        );
     }
 }

@@ -70,7 +70,8 @@ impl TimerQueue {
     }
 
     /// Keeps memory bounded: forgets the latest-due half (they stay in the store, or in the
-    /// pending operations, committed before the next page-in) and lowers the horizon to match.
+    /// pending operations, which the next page-in lays over the store) and lowers the horizon
+    /// to match.
     fn trim(&mut self) {
         let Some(cut) = self.cache.iter().nth(self.page).map(|k| k.due) else {
             return;
@@ -115,10 +116,10 @@ impl TimerQueue {
         self.cache.is_empty() && self.horizon != Ts::MAX
     }
 
-    /// Reads the next page of timers (all of the last due time read): from the store, with the
-    /// operations pending since the last [`TimerQueue::stage`] laid over it. The caller makes
-    /// sure every batch staged before is written (it may be handed off, see
-    /// [`crate::storage::handoff`]); what is not staged yet needs no commit first.
+    /// Reads the next page of timers (all of the last due time read) once the cache ran dry:
+    /// from the store, with the operations pending since the last [`TimerQueue::stage`] laid
+    /// over it. The caller makes sure every batch staged before is written (it may be handed
+    /// off, see [`crate::storage::handoff`]); what is not staged yet needs no commit first.
     pub fn page_in(&mut self, s: &Store) -> Result<()> {
         let from = self.horizon;
         let start = encode(
@@ -158,7 +159,10 @@ impl TimerQueue {
         // only the range read; an operation outside it is skipped before it is decoded.
         let range = due_bytes(from)..due_bytes(self.horizon);
         for (key, put) in &self.ops {
-            if !key.get(2..10).is_some_and(|due| range.contains(&due.try_into().expect("8 bytes"))) {
+            if !key
+                .get(2..10)
+                .is_some_and(|due| range.contains(&due.try_into().expect("8 bytes")))
+            {
                 continue;
             }
             let Some((_, k)) = decode(key) else { continue };
@@ -275,5 +279,41 @@ mod tests {
             assert!(q.cached() <= 16);
         }
         assert_eq!(fired, (0..100).map(|i| i * 10).collect::<Vec<_>>());
+    }
+
+    /// Nothing staged: the timers the trims forgot are only in the pending operations, and the
+    /// page-ins find them there, without those cancelled since.
+    #[test]
+    fn page_ins_lay_the_pending_operations_over_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        let mut q = TimerQueue::new(0, 8);
+        let key = |i: i64| TimerKey {
+            due: i * 10,
+            contact: format!("c{i}"),
+            id: 0,
+        };
+        q.page_in(&s).unwrap(); // an empty store: everything is cached from here on
+        for i in (0..100i64).rev() {
+            q.schedule(key(i));
+        }
+        assert!(q.cached() <= 16);
+        for i in (5..100).step_by(10) {
+            q.cancel(&key(i));
+        }
+        let mut fired = vec![];
+        loop {
+            if q.needs_page() {
+                q.page_in(&s).unwrap();
+            }
+            match q.pop_due(i64::MAX) {
+                Some(k) => fired.push(k.due),
+                None if q.needs_page() => continue,
+                None => break,
+            }
+        }
+        let expected: Vec<i64> = (0..100).filter(|i| i % 10 != 5).map(|i| i * 10).collect();
+        assert_eq!(fired, expected);
+        assert_eq!(count_stored(&s), 0, "nothing was ever written");
     }
 }
