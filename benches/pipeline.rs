@@ -154,8 +154,9 @@ fn serial(engine: &Engine, input: &Path, total: usize) -> Phase {
 }
 
 /// Pipelined, as `dripline run` is shaped: one thread appends (the HTTP source's role) while
-/// another hosts every partition (one core processes), each as fast as it can.
-fn pipelined(engine: &Engine, input: &Path, total: usize) -> Phase {
+/// `workers` threads at nice `nice` host the partitions (as `engine.workers` and
+/// `engine.worker_nice` place them), each as fast as it can.
+fn pipelined(engine: &Engine, input: &Path, total: usize, workers: usize, nice: i32) -> Phase {
     use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
     let wall = AtomicI64::new(chrono::DateTime::parse_from_rfc3339(START).unwrap().timestamp_millis());
     let done = AtomicBool::new(false);
@@ -187,30 +188,48 @@ fn pipelined(engine: &Engine, input: &Path, total: usize) -> Phase {
             done.store(true, Ordering::Release);
             (busy, thread_cpu_seconds() - cpu)
         });
-        let cpu = thread_cpu_seconds();
-        let mut busy = 0.0;
-        loop {
-            let finished = done.load(Ordering::Acquire);
-            let p = Instant::now();
-            let n = engine.pump_lazy(wall.load(Ordering::Acquire)).expect("pump");
-            if n > 0 {
-                busy += p.elapsed().as_secs_f64();
+        // Each worker thread hosts the partitions `dripline run` would put on it, at its
+        // priority; the first also records the commits.
+        let work = |w: usize, latencies: Option<&mut Vec<f64>>| {
+            if let Err(e) = dripline::runtime::actors::lower_priority(nice) {
+                eprintln!("worker at nice {nice}: {e}");
             }
-            committed(engine, &mut pending.lock().unwrap(), &mut latencies);
-            if finished && n == 0 {
-                break;
+            let cpu = thread_cpu_seconds();
+            let mut latencies = latencies;
+            let mut busy = 0.0;
+            loop {
+                let finished = done.load(Ordering::Acquire);
+                let p = Instant::now();
+                let n = engine
+                    .pump_lazy_worker(wall.load(Ordering::Acquire), w, workers)
+                    .expect("pump");
+                if n > 0 {
+                    busy += p.elapsed().as_secs_f64();
+                }
+                if let Some(l) = latencies.as_deref_mut() {
+                    committed(engine, &mut pending.lock().unwrap(), l);
+                }
+                if finished && n == 0 {
+                    break;
+                }
+                if n == 0 {
+                    // Caught up: wait for the ingest thread instead of spinning on its core.
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
             }
-            if n == 0 {
-                // Caught up: wait for the ingest thread instead of spinning on its core.
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        }
+            (busy, thread_cpu_seconds() - cpu)
+        };
+        let others: Vec<_> = (1..workers).map(|w| scope.spawn(move || work(w, None))).collect();
+        let first = work(0, Some(&mut latencies));
+        let mut process = vec![first];
+        process.extend(others.into_iter().map(|h| h.join().expect("worker thread")));
         let p = Instant::now();
         engine.flush().expect("final commit");
-        busy += p.elapsed().as_secs_f64();
+        let flushed = p.elapsed().as_secs_f64();
+        let busy = process.iter().map(|w| w.0).fold(0.0, f64::max) + flushed;
         (
             ingest.join().expect("ingest thread"),
-            (busy, thread_cpu_seconds() - cpu),
+            (busy, process.iter().map(|w| w.1).sum::<f64>()),
         )
     });
     let elapsed = start.elapsed().as_secs_f64();
@@ -259,19 +278,22 @@ fn main() {
         };
         let s = settings("pipelined");
         let engine = Engine::open(&s).expect("engine");
-        let piped = pipelined(&engine, &input, Wire::new(contacts, events).total());
+        let (workers, nice) = (s.engine.workers, s.engine.worker_nice);
+        let piped = pipelined(&engine, &input, Wire::new(contacts, events).total(), workers, nice);
         let total = dripline::storage::digest::digest(&engine.store, s.engine.partitions)
             .expect("digest")
             .total;
         let e2e = Wire::new(contacts, events).total() as f64 / piped.elapsed;
-        println!("end to end, pipelined as `dripline run` is (an ingest thread; one core processes):");
+        println!(
+            "end to end, pipelined as `dripline run` is (an ingest thread; {workers} worker threads at nice {nice}):"
+        );
         println!("             {:>9.0} events/s  ({:.1} s)", e2e, piped.elapsed);
         println!(
-            "  busy:      ingest thread {:.1} s, processing thread {:.1} s; CPU, all threads: {:.1} s",
+            "  busy:      ingest thread {:.1} s, workers {:.1} s (the longest); CPU, all threads: {:.1} s",
             piped.t_ingest, piped.t_process, piped.cpu
         );
         let (cpu_ingest, cpu_process) = piped.thread_cpu.expect("pipelined");
-        println!("  on CPU:    ingest thread {cpu_ingest:.1} s, processing thread {cpu_process:.1} s");
+        println!("  on CPU:    ingest thread {cpu_ingest:.1} s, workers {cpu_process:.1} s together");
         println!(
             "  ratio:     {:>9.1} % of the raw limit",
             100.0 * e2e / raw.parse::<f64>().expect("raw")

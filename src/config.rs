@@ -46,6 +46,8 @@ pub struct EngineSettings {
     pub data_dir: PathBuf,
     pub partitions: u16,
     pub workers: usize,
+    /// Nice value of the worker threads (0–19; 0: as the rest of the process).
+    pub worker_nice: i32,
     pub cache_contacts_per_partition: usize,
     pub batch: usize,
     /// A `messageId` seen among the last this-many accepted events is dropped as a repeat.
@@ -297,6 +299,12 @@ impl Settings {
             return Err(ConfigError::Invalid {
                 key: "engine",
                 reason: "partitions, workers and batch must be at least 1".into(),
+            });
+        }
+        if !(0..=19).contains(&e.worker_nice) {
+            return Err(ConfigError::Invalid {
+                key: "engine.worker_nice",
+                reason: format!("{} is not a nice value from 0 to 19", e.worker_nice),
             });
         }
         duration::parse(&e.checkpoint_interval).map_err(|reason| ConfigError::Invalid {

@@ -56,6 +56,13 @@ fn bad_configuration_is_an_error_at_start() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let out = dripline()
+        .args(["validate"])
+        .env("DRIPLINE__ENGINE__WORKER_NICE", "20")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("engine.worker_nice"));
 }
 
 #[test]

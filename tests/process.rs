@@ -53,6 +53,43 @@ impl Drop for Engine {
     }
 }
 
+/// The nice value of each thread of process `pid` (field 19 of its `stat`).
+fn thread_nices(pid: u32) -> Vec<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|t| {
+            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap();
+            // The name (field 2) is in parentheses and may hold spaces: count from after it.
+            let rest = &stat[stat.rfind(')').unwrap() + 2..];
+            rest.split(' ').nth(16).unwrap().parse().unwrap()
+        })
+        .collect()
+}
+
+/// The partition worker threads run below the HTTP intake: `engine.workers` threads at
+/// `engine.worker_nice` (default 2 at 10), every other thread at the process's own 0.
+#[test]
+fn the_worker_threads_run_below_the_intake() {
+    let tmp = tempfile::tempdir().unwrap();
+    let e = start(tmp.path(), &shipped(), free_port());
+    // The workers lower their priority as they start, after the health check may already answer.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let nices = loop {
+        let nices = thread_nices(e.child.id());
+        if nices.iter().filter(|&&n| n == 10).count() == 2 || std::time::Instant::now() > deadline {
+            break nices;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(nices.iter().filter(|&&n| n == 10).count(), 2, "{nices:?}");
+    assert!(nices.iter().all(|&n| n == 10 || n == 0), "{nices:?}");
+    assert!(
+        nices.iter().filter(|&&n| n == 0).count() >= 2,
+        "intake and the rest: {nices:?}"
+    );
+    e.stop();
+}
+
 /// A minimal HTTP/1.1 client: status and body.
 fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;

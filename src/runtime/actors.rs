@@ -142,10 +142,29 @@ pub struct Running {
     arbiters: Vec<Arbiter>,
 }
 
-/// Starts the partition actors on `workers` arbiters and the mailer on its own. Must be called
-/// inside an actix System.
+/// Lowers the calling thread's priority to `nice` (Linux schedules threads as tasks, so this
+/// concerns this thread only).
+pub fn lower_priority(nice: i32) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on this thread's own id.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    match r {
+        0 => Ok(()),
+        _ => Err(std::io::Error::last_os_error()),
+    }
+}
+
+/// Starts the partition actors on `workers` arbiters, at `engine.worker_nice`, and the mailer on
+/// its own. Must be called inside an actix System.
 pub fn start(engine: Arc<Engine>, workers: usize) -> Running {
     let arbiters: Vec<Arbiter> = (0..workers.max(1) + 1).map(|_| Arbiter::new()).collect();
+    let nice = engine.settings.engine.worker_nice;
+    for a in &arbiters[..workers.max(1)] {
+        a.spawn_fn(move || {
+            if let Err(e) = lower_priority(nice) {
+                tracing::warn!("worker thread at nice {nice}: {e}");
+            }
+        });
+    }
     let partitions = (0..engine.partitions.len())
         .map(|p| {
             let engine = engine.clone();
@@ -201,5 +220,33 @@ impl Running {
             a.stop();
             let _ = a.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The nice value of thread `tid` of this process (field 19 of its `stat`).
+    fn nice_of(tid: i32) -> i32 {
+        let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap();
+        // The name (field 2) is in parentheses and may hold spaces: count from after it.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        rest.split(' ').nth(16).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    fn lowering_the_priority_concerns_the_calling_thread_only() {
+        // SAFETY: gettid has no preconditions.
+        let me = unsafe { libc::gettid() };
+        let before = nice_of(me);
+        let (tid, nice) = std::thread::spawn(|| {
+            super::lower_priority(7).unwrap();
+            let tid = unsafe { libc::gettid() };
+            (tid, nice_of(tid))
+        })
+        .join()
+        .unwrap();
+        assert_ne!(tid, me);
+        assert_eq!(nice, 7);
+        assert_eq!(nice_of(me), before, "the calling thread is unchanged");
     }
 }

@@ -374,6 +374,16 @@ impl Engine {
         Ok(total)
     }
 
+    /// As [`Engine::pump_lazy`], over the partitions worker `worker` of `workers` hosts when
+    /// [`actors::start`] places them (partition p on worker p mod `workers`).
+    pub fn pump_lazy_worker(&self, wall: Ts, worker: usize, workers: usize) -> anyhow::Result<usize> {
+        let mut total = 0;
+        for p in self.partitions.iter().skip(worker).step_by(workers.max(1)) {
+            total += self.pump_partition(p, wall, false)?;
+        }
+        Ok(total)
+    }
+
     /// Commits what every partition has handled and not committed yet.
     pub fn flush(&self) -> anyhow::Result<()> {
         for p in &self.partitions {
