@@ -38,31 +38,17 @@ fn validate_lists_every_error_and_exits_non_zero() {
 
 #[test]
 fn bad_configuration_is_an_error_at_start() {
-    let out = dripline()
-        .args(["validate"])
-        .env("DRIPLINE__POLICY__QUIET_HOURS", "late")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("policy.quiet_hours"));
-    let out = dripline()
-        .args(["validate"])
-        .env("DRIPLINE__POLICY__BOGUS", "1")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("bogus"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = dripline()
-        .args(["validate"])
-        .env("DRIPLINE__ENGINE__WORKER_NICE", "20")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("engine.worker_nice"));
+    // Each bad setting (an environment override) fails the start, naming the key.
+    for (var, value, named) in [
+        ("DRIPLINE__POLICY__QUIET_HOURS", "late", "policy.quiet_hours"),
+        ("DRIPLINE__POLICY__BOGUS", "1", "bogus"),
+        ("DRIPLINE__ENGINE__WORKER_NICE", "20", "engine.worker_nice"),
+    ] {
+        let out = dripline().args(["validate"]).env(var, value).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value} was accepted");
+        assert!(stderr.contains(named), "{var}={value}: {stderr}");
+    }
 }
 
 #[test]
