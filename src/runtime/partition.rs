@@ -621,8 +621,9 @@ mod tests {
     /// operations not staged yet (timers scheduled past the horizon, stored ones cancelled)
     /// over what it reads. With pages of 2 timers the partition pages in many times and still
     /// ends equal to the pure simulation, each timer fired once: with no checkpoint before the
-    /// end (nothing stored, so the scheduled timers come from the operations alone), and with one
-    /// every 7 inputs (stored timers cancelled since must not fire).
+    /// end (nothing stored, so the scheduled timers come from the operations alone), with one
+    /// every 7 inputs (stored timers cancelled since must not fire), and with those commits
+    /// handed off (a page-in finds one waiting).
     #[test]
     fn timer_page_ins_commit_nothing_and_miss_no_pending_timer() {
         page_ins_match_the_simulation(usize::MAX, false);
