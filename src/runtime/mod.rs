@@ -367,11 +367,7 @@ impl Engine {
     /// As [`Engine::pump`], but commits only as the checkpoint settings say, as a saturated
     /// partition actor does (the benchmark's path); [`Engine::flush`] commits the rest.
     pub fn pump_lazy(&self, wall: Ts) -> anyhow::Result<usize> {
-        let mut total = 0;
-        for p in &self.partitions {
-            total += self.pump_partition(p, wall, false)?;
-        }
-        Ok(total)
+        self.pump_lazy_worker(wall, 0, 1)
     }
 
     /// As [`Engine::pump_lazy`], over the partitions worker `worker` of `workers` hosts when
