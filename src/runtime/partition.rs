@@ -592,6 +592,13 @@ mod tests {
     use super::*;
     use crate::event::Event;
 
+    /// The shipped workflows under the default policy.
+    fn shipped_registry() -> Arc<Registry> {
+        let policy = crate::config::Settings::load(None).unwrap().policy().unwrap();
+        let workflows = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"));
+        Arc::new(Registry::load_dir(workflows, &[], policy).unwrap())
+    }
+
     /// A commit that cannot be written (here: the store is open read-only) fails its poll, and
     /// every poll after it, instead of going on with a memory that is ahead of the store.
     #[test]
@@ -605,9 +612,7 @@ mod tests {
         }
         let store = Arc::new(Store::open_read_only(dir.path()).unwrap());
         let log = log::EmbeddedLog::open(store.clone(), 1, 16).unwrap();
-        let policy = crate::config::Settings::load(None).unwrap().policy().unwrap();
-        let workflows = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"));
-        let reg = Arc::new(Registry::load_dir(workflows, &[], policy).unwrap());
+        let reg = shipped_registry();
         let mut p = Partition::open(0, store, reg, Arc::new(Metrics::new()), 4).unwrap();
         let first = p.poll(&log, 2_000, 16, true).unwrap_err();
         assert!(matches!(first, StoreError::Rocks(_)), "{first}");
@@ -638,9 +643,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let log = log::EmbeddedLog::open(store.clone(), 1, 1 << 16).unwrap();
-        let policy = crate::config::Settings::load(None).unwrap().policy().unwrap();
-        let workflows = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"));
-        let reg = Arc::new(Registry::load_dir(workflows, &[], policy).unwrap());
+        let reg = shipped_registry();
         let checkpoint = Checkpoint {
             inputs: checkpoint_inputs,
             interval: std::time::Duration::from_secs(3600),
