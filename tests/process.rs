@@ -53,15 +53,15 @@ impl Drop for Engine {
     }
 }
 
-/// The nice value of each thread of process `pid` (field 19 of its `stat`).
+/// The nice value of each thread of process `pid`.
 fn thread_nices(pid: u32) -> Vec<i32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
         .map(|t| {
-            let stat = std::fs::read_to_string(t.unwrap().path().join("stat")).unwrap();
-            // The name (field 2) is in parentheses and may hold spaces: count from after it.
-            let rest = &stat[stat.rfind(')').unwrap() + 2..];
-            rest.split(' ').nth(16).unwrap().parse().unwrap()
+            let tid: libc::id_t = t.unwrap().file_name().to_str().unwrap().parse().unwrap();
+            // SAFETY: reads a scheduling attribute; the nice values here are never -1, the
+            // error value.
+            unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) }
         })
         .collect()
 }
