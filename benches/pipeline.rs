@@ -190,12 +190,11 @@ fn pipelined(engine: &Engine, input: &Path, total: usize, workers: usize, nice: 
         });
         // Each worker thread hosts the partitions `dripline run` would put on it, at its
         // priority; the first also records the commits.
-        let work = |w: usize, latencies: Option<&mut Vec<f64>>| {
+        let work = |w: usize, mut latencies: Option<&mut Vec<f64>>| {
             if let Err(e) = dripline::runtime::actors::lower_priority(nice) {
                 eprintln!("worker at nice {nice}: {e}");
             }
             let cpu = thread_cpu_seconds();
-            let mut latencies = latencies;
             let mut busy = 0.0;
             loop {
                 let finished = done.load(Ordering::Acquire);
