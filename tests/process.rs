@@ -57,11 +57,16 @@ impl Drop for Engine {
 fn thread_nices(pid: u32) -> Vec<i32> {
     std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
-        .map(|t| {
-            let tid: libc::id_t = t.unwrap().file_name().to_str().unwrap().parse().unwrap();
-            // SAFETY: reads a scheduling attribute; the nice values here are never -1, the
-            // error value.
-            unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) }
+        .filter_map(|t| {
+            let tid: libc::id_t = t.ok()?.file_name().to_str()?.parse().ok()?;
+            // getpriority returns -1 both for an error and for nice -1 (never set here): errno
+            // tells them apart. A thread that ended after the listing (ESRCH) is left out.
+            // SAFETY: reads a scheduling attribute; errno is this thread's own.
+            unsafe {
+                *libc::__errno_location() = 0;
+                let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
+                (nice != -1 || *libc::__errno_location() == 0).then_some(nice)
+            }
         })
         .collect()
 }

@@ -19,13 +19,15 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Commits left handed off at most (all partitions' together): a partition whose commit finds
-/// three still waiting writes them and its own itself. While ingest runs, a commit is taken
-/// within an append or two; when it stops, nothing piles up (each waiting commit holds its
-/// WriteBatch, tens of MiB at the benchmark's 16384 inputs, and the states it wrote). With two
-/// workers committing, a limit of 2 had a worker write the queue itself ~20 times a run (0.57 s
-/// of its CPU); 4 measured +4.5 % (median of eight pairs) at the same peak RSS.
-const MAX_HANDED_OFF: usize = 4;
+/// Commits left handed off at most, per worker thread (all partitions' together, so
+/// [`Engine::open`](super::Engine::open) multiplies it by `engine.workers`): a partition whose
+/// commit finds the limit reached writes the waiting ones and its own itself. While ingest runs,
+/// a commit is taken within an append or two; when it stops, nothing piles up (each waiting
+/// commit holds its WriteBatch, tens of MiB at the benchmark's 16384 inputs, and the states it
+/// wrote). With two workers committing, a limit of 2 in all had a worker write the queue itself
+/// ~20 times a run (0.57 s of its CPU); 4 measured +4.5 % (median of eight pairs) at the same
+/// peak RSS.
+pub const HANDED_OFF_PER_WORKER: usize = 2;
 
 /// A partition's commit `epoch` is written, by whichever thread wrote it: the partition may
 /// forget the states it kept for it, and the events it holds count as processed. Received →
@@ -65,6 +67,8 @@ pub struct Partition {
     batch: WriteBatch,
     fx: Vec<Effect>,
     hook: Option<Arc<dyn CommitHook>>,
+    /// Commits handed off (by every partition) at which this one writes them itself.
+    handoff_limit: usize,
     /// When [`Partition::poll`] commits (see [`Checkpoint`]), and what it has handled since.
     checkpoint: Checkpoint,
     uncommitted: usize,
@@ -221,6 +225,7 @@ impl Partition {
             batch: WriteBatch::default(),
             fx: Vec::new(),
             hook: None,
+            handoff_limit: HANDED_OFF_PER_WORKER,
             checkpoint: Checkpoint::default(),
             uncommitted: 0,
             last_commit: std::time::Instant::now(),
@@ -228,6 +233,13 @@ impl Partition {
             written: Arc::new(AtomicU64::new(0)),
             failure: Arc::new(Mutex::new(None)),
         })
+    }
+
+    /// Commits handed off at which this partition writes them itself (see
+    /// [`HANDED_OFF_PER_WORKER`]).
+    pub fn with_handoff_limit(mut self, limit: usize) -> Self {
+        self.handoff_limit = limit.max(1);
+        self
     }
 
     pub fn with_checkpoint(mut self, checkpoint: Checkpoint) -> Self {
@@ -469,7 +481,7 @@ impl Partition {
                 Err(e) => *failure.lock().expect("failure lock") = Some(e.to_string()),
             }),
         });
-        if waiting >= MAX_HANDED_OFF {
+        if waiting >= self.handoff_limit {
             self.store.write_handed_off()?;
         }
         Ok(())
@@ -619,6 +631,41 @@ mod tests {
         for wall in [3_000, 4_000] {
             let again = p.poll(&log, wall, 16, true).unwrap_err();
             assert!(matches!(again, StoreError::CommitFailed(_)), "{again}");
+        }
+    }
+
+    /// With appends on another thread a busy partition leaves its commits to the next append,
+    /// up to the limit (`HANDED_OFF_PER_WORKER` × `engine.workers`): the commit that reaches it
+    /// writes every waiting one, in order, itself.
+    #[test]
+    fn commits_wait_for_a_writer_up_to_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let log = log::EmbeddedLog::open(store.clone(), 1, 16).unwrap();
+        let mut p = Partition::open(0, store.clone(), shipped_registry(), Arc::new(Metrics::new()), 4)
+            .unwrap()
+            .with_checkpoint(Checkpoint {
+                inputs: 1,
+                interval: std::time::Duration::from_secs(3600),
+            })
+            .with_handoff_limit(3);
+        let events = (1..=6)
+            .map(|n| Event::track("ann", &format!("m{n}"), "Signed Up", crate::value::Map::new()))
+            .collect();
+        std::thread::scope(|s| s.spawn(|| log.append(events, 1_000).unwrap()).join().unwrap());
+        let stored = || tables::get_position(&store, 0).unwrap().offset;
+        // One record a poll, each a checkpoint: commits 1 and 2 wait, 3 writes all three.
+        for (k, waiting, position) in [
+            (1, 1, None),
+            (2, 2, None),
+            (3, 0, Some(2)),
+            (4, 1, Some(2)),
+            (5, 2, Some(2)),
+            (6, 0, Some(5)),
+        ] {
+            assert_eq!(p.poll(&log, 1_000, 1, false).unwrap(), 1);
+            assert_eq!(store.handoff.waiting(), waiting, "after poll {k}");
+            assert_eq!(stored(), position, "after poll {k}");
         }
     }
 

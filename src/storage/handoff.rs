@@ -41,6 +41,11 @@ impl Handoff {
         q.len()
     }
 
+    /// How many commits wait for a writer.
+    pub fn waiting(&self) -> usize {
+        self.queue.lock().expect("handoff lock").len()
+    }
+
     /// Writes every commit handed off so far, in order (WAL on, not synced: a commit is
     /// recomputed from the log after a crash). A failed write is reported to its partition and
     /// returned; the commits behind it stay queued.
