@@ -280,7 +280,8 @@ impl Engine {
         let mut valid = Vec::with_capacity(payloads.len());
         let mut dead = WriteBatch::default();
         for (i, bytes) in payloads.iter().enumerate() {
-            match Event::parse_hinted(bytes, kind_hint) {
+            // Borrowed from the payload: the log encodes it as it is.
+            match crate::event::wire::parse_ref(bytes, kind_hint) {
                 Ok(ev) => valid.push(ev),
                 Err(e) => {
                     self.metrics
@@ -307,6 +308,7 @@ impl Engine {
                 .filter(|(i, _)| !report.errors.iter().any(|e| e.index == *i))
                 .map(|(_, b)| with_type(b, kind_hint))
                 .collect();
+            let valid: Vec<Event> = valid.into_iter().map(|e| e.into_event()).collect();
             let pairs: Vec<(&Event, &[u8])> = valid.iter().zip(raw.iter().map(|r| r.as_ref())).collect();
             k.produce(&pairs, received)?;
             report.accepted = valid.len();

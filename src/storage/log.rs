@@ -14,6 +14,7 @@
 //! without bound.
 
 use super::{CF_LOG, Result, Store, StoreError};
+use crate::event::wire::EventRef;
 use crate::event::{Event, EventKind};
 use crate::time::Ts;
 use rocksdb::WriteBatch;
@@ -44,7 +45,39 @@ fn key(partition: u16, offset: u64) -> [u8; 10] {
     k
 }
 
-fn encode_into(received: Ts, ev: &Event, out: &mut Vec<u8>) {
+/// What the log appends: an event, owned or borrowing from its payload (ingest's
+/// [`EventRef`]); both encode to the same bytes.
+pub trait Appendable: serde::Serialize {
+    fn user_id(&self) -> &str;
+    fn message_id(&self) -> &str;
+    fn into_event(self) -> Event;
+}
+
+impl Appendable for Event {
+    fn user_id(&self) -> &str {
+        &self.user_id
+    }
+    fn message_id(&self) -> &str {
+        &self.message_id
+    }
+    fn into_event(self) -> Event {
+        self
+    }
+}
+
+impl Appendable for EventRef<'_> {
+    fn user_id(&self) -> &str {
+        &self.user_id
+    }
+    fn message_id(&self) -> &str {
+        &self.message_id
+    }
+    fn into_event(self) -> Event {
+        EventRef::into_event(self)
+    }
+}
+
+fn encode_into(received: Ts, ev: &impl serde::Serialize, out: &mut Vec<u8>) {
     out.push(RECORD_FORMAT);
     out.extend_from_slice(&received.to_be_bytes());
     let buf = std::mem::take(out);
@@ -395,7 +428,7 @@ impl EmbeddedLog {
 
     /// Appends valid events received at `received` durably (fsynced), in order, dropping
     /// message ids repeated within the batch or the dedup window. One result per event.
-    pub fn append(&self, events: Vec<Event>, received: Ts) -> Result<Vec<Appended>> {
+    pub fn append<E: Appendable>(&self, events: Vec<E>, received: Ts) -> Result<Vec<Appended>> {
         let stamps = vec![received; events.len()];
         self.append_at(events, &stamps, true)
     }
@@ -403,7 +436,7 @@ impl EmbeddedLog {
     /// As [`EmbeddedLog::append`] with a stamp per event (replay keeps the original ones);
     /// `sync: false` leaves the fsync to the caller (replay syncs once at the end). A stamp below
     /// the floor is raised to it, so stamps never go backwards.
-    pub fn append_at(&self, events: Vec<Event>, stamps: &[Ts], sync: bool) -> Result<Vec<Appended>> {
+    pub fn append_at<E: Appendable>(&self, events: Vec<E>, stamps: &[Ts], sync: bool) -> Result<Vec<Appended>> {
         debug_assert_eq!(events.len(), stamps.len());
         let s = &self.store;
         // This thread writes anyway: the commits busy partitions handed off first (outside the
@@ -422,13 +455,13 @@ impl EmbeddedLog {
         let mut records = Vec::with_capacity(events.len());
         let mut hashes = Vec::with_capacity(events.len());
         for (i, (ev, &stamp)) in events.iter().zip(stamps).enumerate() {
-            let h = id_hash(&ev.message_id);
+            let h = id_hash(ev.message_id());
             if state.window.contains(h) || !in_batch.insert(h) {
                 out.push(Appended::Duplicate);
                 continue;
             }
             floor = floor.max(stamp);
-            let p = partition_of(&ev.user_id, self.partitions);
+            let p = partition_of(ev.user_id(), self.partitions);
             let off = staged[p as usize];
             staged[p as usize] += 1;
             records.push((key(p, off), i, floor));
@@ -495,7 +528,7 @@ impl EmbeddedLog {
                         moved[p as usize].push_back(LogRecord {
                             offset,
                             received: stamps[i],
-                            event,
+                            event: event.into_event(),
                         });
                     }
                 }
