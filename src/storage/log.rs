@@ -505,7 +505,7 @@ impl EmbeddedLog {
                 .collect(),
         };
         // One chunk per partition, its records in offset order.
-        records.sort_unstable_by_key(|r| r.0);
+        let records = by_partition(records, self.partitions);
         let mut buf = Vec::with_capacity(256);
         let mut chunks = Vec::new();
         for run in records.chunk_by(|a, b| a.0[..2] == b.0[..2]) {
@@ -584,6 +584,27 @@ impl EmbeddedLog {
     pub fn read(&self, partition: u16, from: u64, limit: usize) -> Result<Vec<LogRecord>> {
         read(&self.store, partition, from, limit)
     }
+}
+
+/// Records (key, index, stamp) grouped by partition, in their order within each: a partition's
+/// offsets rise in the order its events came, so this is key order, without comparing keys (a
+/// sort of the 10-byte keys was ~4 % of the ingest thread).
+fn by_partition(records: Vec<([u8; 10], usize, Ts)>, partitions: u16) -> Vec<([u8; 10], usize, Ts)> {
+    let partition = |r: &([u8; 10], usize, Ts)| u16::from_be_bytes([r.0[0], r.0[1]]) as usize;
+    let mut start = vec![0; partitions as usize + 1];
+    for r in &records {
+        start[partition(r) + 1] += 1;
+    }
+    for p in 1..start.len() {
+        start[p] += start[p - 1];
+    }
+    let mut sorted = records.clone();
+    for r in records {
+        let at = &mut start[partition(&r)];
+        sorted[*at] = r;
+        *at += 1;
+    }
+    sorted
 }
 
 /// The ids of the latest `cap` events (spread evenly over the partitions), read from the tail of
