@@ -342,9 +342,13 @@ impl Partition {
             let t = r.received.max(self.last_time);
             n += self.fire_until(t, None)?;
             self.last_time = t;
-            let contact = r.event.user_id.clone();
             self.received.push(r.received);
-            self.apply(&contact, Input::Event(r.event), t)?;
+            // The contact id is borrowed from the input, not copied out of the event.
+            let input = Input::Event(r.event);
+            let Input::Event(event) = &input else {
+                unreachable!("an event")
+            };
+            self.apply(&event.user_id, &input, t)?;
             self.position = Some(r.offset);
             n += 1;
         }
@@ -394,18 +398,18 @@ impl Partition {
                     .observe(((w - k.due).max(0)) as f64 / 1000.0);
             }
             self.metrics.timers_fired.inc();
-            self.apply(&k.contact, Input::Timer { id: k.id }, at)?;
+            self.apply(&k.contact, &Input::Timer { id: k.id }, at)?;
             n += 1;
         }
         Ok(n)
     }
 
-    fn apply(&mut self, contact: &str, input: Input, at: Ts) -> Result<()> {
+    fn apply(&mut self, contact: &str, input: &Input, at: Ts) -> Result<()> {
         let mut fx = std::mem::take(&mut self.fx);
         let reg = &self.reg;
         self.contacts
             .with_slot(&self.store, contact, self.written.load(Ordering::Acquire), |st| {
-                handle(contact, st, &input, at, reg, &mut fx)
+                handle(contact, st, input, at, reg, &mut fx)
             })?;
         for e in fx.drain(..) {
             match e {
