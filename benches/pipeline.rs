@@ -102,8 +102,8 @@ struct Phase {
     /// CPU time of the phase, all threads. Like the raw limit's, it includes reading the input
     /// from the clickstream file (a copy), which the timed parts leave out.
     cpu: f64,
-    /// Pipelined: CPU time of the ingest thread and of the processing thread, each over its
-    /// whole loop (reading the input included).
+    /// Pipelined: CPU time of the ingest thread and of the worker threads together, each over
+    /// its whole loop (reading the input included).
     thread_cpu: Option<(f64, f64)>,
 }
 
