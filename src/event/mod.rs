@@ -87,12 +87,6 @@ impl Event {
         wire::parse(bytes, None)
     }
 
-    /// As [`Event::parse`], with the type implied by the endpoint (`/v1/track`) used when the
-    /// body has no `type`.
-    pub fn parse_hinted(bytes: &[u8], kind_hint: Option<EventKind>) -> Result<Self, EventError> {
-        wire::parse(bytes, kind_hint)
-    }
-
     /// Validates one Segment-shaped JSON object. `kind_hint` is the type implied by the
     /// endpoint (`/v1/track`), used when the body has no `type`.
     pub fn from_json(v: &serde_json::Value, kind_hint: Option<EventKind>) -> Result<Self, EventError> {
@@ -218,11 +212,7 @@ mod tests {
         ];
         for c in cases {
             let via_value = Event::from_json(&serde_json::from_str(c).unwrap(), Some(EventKind::Track));
-            assert_eq!(
-                Event::parse_hinted(c.as_bytes(), Some(EventKind::Track)),
-                via_value,
-                "{c}"
-            );
+            assert_eq!(wire::parse(c.as_bytes(), Some(EventKind::Track)), via_value, "{c}");
         }
     }
 
