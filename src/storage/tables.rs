@@ -24,12 +24,18 @@ pub fn get_contact(s: &Store, id: &str) -> Result<Option<ContactState>> {
 }
 
 pub fn put_contact(s: &Store, b: &mut WriteBatch, id: &str, st: &ContactState) {
-    // Encoded into one buffer per thread (the batch copies it): no allocation per contact.
+    put_encoded(b, s.cf(CF_CONTACTS), id.as_bytes(), |buf| st.encode_into(buf));
+}
+
+/// Puts the value `encode` writes into an emptied buffer, one per thread (the batch copies it):
+/// contact states and outbox entries are encoded on the hot path, and a new vector per value
+/// would be allocated, and grown a few times, every time.
+fn put_encoded(b: &mut WriteBatch, cf: &rocksdb::ColumnFamily, key: &[u8], encode: impl FnOnce(&mut Vec<u8>)) {
     thread_local!(static BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
     BUF.with_borrow_mut(|buf| {
         buf.clear();
-        st.encode_into(buf);
-        b.put_cf(s.cf(CF_CONTACTS), id.as_bytes(), &buf[..]);
+        encode(buf);
+        b.put_cf(cf, key, &buf[..]);
     });
 }
 
@@ -181,8 +187,10 @@ const OUTBOX_FORMAT: u8 = 1;
 
 pub fn put_outbox(s: &Store, b: &mut WriteBatch, id: SendId, e: &OutboxEntry) {
     // postcard behind a format byte, as contact states are: a send is decided on the hot path.
-    let v = postcard::to_extend(e, vec![OUTBOX_FORMAT]).expect("outbox entry encodes");
-    b.put_cf(s.cf(CF_OUTBOX), OutboxKey::of(id, e).bytes(), v);
+    put_encoded(b, s.cf(CF_OUTBOX), &OutboxKey::of(id, e).bytes(), |buf| {
+        buf.push(OUTBOX_FORMAT);
+        *buf = postcard::to_extend(e, std::mem::take(buf)).expect("outbox entry encodes");
+    });
 }
 
 fn decode_outbox(v: &[u8]) -> Result<OutboxEntry> {
