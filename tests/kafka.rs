@@ -6,14 +6,13 @@
 
 mod common;
 
-use common::{free_port, wait_for};
+use common::{free_port, http, wait_for};
 use dripline::storage::{Store, digest::digest};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -242,23 +241,6 @@ fn sent_ids(dir: &Path) -> Vec<String> {
         .unwrap_or_default();
     ids.sort();
     ids
-}
-
-fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    Ok((
-        status,
-        out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default(),
-    ))
 }
 
 /// Waits until the group has consumed the events topic to its end (the offsets it commits for

@@ -3,10 +3,8 @@
 
 mod common;
 
-use common::{free_port, wait_for};
+use common::{free_port, http, wait_for};
 use dripline::storage::{Store, tables};
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -93,22 +91,6 @@ fn the_worker_threads_run_below_the_intake() {
         "intake and the rest: {nices:?}"
     );
     e.stop();
-}
-
-/// A minimal HTTP/1.1 client: status and body.
-fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
-    let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
-    Ok((status, body))
 }
 
 fn emls(dir: &Path) -> Vec<(PathBuf, String)> {
