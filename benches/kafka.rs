@@ -74,7 +74,7 @@ fn main() {
         ts += 60_000;
         for bytes in &chunk {
             let user = dripline::event::Event::parse(bytes).expect("valid").user_id;
-            let mut r = BaseRecord::to("events").key(&user).payload(bytes).timestamp(ts);
+            let mut r = BaseRecord::to("events").key(user.as_str()).payload(bytes).timestamp(ts);
             while let Err((_, back)) = p.send(r) {
                 p.poll(Duration::from_millis(5));
                 r = back;

@@ -79,7 +79,7 @@ fn workflows(dir: &std::path::Path) -> std::path::PathBuf {
 fn fill(engine: &Engine, n: usize) {
     let mut batch = rocksdb::WriteBatch::default();
     for i in 0..n {
-        let traits: Map = [("first_name".to_string(), Value::Str(format!("reader {i}")))]
+        let traits: Map = [("first_name".to_string(), Value::Str(format!("reader {i}").into()))]
             .into_iter()
             .collect();
         let e = OutboxEntry {

@@ -6,7 +6,12 @@
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-type Pairs = litemap::LiteMap<String, Value>;
+/// Keys and string values: most are short (property names, ids, paths, stages) and are kept
+/// inline, up to 24 bytes, instead of in an allocation of their own each. Decoding an event or a
+/// contact's state then allocates per map, not per string; encodings are those of `String`.
+pub type Str = compact_str::CompactString;
+
+type Pairs = litemap::LiteMap<Str, Value>;
 
 /// A map ordered by key, so that encoding and iteration are deterministic: a sorted vector of
 /// pairs, because traits and properties hold a few keys each and a `BTreeMap` node is sized for
@@ -33,6 +38,13 @@ impl Map {
     }
 }
 
+impl Map {
+    /// As a JSON object (templates' contexts, the demo's output).
+    pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        self.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect()
+    }
+}
+
 impl std::ops::Deref for Map {
     type Target = Pairs;
     fn deref(&self) -> &Pairs {
@@ -46,15 +58,15 @@ impl std::ops::DerefMut for Map {
     }
 }
 
-impl FromIterator<(String, Value)> for Map {
+impl<K: Into<Str>> FromIterator<(K, Value)> for Map {
     /// Sorted once; of two equal keys the later wins.
-    fn from_iter<I: IntoIterator<Item = (String, Value)>>(iter: I) -> Self {
-        Map(iter.into_iter().collect())
+    fn from_iter<I: IntoIterator<Item = (K, Value)>>(iter: I) -> Self {
+        Map(iter.into_iter().map(|(k, v)| (k.into(), v)).collect())
     }
 }
 
 impl IntoIterator for Map {
-    type Item = (String, Value);
+    type Item = (Str, Value);
     type IntoIter = <Pairs as IntoIterator>::IntoIter;
     fn into_iter(self) -> Self::IntoIter {
         self.0.into_iter()
@@ -62,7 +74,7 @@ impl IntoIterator for Map {
 }
 
 impl<'a> IntoIterator for &'a Map {
-    type Item = (&'a String, &'a Value);
+    type Item = (&'a Str, &'a Value);
     type IntoIter = <&'a Pairs as IntoIterator>::IntoIter;
     fn into_iter(self) -> Self::IntoIter {
         self.0.iter()
@@ -88,7 +100,7 @@ pub enum Value {
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(String),
+    Str(Str),
     List(Vec<Value>),
     Map(Map),
 }
@@ -146,9 +158,9 @@ impl Value {
             Value::Float(f) => serde_json::Number::from_f64(*f)
                 .map(serde_json::Value::Number)
                 .unwrap_or(serde_json::Value::Null),
-            Value::Str(s) => s.clone().into(),
+            Value::Str(s) => s.as_str().into(),
             Value::List(l) => l.iter().map(Value::to_json).collect(),
-            Value::Map(m) => m.iter().map(|(k, v)| (k.clone(), v.to_json())).collect(),
+            Value::Map(m) => m.to_json().into(),
         }
     }
 
@@ -167,7 +179,7 @@ impl Value {
 
 pub fn map_to_template(m: &Map) -> minijinja::Value {
     m.iter()
-        .map(|(k, v)| (k.clone(), v.to_template()))
+        .map(|(k, v)| (k.to_string(), v.to_template()))
         .collect::<BTreeMap<String, minijinja::Value>>()
         .into()
 }
@@ -181,7 +193,7 @@ impl From<&serde_json::Value> for Value {
                 Some(i) => Value::Int(i),
                 None => Value::Float(n.as_f64().unwrap_or(0.0)),
             },
-            serde_json::Value::String(s) => Value::Str(s.clone()),
+            serde_json::Value::String(s) => Value::Str(s.as_str().into()),
             serde_json::Value::Array(a) => Value::List(a.iter().map(Value::from).collect()),
             serde_json::Value::Object(o) => Value::Map(json_object_to_map(o)),
         }
@@ -189,16 +201,21 @@ impl From<&serde_json::Value> for Value {
 }
 
 pub fn json_object_to_map(o: &serde_json::Map<String, serde_json::Value>) -> Map {
-    o.iter().map(|(k, v)| (k.clone(), Value::from(v))).collect()
+    o.iter().map(|(k, v)| (k.as_str(), Value::from(v))).collect()
 }
 
 impl From<&str> for Value {
     fn from(s: &str) -> Self {
-        Value::Str(s.to_owned())
+        Value::Str(s.into())
     }
 }
 impl From<String> for Value {
     fn from(s: String) -> Self {
+        Value::Str(s.into())
+    }
+}
+impl From<Str> for Value {
+    fn from(s: Str) -> Self {
         Value::Str(s)
     }
 }
@@ -241,7 +258,10 @@ mod tests {
         let bytes = postcard::to_allocvec(&map).unwrap();
         assert_eq!(bytes, postcard::to_allocvec(&tree).unwrap());
         assert_eq!(postcard::from_bytes::<Map>(&bytes).unwrap(), map);
-        assert_eq!(map.keys().map(String::as_str).collect::<Vec<_>>(), ["a", "b", "c"]);
+        assert_eq!(
+            map.keys().map(crate::value::Str::as_str).collect::<Vec<_>>(),
+            ["a", "b", "c"]
+        );
         assert_eq!(serde_json::to_string(&Map::new()).unwrap(), "{}");
         assert_eq!(
             serde_json::to_string(&map).unwrap(),
@@ -268,5 +288,30 @@ mod tests {
     fn json_round_trip_keeps_integers() {
         let j = serde_json::json!({"a": 1, "b": [1.5, "x", null], "c": {"d": true}});
         assert_eq!(Value::from(&j).to_json(), j);
+    }
+
+    /// Strings kept inline (up to 24 bytes) or not encode exactly as `String`s did: stored
+    /// states, outbox entries and log records written before still read, and digests are the
+    /// same.
+    #[test]
+    fn strs_encode_as_strings_did() {
+        let long = "a string longer than twenty-four bytes, kept on the heap";
+        for s in ["", "u1", "exactly twenty-four byte", long] {
+            assert_eq!(
+                postcard::to_allocvec(&Str::from(s)).unwrap(),
+                postcard::to_allocvec(&s.to_string()).unwrap()
+            );
+            let v = Value::Str(s.into());
+            assert_eq!(
+                postcard::from_bytes::<Value>(&postcard::to_allocvec(&v).unwrap()).unwrap(),
+                v
+            );
+        }
+        let map: Map = [(long, Value::Int(1)), ("k", long.into())].into_iter().collect();
+        let tree: BTreeMap<String, Value> = [(long.to_string(), Value::Int(1)), ("k".into(), long.into())].into();
+        assert_eq!(
+            postcard::to_allocvec(&map).unwrap(),
+            postcard::to_allocvec(&tree).unwrap()
+        );
     }
 }

@@ -106,9 +106,9 @@ fn feedback_events(engine: &Engine) -> BTreeMap<String, Vec<String>> {
     for p in 0..engine.settings.engine.partitions {
         for r in log::read(&engine.store, p, 0, 100_000).unwrap() {
             if r.event.message_id.starts_with("feedback:") {
-                out.entry(r.event.name.clone())
+                out.entry(r.event.name.to_string())
                     .or_default()
-                    .push(r.event.user_id.clone());
+                    .push(r.event.user_id.to_string());
             }
         }
     }

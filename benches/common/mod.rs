@@ -155,10 +155,10 @@ impl Wire {
                 dripline::event::EventKind::Identify => "identify",
             };
             let mut v = serde_json::json!({"type": kind, "userId": ev.user_id, "messageId": format!("ev-{i}"),
-                "properties": serde_json::Value::Object(ev.properties.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()),
-                "traits": serde_json::Value::Object(ev.traits.iter().map(|(k, v)| (k.clone(), v.to_json())).collect())});
+                "properties": serde_json::Value::Object(ev.properties.to_json()),
+                "traits": serde_json::Value::Object(ev.traits.to_json())});
             if ev.kind == dripline::event::EventKind::Track {
-                v["event"] = ev.name.clone().into();
+                v["event"] = ev.name.as_str().into();
             }
             out.push(serde_json::to_vec(&v).expect("json"));
         }

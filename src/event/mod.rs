@@ -6,7 +6,7 @@
 pub mod wire;
 
 use crate::time::{Ts, parse_rfc3339};
-use crate::value::{Map, json_object_to_map};
+use crate::value::{Map, Str, json_object_to_map};
 use serde::{Deserialize, Serialize};
 
 /// Name given to `page` calls so that workflows can filter them like any tracked event.
@@ -22,13 +22,13 @@ pub enum EventKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub kind: EventKind,
-    pub user_id: String,
-    pub message_id: String,
+    pub user_id: Str,
+    pub message_id: Str,
     /// The sender's own timestamp, kept for templates and reports. Processing uses the input
     /// time (receive time) instead, so a client with a wrong clock cannot reorder a contact.
     pub timestamp: Option<Ts>,
     /// Track: the event name; page: [`PAGE_VIEWED`]; identify: empty.
-    pub name: String,
+    pub name: Str,
     pub properties: Map,
     pub traits: Map,
 }
@@ -68,7 +68,7 @@ impl Event {
             user_id: user_id.into(),
             message_id: message_id.into(),
             timestamp: None,
-            name: String::new(),
+            name: Str::default(),
             properties: Map::new(),
             traits,
         }
@@ -147,10 +147,10 @@ impl Event {
         }
         Ok(Event {
             kind,
-            user_id,
-            message_id,
+            user_id: user_id.into(),
+            message_id: message_id.into(),
             timestamp,
-            name,
+            name: name.into(),
             properties,
             traits,
         })

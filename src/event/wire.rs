@@ -52,10 +52,10 @@ impl EventRef<'_> {
     pub fn into_event(self) -> Event {
         Event {
             kind: self.kind,
-            user_id: self.user_id.into_owned(),
-            message_id: self.message_id.into_owned(),
+            user_id: self.user_id.into(),
+            message_id: self.message_id.into(),
             timestamp: self.timestamp,
-            name: self.name.into_owned(),
+            name: self.name.into(),
             properties: self.properties.into_map(),
             traits: self.traits.into_map(),
         }
@@ -82,7 +82,7 @@ impl ValueRef<'_> {
             ValueRef::Bool(b) => Value::Bool(b),
             ValueRef::Int(n) => Value::Int(n),
             ValueRef::Float(n) => Value::Float(n),
-            ValueRef::Str(s) => Value::Str(s.into_owned()),
+            ValueRef::Str(s) => Value::Str(s.into()),
             ValueRef::List(items) => Value::List(items.into_iter().map(ValueRef::into_value).collect()),
             ValueRef::Map(m) => Value::Map(m.into_map()),
         }

@@ -161,7 +161,7 @@ impl Cx<'_> {
         if value.is_null() {
             traits.remove(key);
         } else {
-            traits.insert(key.to_owned(), value);
+            traits.insert(key.into(), value);
         }
         true
     }
@@ -178,7 +178,8 @@ impl Cx<'_> {
                 .map(|(k, _)| k.as_str())
                 .collect();
         }
-        let changed: Vec<(&'e String, &'e Value)> = new.iter().filter(|(k, v)| !self.trait_unchanged(k, v)).collect();
+        let changed: Vec<(&'e crate::value::Str, &'e Value)> =
+            new.iter().filter(|(k, v)| !self.trait_unchanged(k, v)).collect();
         for (k, _) in &changed {
             self.record_before(self.reg.index.cond_by_trait.get(k.as_str()));
         }
@@ -274,7 +275,7 @@ impl Cx<'_> {
         if ev.kind == EventKind::Track {
             self.special_event(ev);
         }
-        if let Some(keys) = self.reg.index.counters_by_event.get(&ev.name) {
+        if let Some(keys) = self.reg.index.counters_by_event.get(ev.name.as_str()) {
             for key in keys {
                 let def = &self.reg.counters[key];
                 if all(&def.filter, &self.scope(&ev.properties, None)) {
@@ -283,10 +284,10 @@ impl Cx<'_> {
                 }
             }
         }
-        if self.reg.index.enrollment_events.contains(&ev.name) {
+        if self.reg.index.enrollment_events.contains(ev.name.as_str()) {
             self.enrollments_on_event(ev);
         }
-        if let Some(list) = self.reg.index.by_event.get(&ev.name) {
+        if let Some(list) = self.reg.index.by_event.get(ev.name.as_str()) {
             for (wf, ti) in list {
                 let Trigger::Event { filter, .. } = &wf.triggers[*ti] else {
                     continue;
@@ -851,7 +852,7 @@ mod tests {
                 let v = match i % 5 {
                     0 => Value::Int(i),
                     1 => Value::Int(i + 100),
-                    2 => Value::Str(format!("v{i}")),
+                    2 => Value::Str(format!("v{i}").into()),
                     _ => Value::Null,
                 };
                 (format!("k{i:02}"), v)

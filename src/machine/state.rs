@@ -171,7 +171,7 @@ impl ContactState {
     /// A readable view for operators (`dripline contact show`).
     pub fn to_json(&self) -> serde_json::Value {
         use crate::time::format_rfc3339;
-        let traits: serde_json::Map<_, _> = self.traits.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+        let traits = self.traits.to_json();
         serde_json::json!({
             "traits": traits,
             "tags": self.tags,

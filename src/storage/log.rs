@@ -735,7 +735,7 @@ mod chunk_tests {
             let read: Vec<String> = read(&store, p, 0, 2000)
                 .unwrap()
                 .into_iter()
-                .map(|r| r.event.message_id)
+                .map(|r| r.event.message_id.to_string())
                 .collect();
             let expected: Vec<String> = sent
                 .iter()

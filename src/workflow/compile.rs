@@ -725,7 +725,7 @@ fn step_kind(cx: &mut Cx, path: &str, s: &RawStep, wf: &RawWorkflow, next: Next)
         actions.push(Action::Unset(k.clone()));
     }
     if let Some(stage) = &s.lifecycle_stage {
-        actions.push(Action::Set(LIFECYCLE_TRAIT.into(), Value::Str(stage.clone())));
+        actions.push(Action::Set(LIFECYCLE_TRAIT.into(), Value::Str(stage.as_str().into())));
     }
     if let Some(t) = &s.tag {
         actions.push(Action::Tag(t.clone()));

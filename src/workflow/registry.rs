@@ -365,7 +365,7 @@ pub fn template_context(
     extra: &[(&str, minijinja::Value)],
 ) -> minijinja::Value {
     let mut top: BTreeMap<String, minijinja::Value> =
-        traits.iter().map(|(k, v)| (k.clone(), v.to_template())).collect();
+        traits.iter().map(|(k, v)| (k.to_string(), v.to_template())).collect();
     let mut contact = top.clone();
     contact.insert("id".into(), contact_id.into());
     top.insert("contact".into(), contact.into());
