@@ -84,12 +84,12 @@ fn fill(engine: &Engine, n: usize) {
             .collect();
         let e = OutboxEntry {
             partition: (i % 8) as u16,
-            contact: format!("c{i}"),
+            contact: format!("c{i}").into(),
             workflow: "newsletter".into(),
             version: 1,
             step: "welcome".into(),
             kind: MailKind::Marketing,
-            to: format!("reader{i}@{}", DOMAINS[i % DOMAINS.len()]),
+            to: format!("reader{i}@{}", DOMAINS[i % DOMAINS.len()]).into(),
             content: MailContent::Template {
                 template: "welcome".into(),
                 traits: Arc::new(traits),

@@ -78,8 +78,8 @@ pub fn run(settings: &Settings, events: &Path, out: &Path) -> anyhow::Result<Dem
         .iter()
         .map(|(id, e)| DemoMail {
             at: e.decided_at,
-            to: e.to.clone(),
-            workflow: e.workflow.clone(),
+            to: e.to.to_string(),
+            workflow: e.workflow.to_string(),
             subject: crate::sinks::compose::render(&engine.reg, &engine.links, *id, e)
                 .map_or_else(|err| format!("(not renderable: {err})"), |r| r.subject),
             file: s.mail.outbox_dir.join(format!("{id}.eml")),

@@ -2,7 +2,7 @@
 
 use super::state::SendId;
 use crate::time::Ts;
-use crate::value::Map;
+use crate::value::{Map, Str};
 use crate::workflow::{MailKind, StepIdx};
 use std::sync::Arc;
 
@@ -22,8 +22,8 @@ pub struct SendCommand {
     pub version: u32,
     pub step: StepIdx,
     pub enrollment: u64,
-    pub template: String,
-    pub to: String,
+    pub template: Str,
+    pub to: Str,
     pub kind: MailKind,
     /// Snapshots taken when the send was decided: rendering later gives the same email.
     pub traits: Arc<Map>,

@@ -762,7 +762,7 @@ impl Cx<'_> {
                 .or(fallback.as_deref()),
             Recipient::Fixed(a) => Some(a.as_str()),
         };
-        let Some(address) = address.filter(|a| a.contains('@')).map(str::to_owned) else {
+        let Some(address) = address.filter(|a| a.contains('@')).map(crate::value::Str::from) else {
             self.count(wf, i, Metric::NoAddress, 1);
             return None;
         };
@@ -815,7 +815,7 @@ impl Cx<'_> {
             version: wf.version,
             step: i,
             enrollment: e.id,
-            template: template.to_owned(),
+            template: template.into(),
             to: address,
             kind,
             traits: self.st.traits.clone(),

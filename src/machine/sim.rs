@@ -144,9 +144,9 @@ impl Sim {
             .map(|s| {
                 (
                     s.at,
-                    s.cmd.to.clone(),
+                    s.cmd.to.to_string(),
                     s.cmd.workflow.to_string(),
-                    s.cmd.template.clone(),
+                    s.cmd.template.to_string(),
                 )
             })
             .collect()

@@ -472,9 +472,9 @@ impl Partition {
                     let entry = OutboxEntry {
                         partition: self.id,
                         contact: contact.into(),
-                        workflow: cmd.workflow.to_string(),
+                        workflow: cmd.workflow.as_ref().into(),
                         version: cmd.version,
-                        step: wf.steps[cmd.step as usize].id.clone(),
+                        step: wf.steps[cmd.step as usize].id.as_str().into(),
                         kind: cmd.kind,
                         to: cmd.to,
                         content: MailContent::Template {
@@ -727,7 +727,7 @@ mod tests {
         p.flush().unwrap();
         let mut outbox: BTreeMap<String, u64> = BTreeMap::new();
         for (_, e) in tables::outbox_page(&store, 1000).unwrap() {
-            *outbox.entry(e.workflow).or_default() += 1;
+            *outbox.entry(e.workflow.to_string()).or_default() += 1;
         }
         assert!(outbox.len() >= 2, "sends from more than one workflow: {outbox:?}");
         assert_eq!(decided(&metrics), outbox);

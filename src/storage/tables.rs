@@ -7,6 +7,7 @@ use super::{
 };
 use crate::machine::{ContactState, Metric, SendId};
 use crate::time::Ts;
+use crate::value::Str;
 use crate::workflow::{MailKind, StoredVersion};
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
@@ -54,12 +55,12 @@ pub struct OutboxEntry {
     /// The input partition whose processing decided it (its owner sends it).
     #[serde(default)]
     pub partition: u16,
-    pub contact: String,
-    pub workflow: String,
+    pub contact: Str,
+    pub workflow: Str,
     pub version: u32,
-    pub step: String,
+    pub step: Str,
     pub kind: MailKind,
-    pub to: String,
+    pub to: Str,
     pub content: MailContent,
     /// Input time of the decision (the email's Date).
     pub decided_at: Ts,
@@ -82,7 +83,7 @@ pub struct OutboxEntry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum MailContent {
     Template {
-        template: String,
+        template: Str,
         /// The contact's traits and the enrolling event's properties, as at the decision.
         traits: std::sync::Arc<crate::value::Map>,
         event: std::sync::Arc<crate::value::Map>,

@@ -247,7 +247,7 @@ impl Mailer {
             let to = match e.to.parse::<Mailbox>() {
                 Ok(to) => to,
                 Err(err) => {
-                    let reason = format!("refused: {}", eml::EmlError::Address(e.to.clone(), err));
+                    let reason = format!("refused: {}", eml::EmlError::Address(e.to.to_string(), err));
                     self.retire(&mut round, id, &e, "refused", &reason, now);
                     continue;
                 }
