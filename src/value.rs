@@ -36,12 +36,15 @@ impl Map {
             self.0.get(key)
         }
     }
-}
 
-impl Map {
-    /// As a JSON object (templates' contexts, the demo's output).
+    /// As a JSON object (`Value::to_json`, `dripline contact show`).
     pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
         self.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect()
+    }
+
+    /// As template values by key: a map for templates, or the top of a template's context.
+    pub fn to_template_entries(&self) -> BTreeMap<String, minijinja::Value> {
+        self.iter().map(|(k, v)| (k.to_string(), v.to_template())).collect()
     }
 }
 
@@ -178,10 +181,7 @@ impl Value {
 }
 
 pub fn map_to_template(m: &Map) -> minijinja::Value {
-    m.iter()
-        .map(|(k, v)| (k.to_string(), v.to_template()))
-        .collect::<BTreeMap<String, minijinja::Value>>()
-        .into()
+    m.to_template_entries().into()
 }
 
 impl From<&serde_json::Value> for Value {

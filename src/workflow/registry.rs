@@ -364,8 +364,7 @@ pub fn template_context(
     event: &Map,
     extra: &[(&str, minijinja::Value)],
 ) -> minijinja::Value {
-    let mut top: BTreeMap<String, minijinja::Value> =
-        traits.iter().map(|(k, v)| (k.to_string(), v.to_template())).collect();
+    let mut top = traits.to_template_entries();
     let mut contact = top.clone();
     contact.insert("id".into(), contact_id.into());
     top.insert("contact".into(), contact.into());
