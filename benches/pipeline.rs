@@ -252,7 +252,7 @@ fn pipelined(engine: &Engine, input: &Path, total: usize, workers: usize, nice: 
 /// [`CHUNK`], WAL on, fsync per batch. Events/s, seconds, CPU seconds (all threads).
 fn raw_limit(dir: &Path, input: &Path, total: usize, parse: impl Fn(&[u8])) -> (f64, f64, f64) {
     let store = dripline::storage::Store::open(dir).expect("raw store");
-    let cf = store.cf(dripline::storage::CF_LOG);
+    let (_, cf) = store.log_db();
     let mut wire = WireFile::open(input).expect("clickstream");
     let mut elapsed = 0.0;
     let cpu = cpu_seconds();
@@ -268,7 +268,7 @@ fn raw_limit(dir: &Path, input: &Path, total: usize, parse: impl Fn(&[u8])) -> (
             let key = ((n * CHUNK + i) as u64).to_be_bytes();
             b.put_cf(cf, key, bytes);
         }
-        store.write(b, true).expect("raw write");
+        store.write_log(b, true).expect("raw write");
         elapsed += start.elapsed().as_secs_f64();
     }
     let cpu = cpu_seconds() - cpu;

@@ -53,11 +53,11 @@ const GLIBC_ARENA_VARS: [&str; 2] = ["MALLOC_ARENA_MAX", "GLIBC_TUNABLES"];
 const GLIBC_KEEP_VARS: [&str; 3] = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES"];
 
 /// glibc serves RocksDB's C++ side from one arena for every thread instead of one per thread.
-/// Memtable blocks are allocated by whichever thread writes a batch, and since commits are
-/// handed off to the ingest thread (`storage::handoff`) both it and the processing thread write
-/// every table; with the freed memory kept (see [`keep_freed_memory`]) each thread's arena held
-/// memtables' worth of it: +95 MiB peak RSS in the pipelined benchmark, none with one arena, and
-/// no throughput lost. The Rust side (mimalloc) is not concerned. `MALLOC_ARENA_MAX` or
+/// Memtable blocks are allocated by whichever thread writes a batch: the ingest thread writes the
+/// log, each worker its partitions' commits. With the freed memory kept (see
+/// [`keep_freed_memory`]) each thread's arena held memtables' worth of it (+95 MiB peak RSS in
+/// the pipelined benchmark of session 10, when the ingest thread wrote commits handed off to it;
+/// none with one arena, and no throughput lost). The Rust side (mimalloc) is not concerned. `MALLOC_ARENA_MAX` or
 /// `GLIBC_TUNABLES` in the environment still win.
 fn one_glibc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]

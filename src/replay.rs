@@ -16,7 +16,7 @@ use crate::machine::Metric;
 use crate::runtime::Engine;
 use crate::storage::digest::{Digest, digest};
 use crate::storage::log::{self, LogRecord};
-use crate::storage::{CF_LOG, Store, tables};
+use crate::storage::{Store, tables};
 use crate::time::{Ts, parse_rfc3339};
 use anyhow::{Context, bail};
 use rocksdb::WriteBatch;
@@ -322,7 +322,8 @@ fn log_ends(s: &Store) -> anyhow::Result<Vec<u64>> {
             ends.resize(ends.len().max(u16::from_be_bytes(p) as usize + 1), 0);
         }
     }
-    let mut it = s.db.raw_iterator_cf(s.cf(CF_LOG));
+    let (db, cf) = s.log_db();
+    let mut it = db.raw_iterator_cf(cf);
     it.seek_to_first();
     while let Some(k) = it.key() {
         let p = u16::from_be_bytes([k[0], k[1]]);

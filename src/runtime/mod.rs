@@ -154,10 +154,7 @@ impl Engine {
                     metrics.clone(),
                     e.cache_contacts_per_partition,
                 )
-                .map(|p| {
-                    let limit = partition::HANDED_OFF_PER_WORKER * e.workers;
-                    Mutex::new(p.with_checkpoint(checkpoint).with_handoff_limit(limit))
-                })
+                .map(|p| Mutex::new(p.with_checkpoint(checkpoint)))
             })
             .collect::<Result<Vec<_>, _>>()?;
         // The processors of this process take fresh records from memory (none in Kafka mode).

@@ -7,7 +7,6 @@
 use super::metrics::Metrics;
 use crate::machine::{ContactState, Effect, Input, Metric, handle};
 use crate::storage::StoreError;
-use crate::storage::handoff::Pending;
 use crate::storage::tables::{self, MailContent, OutboxEntry};
 use crate::storage::timers::{TimerKey, TimerQueue};
 use crate::storage::{Result, Store, log};
@@ -16,34 +15,7 @@ use crate::workflow::{Registry, StepIdx};
 use rocksdb::WriteBatch;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-
-/// Commits left handed off at most, per worker thread (all partitions' together, so
-/// [`Engine::open`](super::Engine::open) multiplies it by `engine.workers`): a partition whose
-/// commit finds the limit reached writes the waiting ones and its own itself. While ingest runs,
-/// a commit is taken within an append or two; when it stops, nothing piles up (each waiting
-/// commit holds its WriteBatch, tens of MiB at the benchmark's 16384 inputs, and the states it
-/// wrote). With two workers committing, a limit of 2 in all had a worker write the queue itself
-/// ~20 times a run (0.57 s of its CPU); 4 measured +4.5 % (median of eight pairs) at the same
-/// peak RSS.
-pub const HANDED_OFF_PER_WORKER: usize = 2;
-
-/// A partition's commit `epoch` is written, by whichever thread wrote it: the partition may
-/// forget the states it kept for it, and the events it holds count as processed. Received →
-/// committed: the decisions these events led to are durable (and visible to the mailer) only
-/// now.
-fn mark_written(metrics: &Metrics, written: &AtomicU64, epoch: u64, wall: Ts, received: Vec<Ts>) {
-    written.store(epoch, Ordering::Release);
-    // Observed locally and flushed once: a shared histogram's observation is several atomic
-    // operations, per event, on the thread that writes (the ingest thread, for handed-off
-    // commits).
-    let latency = metrics.processing_latency.local();
-    for r in received {
-        latency.observe((wall - r).max(0) as f64 / 1000.0);
-    }
-    latency.flush();
-}
+use std::sync::Arc;
 
 /// Counts a partition adds to the shared metrics in bulk (see `Partition::unreported`).
 #[derive(Default)]
@@ -106,19 +78,17 @@ pub struct Partition {
     /// atomic operation, on a line both workers write.
     unreported: Unreported,
     hook: Option<Arc<dyn CommitHook>>,
-    /// Commits handed off (by every partition) at which this one writes them itself.
-    handoff_limit: usize,
     /// When [`Partition::poll`] commits (see [`Checkpoint`]), and what it has handled since.
     checkpoint: Checkpoint,
     uncommitted: usize,
     last_commit: std::time::Instant,
-    /// The last commit staged, and the last one written (a commit handed off is written later,
-    /// by another thread: see [`Partition::commit_behind`]).
+    /// The last commit staged, and the last one written. They differ only while a commit waits
+    /// between [`Partition::stage`] and [`Partition::write_staged`]: on Kafka, until the
+    /// changelog has it (a broker outage leaves it staged while the partition handles more).
     epoch: u64,
-    written: Arc<AtomicU64>,
-    /// Why a commit failed (a handed-off one reported by the thread that wrote it): from then on
-    /// every poll fails with it.
-    failure: Arc<Mutex<Option<String>>>,
+    written: u64,
+    /// Why a commit failed: from then on every poll fails with it.
+    failure: Option<String>,
 }
 
 /// A contact's state in the cache. The id is shared by the cache key and the dirty list, so
@@ -128,7 +98,7 @@ struct Cached {
     state: ContactState,
     /// Changed since the last commit.
     dirty: bool,
-    /// The commit that last wrote this state (0: it came from the store).
+    /// The commit that last staged this state (0: it came from the store).
     epoch: u64,
 }
 
@@ -141,10 +111,10 @@ struct Contacts {
     dirty: Vec<Arc<str>>,
     /// Dirty contacts evicted before the commit: not in RocksDB yet, so a load looks here first.
     spilled: FxHashMap<Arc<str>, ContactState>,
-    /// Contacts pushed out of the cache while the commit that wrote them is handed off and not
-    /// written yet (the store still holds an older state, so a load looks here before it), by
-    /// commit, oldest first: dropped as soon as their commit is written.
-    inflight: VecDeque<(u64, FxHashMap<Arc<str>, ContactState>)>,
+    /// Contacts pushed out of the cache while the commit that staged them is not written yet
+    /// (the store still holds an older state, so a load looks here before it), by commit, oldest
+    /// first: dropped as soon as their commit is written.
+    unwritten: VecDeque<(u64, FxHashMap<Arc<str>, ContactState>)>,
 }
 
 impl Contacts {
@@ -152,7 +122,7 @@ impl Contacts {
     /// every input handled is committed with its contact's state. One cache look-up on a hit
     /// and one insert on a miss (a function that returned the slot would have to look it up
     /// again: returning a borrow taken inside the `if` is beyond the borrow checker).
-    /// `written`: the partition's last commit known written.
+    /// `written`: the partition's last commit written.
     fn with_slot<R>(
         &mut self,
         store: &Store,
@@ -169,7 +139,7 @@ impl Contacts {
         }
         let (id, mut state) = match self.spilled.remove_entry(contact) {
             Some(found) => found,
-            None => match self.inflight.iter_mut().find_map(|(_, m)| m.remove_entry(contact)) {
+            None => match self.unwritten.iter_mut().find_map(|(_, m)| m.remove_entry(contact)) {
                 Some(found) => found,
                 None => (contact.into(), tables::get_contact(store, contact)?.unwrap_or_default()),
             },
@@ -185,10 +155,10 @@ impl Contacts {
         if let Some((evicted, old)) = self.cache.push(id, slot) {
             if old.dirty {
                 self.spilled.insert(evicted, old.state);
-            } else if old.epoch > written {
-                if let Some((_, m)) = self.inflight.iter_mut().find(|(e, _)| *e == old.epoch) {
-                    m.insert(evicted, old.state);
-                }
+            } else if old.epoch > written
+                && let Some((_, m)) = self.unwritten.iter_mut().find(|(e, _)| *e == old.epoch)
+            {
+                m.insert(evicted, old.state);
             }
         }
         Ok(r)
@@ -196,8 +166,8 @@ impl Contacts {
 
     /// Drops the states kept for commits written since.
     fn forget_written(&mut self, written: u64) {
-        while self.inflight.front().is_some_and(|(e, _)| *e <= written) {
-            self.inflight.pop_front();
+        while self.unwritten.front().is_some_and(|(e, _)| *e <= written) {
+            self.unwritten.pop_front();
         }
     }
 }
@@ -253,7 +223,7 @@ impl Partition {
                 cache: lru::LruCache::new(std::num::NonZeroUsize::new(cache_cap.max(1)).expect("non-zero")),
                 dirty: Vec::new(),
                 spilled: FxHashMap::default(),
-                inflight: VecDeque::new(),
+                unwritten: VecDeque::new(),
             },
             counter_deltas: FxHashMap::default(),
             counter_values: FxHashMap::default(),
@@ -265,21 +235,13 @@ impl Partition {
             fx: Vec::new(),
             unreported: Unreported::default(),
             hook: None,
-            handoff_limit: HANDED_OFF_PER_WORKER,
             checkpoint: Checkpoint::default(),
             uncommitted: 0,
             last_commit: std::time::Instant::now(),
             epoch: 0,
-            written: Arc::new(AtomicU64::new(0)),
-            failure: Arc::new(Mutex::new(None)),
+            written: 0,
+            failure: None,
         })
-    }
-
-    /// Commits handed off at which this partition writes them itself (see
-    /// [`HANDED_OFF_PER_WORKER`]).
-    pub fn with_handoff_limit(mut self, limit: usize) -> Self {
-        self.handoff_limit = limit.max(1);
-        self
     }
 
     pub fn with_checkpoint(mut self, checkpoint: Checkpoint) -> Self {
@@ -316,10 +278,9 @@ impl Partition {
     pub fn poll(&mut self, log: &log::EmbeddedLog, wall: Ts, max: usize, commit_when_drained: bool) -> Result<usize> {
         // Fail-stop: after a failed commit the partition's memory is ahead of its store; a
         // restart resumes from the last commit written and handles the rest again.
-        if let Some(failure) = self.failure.lock().expect("failure lock").clone() {
-            return Err(StoreError::CommitFailed(failure));
+        if let Some(failure) = &self.failure {
+            return Err(StoreError::CommitFailed(failure.clone()));
         }
-        self.contacts.forget_written(self.written.load(Ordering::Acquire));
         let records = log.take(self.id, self.next_offset(), max)?;
         let consumed = records.len();
         let mut n = self.handle(records, wall)?;
@@ -333,19 +294,8 @@ impl Partition {
             self.uncommitted += n.max(consumed);
         }
         let due = self.uncommitted >= self.checkpoint.inputs || self.last_commit.elapsed() >= self.checkpoint.interval;
-        if self.uncommitted > 0 && drained && commit_when_drained {
+        if self.uncommitted > 0 && ((drained && commit_when_drained) || due) {
             self.commit()?;
-        } else if self.uncommitted > 0 && due {
-            if log.appended_elsewhere() {
-                // Busy, and another thread appends: the next append writes it.
-                self.commit_behind()?;
-            } else {
-                self.commit()?;
-            }
-        }
-        if n == 0 && consumed == 0 {
-            // Idle: nothing handed off may wait for an append that is not coming.
-            self.store.write_handed_off()?;
         }
         self.unreported.report(&self.metrics);
         Ok(n.max(consumed))
@@ -353,11 +303,9 @@ impl Partition {
 
     /// Commits whatever [`Partition::poll`] has handled and not committed yet.
     pub fn flush(&mut self) -> Result<()> {
-        if self.uncommitted > 0 {
-            self.commit()
-        } else {
-            // What it handed off is written too (with any other partition's before it).
-            self.store.write_handed_off()
+        match self.uncommitted {
+            0 => Ok(()),
+            _ => self.commit(),
         }
     }
 
@@ -417,14 +365,11 @@ impl Partition {
         loop {
             if self.timers.needs_page() {
                 // The page-in reads the store, which must hold every batch staged before (the
-                // timer operations not staged yet it lays over what it reads). A commit still
-                // waiting for a writer is written first, here; what is handled since stays for
-                // the next checkpoint.
-                if self.written.load(Ordering::Acquire) < self.epoch {
-                    self.store.write_handed_off()?;
-                    if self.written.load(Ordering::Acquire) < self.epoch {
-                        self.commit()?; // staged for a hook and not written yet
-                    }
+                // timer operations not staged yet it lays over what it reads). A commit staged
+                // and not written yet (on Kafka: the changelog did not take it) is written first;
+                // what is handled since stays for the next checkpoint.
+                if self.written < self.epoch {
+                    self.commit()?;
                 }
                 self.timers.page_in(&self.store)?;
             }
@@ -448,10 +393,9 @@ impl Partition {
     fn apply(&mut self, contact: &str, input: &Input, at: Ts) -> Result<()> {
         let mut fx = std::mem::take(&mut self.fx);
         let reg = &self.reg;
-        self.contacts
-            .with_slot(&self.store, contact, self.written.load(Ordering::Acquire), |st| {
-                handle(contact, st, input, at, reg, &mut fx)
-            })?;
+        self.contacts.with_slot(&self.store, contact, self.written, |st| {
+            handle(contact, st, input, at, reg, &mut fx)
+        })?;
         for e in fx.drain(..) {
             match e {
                 Effect::ScheduleTimer { id, due } => self.timers.schedule(TimerKey {
@@ -506,34 +450,7 @@ impl Partition {
         Ok(())
     }
 
-    /// Stages everything handled, with the consumed position, as one batch, and hands it off
-    /// to the next thread that appends to the log (see [`crate::storage::handoff`]); with a
-    /// commit hook (the Kafka changelog) or with too many handed off already, writes at once.
-    pub fn commit_behind(&mut self) -> Result<()> {
-        if self.hook.is_some() {
-            return self.commit();
-        }
-        self.begin_commit()?;
-        let (epoch, wall, received) = (self.epoch, self.wall, std::mem::take(&mut self.received));
-        let (written, failure, metrics) = (self.written.clone(), self.failure.clone(), self.metrics.clone());
-        let waiting = self.store.handoff.push(Pending {
-            batch: std::mem::take(&mut self.batch),
-            done: Box::new(move |r| match r {
-                Ok(took) => {
-                    metrics.rocksdb_write.observe(took.as_secs_f64());
-                    mark_written(&metrics, &written, epoch, wall, received);
-                }
-                Err(e) => *failure.lock().expect("failure lock") = Some(e.to_string()),
-            }),
-        });
-        if waiting >= self.handoff_limit {
-            self.store.write_handed_off()?;
-        }
-        Ok(())
-    }
-
-    /// Writes everything staged, with the consumed position, as one batch, now (after any
-    /// commits handed off before it).
+    /// Writes everything staged, with the consumed position, as one batch.
     pub fn commit(&mut self) -> Result<()> {
         self.begin_commit()?;
         if !self.batch.is_empty() {
@@ -560,9 +477,7 @@ impl Partition {
     pub fn stage(&mut self) -> Result<()> {
         self.epoch += 1;
         let epoch = self.epoch;
-        let written = self.written.load(Ordering::Acquire);
-        self.contacts.forget_written(written);
-        self.contacts.inflight.push_back((epoch, FxHashMap::default()));
+        self.contacts.unwritten.push_back((epoch, FxHashMap::default()));
         self.timers.stage(&self.store, &mut self.batch);
         // In key order, as the memtable inserts them fastest.
         let mut dirty = std::mem::take(&mut self.contacts.dirty);
@@ -585,7 +500,7 @@ impl Partition {
         for (id, st) in spilled {
             tables::put_contact(&self.store, &mut self.batch, &id, &st);
             self.contacts
-                .inflight
+                .unwritten
                 .back_mut()
                 .expect("pushed above")
                 .1
@@ -624,23 +539,24 @@ impl Partition {
 
     /// The second half: the staged batch written locally, as one WriteBatch.
     pub fn write_staged(&mut self) -> Result<()> {
-        // Never ahead of this partition's commits handed off earlier.
-        self.store.write_handed_off()?;
         if !self.batch.is_empty() {
             let started = std::time::Instant::now();
             if let Err(e) = self.store.write(std::mem::take(&mut self.batch), false) {
-                *self.failure.lock().expect("failure lock") = Some(e.to_string());
+                self.failure = Some(e.to_string());
                 return Err(e);
             }
             self.metrics.rocksdb_write.observe(started.elapsed().as_secs_f64());
         }
-        mark_written(
-            &self.metrics,
-            &self.written,
-            self.epoch,
-            self.wall,
-            std::mem::take(&mut self.received),
-        );
+        self.written = self.epoch;
+        self.contacts.forget_written(self.written);
+        // Received → committed: the decisions these events led to are durable (and visible to
+        // the mailer) only now. Observed locally and flushed once: a shared histogram's
+        // observation is several atomic operations.
+        let latency = self.metrics.processing_latency.local();
+        for r in self.received.drain(..) {
+            latency.observe((self.wall - r).max(0) as f64 / 1000.0);
+        }
+        latency.flush();
         Ok(())
     }
 }
@@ -734,58 +650,26 @@ mod tests {
         assert_eq!(metrics.inputs_processed.get(), total, "the commit adds nothing more");
     }
 
-    /// With appends on another thread a busy partition leaves its commits to the next append,
-    /// up to the limit (`HANDED_OFF_PER_WORKER` × `engine.workers`): the commit that reaches it
-    /// writes every waiting one, in order, itself.
-    #[test]
-    fn commits_wait_for_a_writer_up_to_the_limit() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let log = log::EmbeddedLog::open(store.clone(), 1, 16).unwrap();
-        let mut p = Partition::open(0, store.clone(), shipped_registry(), Arc::new(Metrics::new()), 4)
-            .unwrap()
-            .with_checkpoint(Checkpoint {
-                inputs: 1,
-                interval: std::time::Duration::from_secs(3600),
-            })
-            .with_handoff_limit(3);
-        let events = (1..=6)
-            .map(|n| Event::track("ann", &format!("m{n}"), "Signed Up", crate::value::Map::new()))
-            .collect();
-        std::thread::scope(|s| s.spawn(|| log.append(events, 1_000).unwrap()).join().unwrap());
-        let stored = || tables::get_position(&store, 0).unwrap().offset;
-        // One record a poll, each a checkpoint: commits 1 and 2 wait, 3 writes all three.
-        for (k, waiting, position) in [
-            (1, 1, None),
-            (2, 2, None),
-            (3, 0, Some(2)),
-            (4, 1, Some(2)),
-            (5, 2, Some(2)),
-            (6, 0, Some(5)),
-        ] {
-            assert_eq!(p.poll(&log, 1_000, 1, false).unwrap(), 1);
-            assert_eq!(store.handoff.waiting(), waiting, "after poll {k}");
-            assert_eq!(stored(), position, "after poll {k}");
-        }
-    }
-
     /// A timer page-in with nothing staged and unwritten commits nothing: it lays the timer
     /// operations not staged yet (timers scheduled past the horizon, stored ones cancelled)
     /// over what it reads. With pages of 2 timers the partition pages in many times and still
     /// ends equal to the pure simulation, each timer fired once: with no checkpoint before the
     /// end (nothing stored, so the scheduled timers come from the operations alone), with one
-    /// every 7 inputs (stored timers cancelled since must not fire), and with those commits
-    /// handed off (a page-in finds one waiting).
+    /// every 7 inputs (stored timers cancelled since must not fire), and with commits left
+    /// staged and unwritten, as on Kafka while the changelog is down.
     #[test]
     fn timer_page_ins_commit_nothing_and_miss_no_pending_timer() {
         page_ins_match_the_simulation(usize::MAX, false);
         page_ins_match_the_simulation(7, false);
-        // Appended from another thread, commits are handed off: a page-in writes the one still
-        // waiting first.
-        page_ins_match_the_simulation(7, true);
+        page_ins_match_the_simulation(usize::MAX, true);
     }
 
-    fn page_ins_match_the_simulation(checkpoint_inputs: usize, append_elsewhere: bool) {
+    /// `leave_staged`: every round is staged and only every third one written, as the Kafka
+    /// consumer does when the changelog does not take a commit: the partition handles on, its
+    /// 8-contact cache pushes out contacts whose newest state is only in the staged batch (they
+    /// must reload from memory, not from the store's older state), and a page-in writes the
+    /// staged commit first.
+    fn page_ins_match_the_simulation(checkpoint_inputs: usize, leave_staged: bool) {
         use crate::time::{DAY, HOUR};
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(Store::open(dir.path()).unwrap());
@@ -827,13 +711,16 @@ mod tests {
             for ev in &events {
                 sim.input(at, &ev.user_id, crate::machine::Input::Event(ev.clone()));
             }
-            match append_elsewhere {
-                true => std::thread::scope(|s| s.spawn(|| log.append(events, at).unwrap()).join().unwrap()),
-                false => log.append(events, at).unwrap(),
-            };
-            // One poll takes the round (its checkpoint commit may be handed off); a second, hours
-            // later with nothing new, fires the timers due by then.
+            log.append(events, at).unwrap();
+            // One poll takes the round; a second, hours later with nothing new, fires the timers
+            // due by then.
             p.poll(&log, at, 1 << 10, false).unwrap();
+            if leave_staged {
+                p.stage().unwrap();
+                if round % 3 == 0 {
+                    p.write_staged().unwrap();
+                }
+            }
             p.poll(&log, at + 4 * HOUR, 1 << 10, false).unwrap();
             sim.advance_to(at + 4 * HOUR);
         }
@@ -842,7 +729,7 @@ mod tests {
         while p.poll(&log, end, 5, false).unwrap() > 0 {}
         assert!(sim.errors.is_empty(), "{:?}", sim.errors);
         assert!(!sim.sent.is_empty());
-        if checkpoint_inputs == usize::MAX {
+        if checkpoint_inputs == usize::MAX && !leave_staged {
             assert_eq!(
                 tables::get_position(&store, 0).unwrap().offset,
                 None,

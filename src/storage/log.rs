@@ -1,6 +1,9 @@
 //! The embedded durable log: the single-machine event source. Events are partitioned by contact
 //! id, stamped with the time they were received, and appended with an fsynced write before the
-//! append returns; a `messageId` repeated within the dedup window is dropped.
+//! append returns; a `messageId` repeated within the dedup window is dropped. The log is a RocksDB
+//! database of its own (see [`crate::storage`]): the fsync covers only events, and the
+//! partitions' commits, written by the workers into the state tables, never wait in its write
+//! group.
 //!
 //! Each append writes one RocksDB value per partition it touches: a *chunk* holding that
 //! partition's records of the append, keyed by the offset of its first record. A put per event
@@ -162,7 +165,8 @@ fn partition_and_offset(k: &[u8]) -> Option<(u16, u64)> {
 /// Calls `f` with each record of `partition` from offset `from` on, in order, until it returns
 /// false: starting in the chunk that holds `from`.
 fn walk(s: &Store, partition: u16, from: u64, mut f: impl FnMut(u64, Framed<'_>) -> bool) -> Result<()> {
-    let mut it = s.db.raw_iterator_cf(s.cf(CF_LOG));
+    let (db, cf) = s.log_db();
+    let mut it = db.raw_iterator_cf(cf);
     it.seek_for_prev(key(partition, from));
     // No chunk of this partition at or before `from`: start at its first one.
     if it
@@ -190,7 +194,8 @@ fn walk(s: &Store, partition: u16, from: u64, mut f: impl FnMut(u64, Framed<'_>)
 
 /// The offset the next record of `partition` will get, and the stamp of its last record.
 pub fn end(s: &Store, partition: u16) -> Result<(u64, Option<Ts>)> {
-    let mut it = s.db.raw_iterator_cf(s.cf(CF_LOG));
+    let (db, cf) = s.log_db();
+    let mut it = db.raw_iterator_cf(cf);
     it.seek_for_prev(key(partition, u64::MAX));
     let found = match (it.key().and_then(partition_and_offset), it.value()) {
         (Some((p, first)), Some(v)) if p == partition => chunk_end(first, v),
@@ -271,8 +276,6 @@ struct State {
     /// by [`EmbeddedLog::seal`], so a partition that fired timers up to its wall clock can never
     /// later see an event stamped before them (live and replay then order them alike).
     floor: Ts,
-    /// The thread that appended last.
-    appender: Option<std::thread::ThreadId>,
 }
 
 pub struct EmbeddedLog {
@@ -344,12 +347,7 @@ impl EmbeddedLog {
         Ok(EmbeddedLog {
             store,
             partitions,
-            state: Mutex::new(State {
-                next,
-                window,
-                floor,
-                appender: None,
-            }),
+            state: Mutex::new(State { next, window, floor }),
             tails: Mutex::new((0..partitions).map(|_| Tail::default()).collect()),
             tail_cap: 0,
         })
@@ -433,14 +431,6 @@ impl EmbeddedLog {
         self.partitions
     }
 
-    /// Whether the last append came from another thread than this one: only then is a commit
-    /// worth handing off to the next append (see [`crate::storage::handoff`]); on one thread
-    /// it would only be written later.
-    pub fn appended_elsewhere(&self) -> bool {
-        let appender = self.state.lock().expect("log lock").appender;
-        appender.is_some_and(|t| t != std::thread::current().id())
-    }
-
     /// The offset the next record of each partition will get.
     pub fn next_offsets(&self) -> Vec<u64> {
         self.state.lock().expect("log lock").next.clone()
@@ -459,17 +449,12 @@ impl EmbeddedLog {
     pub fn append_at<E: Appendable>(&self, events: Vec<E>, stamps: &[Ts], sync: bool) -> Result<Vec<Appended>> {
         debug_assert_eq!(events.len(), stamps.len());
         let s = &self.store;
-        // This thread writes anyway: the commits busy partitions handed off first (outside the
-        // log lock). A failure is its partition's to report, not this append's.
-        if let Err(e) = s.write_handed_off() {
-            tracing::error!("writing the commits handed off: {e}");
-        }
         let mut state = self.state.lock().expect("log lock");
         let mut floor = state.floor;
         let mut batch = WriteBatch::default();
         let mut out = Vec::with_capacity(events.len());
         let mut staged = state.next.clone();
-        let cf = s.cf(CF_LOG);
+        let (_, cf) = s.log_db();
         // Per appended event: its key, index and stamp; its id's hash, admitted to the window.
         let mut records = Vec::with_capacity(events.len());
         let mut admitted = Vec::with_capacity(events.len());
@@ -524,14 +509,13 @@ impl EmbeddedLog {
             }
         }
         if !batch.is_empty()
-            && let Err(e) = s.write(batch, sync)
+            && let Err(e) = s.write_log(batch, sync)
         {
             // Only what is durable stays in the window.
             state.window.abort(&admitted);
             return Err(e);
         }
         state.floor = floor;
-        state.appender = Some(me);
         // What is durable joins the window's order and the tails, in offset order (still under
         // the lock that orders appends).
         state.window.commit(&admitted);
@@ -775,7 +759,7 @@ mod chunk_tests {
         // A record of the one-record layout, as earlier versions wrote them, after the chunks.
         let mut old = vec![];
         encode_into(30, &ev(mine[0], "c"), &mut old);
-        store.db.put_cf(store.cf(CF_LOG), key(p, 2 * n), &old).unwrap();
+        store.log_db().0.put_cf(store.log_db().1, key(p, 2 * n), &old).unwrap();
         let log = EmbeddedLog::open(store.clone(), 2, 100).unwrap();
         assert_eq!(log.next_offsets()[p as usize], 2 * n + 1);
         assert_eq!(read(&store, p, 2 * n, 5).unwrap()[0].event.message_id, "c");
@@ -797,10 +781,10 @@ mod chunk_tests {
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let log = EmbeddedLog::open(store.clone(), 1, 10).unwrap();
         log.append(vec![ev("u", "1"), ev("u", "2"), ev("u", "3")], 5).unwrap();
-        let whole = store.db.get_cf(store.cf(CF_LOG), key(0, 0)).unwrap().unwrap();
+        let whole = store.log_db().0.get_cf(store.log_db().1, key(0, 0)).unwrap().unwrap();
         let first_len = u32::from_be_bytes(whole[5..9].try_into().unwrap()) as usize;
         let cut = &whole[..9 + first_len + 3];
-        store.db.put_cf(store.cf(CF_LOG), key(0, 0), cut).unwrap();
+        store.log_db().0.put_cf(store.log_db().1, key(0, 0), cut).unwrap();
         let got = scan(&store, 0, 0, 10).unwrap();
         assert_eq!(got.len(), 3);
         assert_eq!(got[0].as_ref().unwrap().event.message_id, "1");
@@ -820,7 +804,7 @@ mod chunk_tests {
         // A count no chunk of that size can hold is one unreadable value, not 4 billion.
         let mut bogus = whole.to_vec();
         bogus[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
-        store.db.put_cf(store.cf(CF_LOG), key(0, 0), &bogus).unwrap();
+        store.log_db().0.put_cf(store.log_db().1, key(0, 0), &bogus).unwrap();
         let got = scan(&store, 0, 0, 1).unwrap();
         let bad = got[0].as_ref().unwrap_err();
         assert_eq!((got.len(), bad.offset, bad.bytes.len()), (1, 0, whole.len()));

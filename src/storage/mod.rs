@@ -1,9 +1,15 @@
 //! RocksDB state, one column family per table with typed keys. Everything a processed batch
 //! changes — contact states, timers, outbox entries, counters and the consumed log position —
 //! goes into one `WriteBatch`, so a crash never leaves half of it. WAL on.
+//!
+//! The embedded log is a RocksDB database of its own (`event-log/` inside the store's
+//! directory), with its own WAL: an append's fsync, which the ack waits for, syncs only events,
+//! and the partitions' commits never queue behind it in one write group. The state tables are
+//! not fsynced by commits: after a power cut a partition resumes from an earlier commit and
+//! handles the log again to the same state and the same send ids (the sent ledger, which is
+//! fsynced, keeps those from going out twice).
 
 pub mod digest;
-pub mod handoff;
 pub mod log;
 pub mod tables;
 pub mod timers;
@@ -22,8 +28,8 @@ pub const CF_WORKFLOWS: &str = "workflows";
 pub const CF_DEAD: &str = "dead_letters";
 pub const CF_SUPPRESSIONS: &str = "suppressions";
 
-const ALL: [&str; 10] = [
-    CF_LOG,
+/// The state tables. The log's column family lives in its own database, [`LOG_DIR`].
+const ALL: [&str; 9] = [
     CF_CONTACTS,
     CF_TIMERS,
     CF_OUTBOX,
@@ -49,32 +55,47 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// The log's database, inside the store's directory (a name RocksDB's own files never take).
+pub const LOG_DIR: &str = "event-log";
+
 pub struct Store {
     pub db: DB,
+    /// The log's database; `None` only for a read-only open of a store written before the log
+    /// had its own (its log is then the main database's `log` column family).
+    log: Option<DB>,
     /// Bulk mode (replay into a fresh directory): writes skip the WAL and [`Store::finish_bulk`]
     /// flushes the memtables at the end. A crash mid-replay loses only a directory that is
     /// rebuilt from scratch anyway.
     bulk: std::sync::atomic::AtomicBool,
-    /// Commits busy partitions left for the next writer (see [`handoff`]).
-    pub handoff: handoff::Handoff,
 }
 
-/// The store's options and its column families with theirs: the same for a read-only open,
-/// so that it reads the tables as they were written (filters, block cache).
-fn options() -> (Options, Vec<ColumnFamilyDescriptor>) {
+/// Options both databases share: memtables, compression, background threads.
+fn db_options(memtables: &rocksdb::WriteBufferManager) -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
     opts.set_compression_type(rocksdb::DBCompressionType::Lz4);
+    // The background threads belong to the process's one RocksDB environment: both databases
+    // share them.
     opts.increase_parallelism(2);
     // Memtable inserts by one writer at a time, with plain stores; concurrent inserts link
     // skiplist nodes with compare-and-swap. (What the benchmarks measure; not compared.)
     opts.set_allow_concurrent_memtable_write(false);
-    // Memory must not grow with the data: all memtables together are capped (the write
-    // buffer manager flushes the largest when the total reaches it).
-    opts.set_db_write_buffer_size(256 << 20);
+    // Memory must not grow with the data: all memtables of both databases together are capped
+    // (the write buffer manager flushes the largest when the total reaches it).
+    opts.set_write_buffer_manager(memtables);
     opts.set_write_buffer_size(64 << 20);
     opts.set_max_write_buffer_number(3);
+    opts
+}
+
+/// The store's options and its column families with theirs, and the log database's options:
+/// the same for a read-only open, so that it reads the tables as they were written (filters,
+/// block cache).
+fn options() -> (Options, Vec<ColumnFamilyDescriptor>, Options) {
+    let memtables = rocksdb::WriteBufferManager::new_write_buffer_manager(256 << 20, false);
+    let opts = db_options(&memtables);
+    let log_opts = db_options(&memtables);
     // Point lookups (contacts, sent ledger, counters) mostly miss or hit one key:
     // bloom filters keep misses off the SST files.
     // Filters and indexes stay pinned in the table readers (not in the block cache, where
@@ -103,21 +124,36 @@ fn options() -> (Options, Vec<ColumnFamilyDescriptor>) {
         CF_CONTACTS | CF_SENT | CF_COUNTERS | CF_SUPPRESSIONS => ColumnFamilyDescriptor::new(*n, point()),
         _ => ColumnFamilyDescriptor::new(*n, Options::default()),
     });
-    (opts, cfs.collect())
+    (opts, cfs.collect(), log_opts)
+}
+
+fn log_cfs() -> Vec<ColumnFamilyDescriptor> {
+    vec![ColumnFamilyDescriptor::new(CF_LOG, Options::default())]
+}
+
+/// Whether the main database still holds the log (a store written before the log had its own
+/// database, or one whose move was cut short).
+fn holds_old_log(opts: &Options, dir: &Path) -> bool {
+    DB::list_cf(opts, dir).is_ok_and(|cfs| cfs.iter().any(|n| n == CF_LOG))
 }
 
 impl Store {
-    fn with_db(db: DB) -> Store {
-        Store {
-            db,
-            bulk: Default::default(),
-            handoff: Default::default(),
-        }
-    }
-
     pub fn open(dir: &Path) -> Result<Store> {
-        let (opts, cfs) = options();
-        let store = Store::with_db(DB::open_cf_descriptors(&opts, dir, cfs)?);
+        let (opts, mut cfs, log_opts) = options();
+        let old_log = holds_old_log(&opts, dir);
+        if old_log {
+            cfs.push(ColumnFamilyDescriptor::new(CF_LOG, Options::default()));
+        }
+        let mut db = DB::open_cf_descriptors(&opts, dir, cfs)?;
+        let log = DB::open_cf_descriptors(&log_opts, dir.join(LOG_DIR), log_cfs())?;
+        if old_log {
+            move_old_log(&mut db, &log)?;
+        }
+        let store = Store {
+            db,
+            log: Some(log),
+            bulk: Default::default(),
+        };
         tables::upgrade_outbox_keys_once(&store)?;
         Ok(store)
     }
@@ -125,31 +161,62 @@ impl Store {
     /// Opens for reading while a running engine holds the store (`contact show`), with the
     /// options it was written with.
     pub fn open_read_only(dir: &Path) -> Result<Store> {
-        let (opts, cfs) = options();
-        Ok(Store::with_db(DB::open_cf_descriptors_read_only(
-            &opts, dir, cfs, false,
-        )?))
+        let (opts, mut cfs, log_opts) = options();
+        let old_log = holds_old_log(&opts, dir);
+        if old_log {
+            cfs.push(ColumnFamilyDescriptor::new(CF_LOG, Options::default()));
+        }
+        let db = DB::open_cf_descriptors_read_only(&opts, dir, cfs, false)?;
+        let log = match old_log {
+            true => None,
+            false => Some(DB::open_cf_descriptors_read_only(
+                &log_opts,
+                dir.join(LOG_DIR),
+                log_cfs(),
+                false,
+            )?),
+        };
+        Ok(Store {
+            db,
+            log,
+            bulk: Default::default(),
+        })
     }
 
     pub fn cf(&self, name: &str) -> &ColumnFamily {
         self.db.cf_handle(name).expect("column family created at open")
     }
 
-    /// Writes a batch through the WAL. `sync` also fsyncs it: used where the caller is about
-    /// to acknowledge (ingest), so an acknowledged event survives a power cut.
-    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+    /// The log's database and column family.
+    pub fn log_db(&self) -> (&DB, &ColumnFamily) {
+        let db = self.log.as_ref().unwrap_or(&self.db);
+        (
+            db,
+            db.cf_handle(CF_LOG).expect("the log's column family, created at open"),
+        )
+    }
+
+    fn write_options(&self, sync: bool) -> WriteOptions {
         let mut w = WriteOptions::default();
         if self.bulk.load(std::sync::atomic::Ordering::Relaxed) {
             w.disable_wal(true);
         } else {
             w.set_sync(sync);
         }
-        Ok(self.db.write_opt(batch, &w)?)
+        w
     }
 
-    /// Writes the commits partitions have handed off (see [`handoff`]), in order.
-    pub fn write_handed_off(&self) -> Result<()> {
-        self.handoff.write_all(self)
+    /// Writes a batch of the state tables through their WAL. `sync` also fsyncs it: used where
+    /// a caller must not repeat what it did (the mailer's sent ledger) or about to acknowledge.
+    pub fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        Ok(self.db.write_opt(batch, &self.write_options(sync))?)
+    }
+
+    /// Writes a batch of log records through the log's own WAL; `sync` as for [`Store::write`]
+    /// (ingest syncs before its ack, so an acknowledged event survives a power cut).
+    pub fn write_log(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        let (db, _) = self.log_db();
+        Ok(db.write_opt(batch, &self.write_options(sync))?)
     }
 
     pub fn start_bulk(&self) {
@@ -161,8 +228,38 @@ impl Store {
         self.bulk.store(false, std::sync::atomic::Ordering::Relaxed);
         let cfs: Vec<&ColumnFamily> = ALL.iter().map(|n| self.cf(n)).collect();
         self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
+        let (db, cf) = self.log_db();
+        db.flush_cf(cf)?;
         Ok(())
     }
+}
+
+/// Moves the log of a store written before the log had its own database into it, in batches,
+/// then drops the old column family. Cut short, it runs again at the next open: the puts are
+/// idempotent, and the old column family goes only once every record is durable in the new one.
+fn move_old_log(db: &mut DB, log: &DB) -> Result<()> {
+    {
+        let (from, to) = (
+            db.cf_handle(CF_LOG).expect("opened"),
+            log.cf_handle(CF_LOG).expect("opened"),
+        );
+        let mut it = db.raw_iterator_cf(from);
+        it.seek_to_first();
+        let mut batch = WriteBatch::default();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            batch.put_cf(to, k, v);
+            if batch.size_in_bytes() >= 4 << 20 {
+                log.write(std::mem::take(&mut batch))?;
+            }
+            it.next();
+        }
+        it.status()?;
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        log.write_opt(batch, &w)?;
+    }
+    tracing::info!("moved the log into its own database ({LOG_DIR}/)");
+    Ok(db.drop_cf(CF_LOG)?)
 }
 
 #[cfg(test)]
@@ -180,6 +277,64 @@ mod tests {
             s.db.property_int_value_cf(s.cf(CF_CONTACTS), "rocksdb.block-cache-capacity")
                 .unwrap();
         assert_eq!(capacity, Some(256 << 20));
+    }
+
+    /// A store written before the log had its own database (the log a column family of the
+    /// main one) reads the same log: read-only as it is, and after the first open has moved it
+    /// into `event-log/` and dropped the old column family. Appends go on from the old end, and
+    /// the dedup window still holds the moved ids.
+    #[test]
+    fn a_log_in_the_main_database_moves_to_its_own() {
+        use crate::event::Event;
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        let events = |ids: std::ops::Range<usize>| -> Vec<Event> {
+            ids.map(|i| {
+                Event::track(
+                    &format!("u{}", i % 7),
+                    &format!("m{i}"),
+                    "Page Viewed",
+                    Default::default(),
+                )
+            })
+            .collect()
+        };
+        {
+            let (opts, mut cfs, _) = options();
+            cfs.push(ColumnFamilyDescriptor::new(CF_LOG, Options::default()));
+            let old = Store {
+                db: DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap(),
+                log: None,
+                bulk: Default::default(),
+            };
+            let log = log::EmbeddedLog::open(Arc::new(old), 4, 1000).unwrap();
+            log.append(events(0..300), 1_000).unwrap();
+        }
+        assert!(!dir.path().join(LOG_DIR).exists());
+        let read = |s: &Store| (0..4).map(|p| log::read(s, p, 0, 1000).unwrap()).collect::<Vec<_>>();
+        let before = read(&Store::open_read_only(dir.path()).unwrap());
+        assert_eq!(before.iter().map(Vec::len).sum::<usize>(), 300);
+
+        let s = Arc::new(Store::open(dir.path()).unwrap());
+        assert!(s.db.cf_handle(CF_LOG).is_none(), "the old column family is dropped");
+        assert_eq!(read(&s), before);
+        let log = log::EmbeddedLog::open(s.clone(), 4, 1000).unwrap();
+        let appended = log.append(events(290..310), 2_000).unwrap();
+        let repeats = appended.iter().filter(|a| **a == log::Appended::Duplicate).count();
+        assert_eq!(repeats, 10, "the moved ids are still in the dedup window");
+        drop(log);
+        drop(s);
+        assert!(
+            !DB::list_cf(&Options::default(), dir.path())
+                .unwrap()
+                .iter()
+                .any(|n| n == CF_LOG)
+        );
+        let after = read(&Store::open_read_only(dir.path()).unwrap());
+        assert_eq!(after.iter().map(Vec::len).sum::<usize>(), 310);
+        for (old, new) in before.iter().zip(&after) {
+            assert_eq!(old[..], new[..old.len()], "old records keep their offsets");
+        }
     }
 
     /// A store whose contacts table was written with the earlier hashed memtable (whole-key
@@ -215,7 +370,11 @@ mod tests {
                 CF_CONTACTS => ColumnFamilyDescriptor::new(*n, hashed()),
                 _ => ColumnFamilyDescriptor::new(*n, Options::default()),
             });
-            let old = Store::with_db(DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap());
+            let old = Store {
+                db: DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap(),
+                log: None,
+                bulk: Default::default(),
+            };
             let write = |ids: std::ops::Range<i64>| {
                 let mut b = WriteBatch::default();
                 for i in ids {

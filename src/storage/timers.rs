@@ -118,8 +118,8 @@ impl TimerQueue {
 
     /// Reads the next page of timers (all of the last due time read) once the cache ran dry:
     /// from the store, with the operations pending since the last [`TimerQueue::stage`] laid
-    /// over it. The caller makes sure every batch staged before is written (it may be handed
-    /// off, see [`crate::storage::handoff`]); what is not staged yet needs no commit first.
+    /// over it. The caller makes sure every batch staged before is written (on Kafka one may
+    /// wait for the changelog); what is not staged yet needs no commit first.
     pub fn page_in(&mut self, s: &Store) -> Result<()> {
         let from = self.horizon;
         let start = encode(
