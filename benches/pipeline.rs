@@ -252,7 +252,7 @@ fn pipelined(engine: &Engine, input: &Path, total: usize, workers: usize, nice: 
 /// [`CHUNK`], WAL on, fsync per batch. Events/s, seconds, CPU seconds (all threads).
 fn raw_limit(dir: &Path, input: &Path, total: usize, parse: impl Fn(&[u8])) -> (f64, f64, f64) {
     let store = dripline::storage::Store::open(dir).expect("raw store");
-    let (_, cf) = store.log_db();
+    let (_, cf) = store.log_db().expect("the log");
     let mut wire = WireFile::open(input).expect("clickstream");
     let mut elapsed = 0.0;
     let cpu = cpu_seconds();

@@ -322,7 +322,7 @@ fn log_ends(s: &Store) -> anyhow::Result<Vec<u64>> {
             ends.resize(ends.len().max(u16::from_be_bytes(p) as usize + 1), 0);
         }
     }
-    let (db, cf) = s.log_db();
+    let (db, cf) = s.log_db()?;
     let mut it = db.raw_iterator_cf(cf);
     it.seek_to_first();
     while let Some(k) = it.key() {

@@ -165,7 +165,7 @@ fn partition_and_offset(k: &[u8]) -> Option<(u16, u64)> {
 /// Calls `f` with each record of `partition` from offset `from` on, in order, until it returns
 /// false: starting in the chunk that holds `from`.
 fn walk(s: &Store, partition: u16, from: u64, mut f: impl FnMut(u64, Framed<'_>) -> bool) -> Result<()> {
-    let (db, cf) = s.log_db();
+    let (db, cf) = s.log_db()?;
     let mut it = db.raw_iterator_cf(cf);
     it.seek_for_prev(key(partition, from));
     // No chunk of this partition at or before `from`: start at its first one.
@@ -194,7 +194,7 @@ fn walk(s: &Store, partition: u16, from: u64, mut f: impl FnMut(u64, Framed<'_>)
 
 /// The offset the next record of `partition` will get, and the stamp of its last record.
 pub fn end(s: &Store, partition: u16) -> Result<(u64, Option<Ts>)> {
-    let (db, cf) = s.log_db();
+    let (db, cf) = s.log_db()?;
     let mut it = db.raw_iterator_cf(cf);
     it.seek_for_prev(key(partition, u64::MAX));
     let found = match (it.key().and_then(partition_and_offset), it.value()) {
@@ -457,7 +457,7 @@ impl EmbeddedLog {
         let mut batch = WriteBatch::default();
         let mut out = Vec::with_capacity(events.len());
         let mut staged = state.next.clone();
-        let (_, cf) = s.log_db();
+        let (_, cf) = s.log_db()?;
         // Per appended event: its key, index and stamp; its id's hash, admitted to the window.
         let mut records = Vec::with_capacity(events.len());
         let mut admitted = Vec::with_capacity(events.len());
@@ -762,7 +762,12 @@ mod chunk_tests {
         // A record of the one-record layout, as earlier versions wrote them, after the chunks.
         let mut old = vec![];
         encode_into(30, &ev(mine[0], "c"), &mut old);
-        store.log_db().0.put_cf(store.log_db().1, key(p, 2 * n), &old).unwrap();
+        store
+            .log_db()
+            .unwrap()
+            .0
+            .put_cf(store.log_db().unwrap().1, key(p, 2 * n), &old)
+            .unwrap();
         let log = EmbeddedLog::open(store.clone(), 2, 100).unwrap();
         assert_eq!(log.next_offsets()[p as usize], 2 * n + 1);
         assert_eq!(read(&store, p, 2 * n, 5).unwrap()[0].event.message_id, "c");
@@ -784,10 +789,21 @@ mod chunk_tests {
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let log = EmbeddedLog::open(store.clone(), 1, 10).unwrap();
         log.append(vec![ev("u", "1"), ev("u", "2"), ev("u", "3")], 5).unwrap();
-        let whole = store.log_db().0.get_cf(store.log_db().1, key(0, 0)).unwrap().unwrap();
+        let whole = store
+            .log_db()
+            .unwrap()
+            .0
+            .get_cf(store.log_db().unwrap().1, key(0, 0))
+            .unwrap()
+            .unwrap();
         let first_len = u32::from_be_bytes(whole[5..9].try_into().unwrap()) as usize;
         let cut = &whole[..9 + first_len + 3];
-        store.log_db().0.put_cf(store.log_db().1, key(0, 0), cut).unwrap();
+        store
+            .log_db()
+            .unwrap()
+            .0
+            .put_cf(store.log_db().unwrap().1, key(0, 0), cut)
+            .unwrap();
         let got = scan(&store, 0, 0, 10).unwrap();
         assert_eq!(got.len(), 3);
         assert_eq!(got[0].as_ref().unwrap().event.message_id, "1");
@@ -807,7 +823,12 @@ mod chunk_tests {
         // A count no chunk of that size can hold is one unreadable value, not 4 billion.
         let mut bogus = whole.to_vec();
         bogus[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
-        store.log_db().0.put_cf(store.log_db().1, key(0, 0), &bogus).unwrap();
+        store
+            .log_db()
+            .unwrap()
+            .0
+            .put_cf(store.log_db().unwrap().1, key(0, 0), &bogus)
+            .unwrap();
         let got = scan(&store, 0, 0, 1).unwrap();
         let bad = got[0].as_ref().unwrap_err();
         assert_eq!((got.len(), bad.offset, bad.bytes.len()), (1, 0, whole.len()));

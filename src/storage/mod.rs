@@ -60,13 +60,27 @@ pub const LOG_DIR: &str = "event-log";
 
 pub struct Store {
     pub db: DB,
-    /// The log's database; `None` only for a read-only open of a store written before the log
-    /// had its own (its log is then the main database's `log` column family).
-    log: Option<DB>,
+    log: Log,
     /// Bulk mode (replay into a fresh directory): writes skip the WAL and [`Store::finish_bulk`]
     /// flushes the memtables at the end. A crash mid-replay loses only a directory that is
     /// rebuilt from scratch anyway.
     bulk: std::sync::atomic::AtomicBool,
+}
+
+/// Where a store's log is.
+enum Log {
+    /// Its own database, opened with the store.
+    Own(DB),
+    /// Its own database, opened read-only at first use: most read-only users (`contact show`,
+    /// `state digest`) never read the log, and opening it replays its WAL.
+    Later {
+        dir: std::path::PathBuf,
+        opts: Options,
+        db: std::sync::OnceLock<std::result::Result<DB, rocksdb::Error>>,
+    },
+    /// The main database's `log` column family: a read-only open of a store written before the
+    /// log had its own database.
+    Main,
 }
 
 /// Options both databases share: memtables, compression, background threads.
@@ -151,7 +165,7 @@ impl Store {
         }
         let store = Store {
             db,
-            log: Some(log),
+            log: Log::Own(log),
             bulk: Default::default(),
         };
         tables::upgrade_outbox_keys_once(&store)?;
@@ -168,13 +182,12 @@ impl Store {
         }
         let db = DB::open_cf_descriptors_read_only(&opts, dir, cfs, false)?;
         let log = match old_log {
-            true => None,
-            false => Some(DB::open_cf_descriptors_read_only(
-                &log_opts,
-                dir.join(LOG_DIR),
-                log_cfs(),
-                false,
-            )?),
+            true => Log::Main,
+            false => Log::Later {
+                dir: dir.join(LOG_DIR),
+                opts: log_opts,
+                db: Default::default(),
+            },
         };
         Ok(Store {
             db,
@@ -188,12 +201,19 @@ impl Store {
     }
 
     /// The log's database and column family.
-    pub fn log_db(&self) -> (&DB, &ColumnFamily) {
-        let db = self.log.as_ref().unwrap_or(&self.db);
-        (
+    pub fn log_db(&self) -> Result<(&DB, &ColumnFamily)> {
+        let db = match &self.log {
+            Log::Own(db) => db,
+            Log::Main => &self.db,
+            Log::Later { dir, opts, db } => db
+                .get_or_init(|| DB::open_cf_descriptors_read_only(opts, dir, log_cfs(), false))
+                .as_ref()
+                .map_err(|e| StoreError::Rocks(e.clone()))?,
+        };
+        Ok((
             db,
             db.cf_handle(CF_LOG).expect("the log's column family, created at open"),
-        )
+        ))
     }
 
     fn write_options(&self, sync: bool) -> WriteOptions {
@@ -215,7 +235,7 @@ impl Store {
     /// Writes a batch of log records through the log's own WAL; `sync` as for [`Store::write`]
     /// (ingest syncs before its ack, so an acknowledged event survives a power cut).
     pub fn write_log(&self, batch: WriteBatch, sync: bool) -> Result<()> {
-        let (db, _) = self.log_db();
+        let (db, _) = self.log_db()?;
         Ok(db.write_opt(batch, &self.write_options(sync))?)
     }
 
@@ -228,7 +248,7 @@ impl Store {
         self.bulk.store(false, std::sync::atomic::Ordering::Relaxed);
         let cfs: Vec<&ColumnFamily> = ALL.iter().map(|n| self.cf(n)).collect();
         self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
-        let (db, cf) = self.log_db();
+        let (db, cf) = self.log_db()?;
         db.flush_cf(cf)?;
         Ok(())
     }
@@ -279,6 +299,32 @@ mod tests {
         assert_eq!(capacity, Some(256 << 20));
     }
 
+    /// A read-only open leaves the log closed until something reads it: `contact show` reads a
+    /// contact even with the log's database gone, and a log read then fails with the reason.
+    #[test]
+    fn a_read_only_open_opens_the_log_at_first_use() {
+        use crate::event::Event;
+        use std::sync::Arc;
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let s = Arc::new(Store::open(dir.path()).unwrap());
+            let mut b = WriteBatch::default();
+            tables::put_contact(&s, &mut b, "ann", &crate::machine::ContactState::default());
+            s.write(b, true).unwrap();
+            let log = log::EmbeddedLog::open(s, 1, 16).unwrap();
+            log.append(vec![Event::track("ann", "m1", "Signed Up", Default::default())], 1_000)
+                .unwrap();
+        }
+        let s = Store::open_read_only(dir.path()).unwrap();
+        assert_eq!(log::read(&s, 0, 0, 10).unwrap().len(), 1);
+        let moved = dir.path().join("moved");
+        std::fs::rename(dir.path().join(LOG_DIR), &moved).unwrap();
+        let s = Store::open_read_only(dir.path()).unwrap();
+        assert!(tables::get_contact(&s, "ann").unwrap().is_some());
+        let err = log::read(&s, 0, 0, 10).unwrap_err();
+        assert!(err.to_string().contains(LOG_DIR), "{err}");
+    }
+
     /// A store written before the log had its own database (the log a column family of the
     /// main one) reads the same log: read-only as it is, and after the first open has moved it
     /// into `event-log/` and dropped the old column family. Appends go on from the old end, and
@@ -304,7 +350,7 @@ mod tests {
             cfs.push(ColumnFamilyDescriptor::new(CF_LOG, Options::default()));
             let old = Store {
                 db: DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap(),
-                log: None,
+                log: Log::Main,
                 bulk: Default::default(),
             };
             let log = log::EmbeddedLog::open(Arc::new(old), 4, 1000).unwrap();
@@ -372,7 +418,7 @@ mod tests {
             });
             let old = Store {
                 db: DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap(),
-                log: None,
+                log: Log::Main,
                 bulk: Default::default(),
             };
             let write = |ids: std::ops::Range<i64>| {
