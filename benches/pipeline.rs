@@ -14,7 +14,9 @@
 //! client's bytes: making the JSON while a phase runs would take CPU from the cores the
 //! pipelined engine shares.
 //!
-//! `DRIPLINE_BENCH_CONTACTS` and `DRIPLINE_BENCH_EVENTS` scale it down for a quick look.
+//! `DRIPLINE_BENCH_CONTACTS` and `DRIPLINE_BENCH_EVENTS` scale it down for a quick look;
+//! `DRIPLINE_BENCH_CACHE` sets the contacts cached per partition (25000), for the memory a
+//! cached contact costs.
 
 mod common;
 
@@ -284,13 +286,14 @@ fn main() {
     // `cargo bench` passes --bench; nothing else to parse.
     let contacts = env("DRIPLINE_BENCH_CONTACTS", 1_000_000);
     let events = env("DRIPLINE_BENCH_EVENTS", 2_000_000);
+    let cache = env("DRIPLINE_BENCH_CACHE", 25_000);
     let tmp = tempfile::tempdir().expect("temp dir");
     let settings = |name: &str| {
         let mut s = Settings::load(None).expect("default settings");
         s.workflows.dir = concat!(env!("CARGO_MANIFEST_DIR"), "/workflows").into();
         s.engine.data_dir = tmp.path().join(name).join("data");
         s.mail.outbox_dir = tmp.path().join(name).join("mail");
-        s.engine.cache_contacts_per_partition = 25_000;
+        s.engine.cache_contacts_per_partition = cache;
         s
     };
     if let Ok(parent) = std::env::var(PIPELINED_CHILD) {
