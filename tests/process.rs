@@ -147,6 +147,7 @@ fn http_ingest_produces_emails_and_metrics() {
         "dripline_sends_total{result=\"accepted\",workflow=\"welcome_series\"} 3",
         "dripline_processing_latency_seconds_count",
         "dripline_rocksdb_write_seconds_count",
+        "dripline_log_append_seconds_count",
     ];
     let mut metrics = String::new();
     let start = std::time::Instant::now();
@@ -162,6 +163,14 @@ fn http_ingest_produces_emails_and_metrics() {
     for needle in needles {
         assert!(metrics.contains(needle), "missing {needle} in\n{metrics}");
     }
+    // Observed, not only registered: every request with a valid event (seven) appended once,
+    // and the partitions committed.
+    let count = |name: &str| -> f64 {
+        let line = metrics.lines().find(|l| l.starts_with(name)).expect(name);
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    assert!(count("dripline_log_append_seconds_count") >= 7.0, "{metrics}");
+    assert!(count("dripline_rocksdb_write_seconds_count") >= 1.0, "{metrics}");
     assert_eq!(http(e.port, "GET", "/readyz", "").unwrap().0, 200);
     e.stop();
 }

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub webhooks_decided: IntCounterVec,
     pub render_errors: IntCounter,
     pub rocksdb_write: Histogram,
+    pub log_append: Histogram,
     pub transport_latency: HistogramVec,
     pub mail_rate_limit: prometheus::Gauge,
     pub mail_deliveries: IntCounterVec,
@@ -149,8 +150,21 @@ impl Metrics {
             ),
             rocksdb_write: reg!(
                 Histogram::with_opts(
-                    HistogramOpts::new("dripline_rocksdb_write_seconds", "RocksDB batch write latency")
-                        .buckets(latency_buckets())
+                    HistogramOpts::new(
+                        "dripline_rocksdb_write_seconds",
+                        "Write latency of a partition's commit (one RocksDB batch into the state tables)"
+                    )
+                    .buckets(latency_buckets())
+                )
+                .unwrap()
+            ),
+            log_append: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "dripline_log_append_seconds",
+                        "Latency of an append to the embedded log, fsync included: what an ingest request waits for after parsing"
+                    )
+                    .buckets(latency_buckets())
                 )
                 .unwrap()
             ),

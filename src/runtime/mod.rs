@@ -312,7 +312,10 @@ impl Engine {
             self.metrics.events_ingested.inc_by(report.accepted as u64);
             return Ok(report);
         }
-        for a in self.log.append(valid, received)? {
+        let started = std::time::Instant::now();
+        let appended = self.log.append(valid, received)?;
+        self.metrics.log_append.observe(started.elapsed().as_secs_f64());
+        for a in appended {
             match a {
                 Appended::At(..) => report.accepted += 1,
                 Appended::Duplicate => {
