@@ -57,8 +57,8 @@ const GLIBC_KEEP_VARS: [&str; 3] = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRES
 /// log, each worker its partitions' commits. With the freed memory kept (see
 /// [`keep_freed_memory`]) each thread's arena held memtables' worth of it (+95 MiB peak RSS in
 /// the pipelined benchmark of session 10, when the ingest thread wrote commits handed off to it;
-/// none with one arena, and no throughput lost). The Rust side (mimalloc) is not concerned. `MALLOC_ARENA_MAX` or
-/// `GLIBC_TUNABLES` in the environment still win.
+/// none with one arena, and no throughput lost). The Rust side (mimalloc) is not concerned.
+/// `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` in the environment still win.
 fn one_glibc_arena() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     if none_set(&GLIBC_ARENA_VARS) {

@@ -762,12 +762,8 @@ mod chunk_tests {
         // A record of the one-record layout, as earlier versions wrote them, after the chunks.
         let mut old = vec![];
         encode_into(30, &ev(mine[0], "c"), &mut old);
-        store
-            .log_db()
-            .unwrap()
-            .0
-            .put_cf(store.log_db().unwrap().1, key(p, 2 * n), &old)
-            .unwrap();
+        let (db, cf) = store.log_db().unwrap();
+        db.put_cf(cf, key(p, 2 * n), &old).unwrap();
         let log = EmbeddedLog::open(store.clone(), 2, 100).unwrap();
         assert_eq!(log.next_offsets()[p as usize], 2 * n + 1);
         assert_eq!(read(&store, p, 2 * n, 5).unwrap()[0].event.message_id, "c");
@@ -789,21 +785,11 @@ mod chunk_tests {
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let log = EmbeddedLog::open(store.clone(), 1, 10).unwrap();
         log.append(vec![ev("u", "1"), ev("u", "2"), ev("u", "3")], 5).unwrap();
-        let whole = store
-            .log_db()
-            .unwrap()
-            .0
-            .get_cf(store.log_db().unwrap().1, key(0, 0))
-            .unwrap()
-            .unwrap();
+        let (db, cf) = store.log_db().unwrap();
+        let whole = db.get_cf(cf, key(0, 0)).unwrap().unwrap();
         let first_len = u32::from_be_bytes(whole[5..9].try_into().unwrap()) as usize;
         let cut = &whole[..9 + first_len + 3];
-        store
-            .log_db()
-            .unwrap()
-            .0
-            .put_cf(store.log_db().unwrap().1, key(0, 0), cut)
-            .unwrap();
+        db.put_cf(cf, key(0, 0), cut).unwrap();
         let got = scan(&store, 0, 0, 10).unwrap();
         assert_eq!(got.len(), 3);
         assert_eq!(got[0].as_ref().unwrap().event.message_id, "1");
@@ -823,12 +809,7 @@ mod chunk_tests {
         // A count no chunk of that size can hold is one unreadable value, not 4 billion.
         let mut bogus = whole.to_vec();
         bogus[1..5].copy_from_slice(&u32::MAX.to_be_bytes());
-        store
-            .log_db()
-            .unwrap()
-            .0
-            .put_cf(store.log_db().unwrap().1, key(0, 0), &bogus)
-            .unwrap();
+        db.put_cf(cf, key(0, 0), &bogus).unwrap();
         let got = scan(&store, 0, 0, 1).unwrap();
         let bad = got[0].as_ref().unwrap_err();
         assert_eq!((got.len(), bad.offset, bad.bytes.len()), (1, 0, whole.len()));

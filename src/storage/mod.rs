@@ -146,18 +146,20 @@ fn log_cfs() -> Vec<ColumnFamilyDescriptor> {
 }
 
 /// Whether the main database still holds the log (a store written before the log had its own
-/// database, or one whose move was cut short).
-fn holds_old_log(opts: &Options, dir: &Path) -> bool {
-    DB::list_cf(opts, dir).is_ok_and(|cfs| cfs.iter().any(|n| n == CF_LOG))
+/// database, or one whose move was cut short); if so, its column family joins `cfs`, to be
+/// opened with the rest.
+fn with_old_log(opts: &Options, dir: &Path, cfs: &mut Vec<ColumnFamilyDescriptor>) -> bool {
+    let old = DB::list_cf(opts, dir).is_ok_and(|names| names.iter().any(|n| n == CF_LOG));
+    if old {
+        cfs.extend(log_cfs());
+    }
+    old
 }
 
 impl Store {
     pub fn open(dir: &Path) -> Result<Store> {
         let (opts, mut cfs, log_opts) = options();
-        let old_log = holds_old_log(&opts, dir);
-        if old_log {
-            cfs.push(ColumnFamilyDescriptor::new(CF_LOG, Options::default()));
-        }
+        let old_log = with_old_log(&opts, dir, &mut cfs);
         let mut db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let log = DB::open_cf_descriptors(&log_opts, dir.join(LOG_DIR), log_cfs())?;
         if old_log {
@@ -176,10 +178,7 @@ impl Store {
     /// options it was written with.
     pub fn open_read_only(dir: &Path) -> Result<Store> {
         let (opts, mut cfs, log_opts) = options();
-        let old_log = holds_old_log(&opts, dir);
-        if old_log {
-            cfs.push(ColumnFamilyDescriptor::new(CF_LOG, Options::default()));
-        }
+        let old_log = with_old_log(&opts, dir, &mut cfs);
         let db = DB::open_cf_descriptors_read_only(&opts, dir, cfs, false)?;
         let log = match old_log {
             true => Log::Main,
@@ -347,7 +346,7 @@ mod tests {
         };
         {
             let (opts, mut cfs, _) = options();
-            cfs.push(ColumnFamilyDescriptor::new(CF_LOG, Options::default()));
+            cfs.extend(log_cfs());
             let old = Store {
                 db: DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap(),
                 log: Log::Main,
