@@ -48,6 +48,9 @@ pub struct EngineSettings {
     pub workers: usize,
     /// Nice value of the worker threads (0–19; 0: as the rest of the process).
     pub worker_nice: i32,
+    /// A worker with nothing of its own partitions left to do helps with the others' (see
+    /// [`crate::runtime::Engine::pump_worker`]); false pins each partition to its worker.
+    pub share_partitions: bool,
     pub cache_contacts_per_partition: usize,
     pub batch: usize,
     /// A `messageId` seen among the last this-many accepted events is dropped as a repeat.

@@ -507,3 +507,49 @@ fn the_send_rate_limit_paces_the_mailer() {
             .contains("dripline_mail_rate_limit_messages_per_second 8")
     );
 }
+
+/// A worker handles its own partitions (p mod workers), then, with sharing on, every partition
+/// no other worker holds at that moment, without waiting for one that is held; pinned, only its
+/// own.
+#[test]
+fn a_worker_helps_with_partitions_no_other_worker_holds() {
+    let t0 = parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
+    let events: Vec<serde_json::Value> = (0..64).map(|i| cart(&format!("u{i}"), &format!("m{i}"))).collect();
+    // Which partitions each run left with records not handled.
+    let behind = |share: bool, hold: Option<usize>| {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut s = settings(tmp.path());
+        s.engine.partitions = 4;
+        s.engine.share_partitions = share;
+        let engine = Engine::open(&s).unwrap();
+        engine.ingest_values(&events, None, t0).unwrap();
+        let ends = engine.log.next_offsets();
+        assert!(ends.iter().all(|&e| e > 0), "every partition has records: {ends:?}");
+        // Held as another worker handling it would hold it.
+        let held = hold.map(|p| engine.partitions[p].lock().unwrap());
+        let handled = engine.pump_lazy_worker(t0, 0, 2).unwrap();
+        drop(held);
+        let left: Vec<usize> = (0..4)
+            .filter(|&p| engine.partitions[p].lock().unwrap().next_offset() < ends[p])
+            .collect();
+        let skipped: u64 = left.iter().map(|&p| ends[p]).sum();
+        assert_eq!(handled as u64, 64 - skipped, "records handled");
+        left
+    };
+    assert_eq!(
+        behind(true, None),
+        Vec::<usize>::new(),
+        "worker 0 of 2 handles all four"
+    );
+    assert_eq!(behind(false, None), vec![1, 3], "pinned: its own, 0 and 2");
+    assert_eq!(
+        behind(true, Some(3)),
+        vec![3],
+        "the held one is skipped, not waited for"
+    );
+    assert_eq!(
+        behind(true, Some(2)),
+        vec![2],
+        "its own too, when another worker has it"
+    );
+}

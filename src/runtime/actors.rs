@@ -1,8 +1,9 @@
-//! The engine's actors on actix: one actor per partition (the host of that partition's contact
-//! actors — their states live in its LRU cache and RocksDB), placed round-robin on a configurable
-//! number of arbiters (threads), and the mailer actor. Each partition actor polls its log
-//! partition, re-polling at once while there is work and after a short pause when idle, so
-//! timers fire on the wall clock when no events come.
+//! The engine's actors on actix: one worker actor per arbiter (thread), `engine.workers` of
+//! them, driving the partitions (each the host of its contacts' actors, whose states live in its
+//! LRU cache and RocksDB), and the mailer actor. Partition p is worker p mod `workers`'s; with
+//! `engine.share_partitions` a worker also takes partitions no other worker is handling (see
+//! [`Engine::pump_worker`]). Each worker polls again at once while there is work and after a
+//! short pause when idle, so timers fire on the wall clock when no events come.
 
 use super::Engine;
 use actix::prelude::*;
@@ -21,27 +22,25 @@ struct Poll;
 #[rtype(result = "()")]
 pub struct Stop;
 
-pub struct PartitionActor {
+pub struct WorkerActor {
     engine: Arc<Engine>,
-    partition: usize,
+    worker: usize,
+    workers: usize,
 }
 
-impl Actor for PartitionActor {
+impl Actor for WorkerActor {
     type Context = Context<Self>;
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.notify(Poll);
     }
 }
 
-impl Handler<Poll> for PartitionActor {
+impl Handler<Poll> for WorkerActor {
     type Result = ();
     fn handle(&mut self, _: Poll, ctx: &mut Self::Context) {
         let now = chrono::Utc::now().timestamp_millis();
         // An idle partition commits at once (low latency at low load); a busy one by checkpoint.
-        match self
-            .engine
-            .pump_partition(&self.engine.partitions[self.partition], now, true)
-        {
+        match self.engine.pump_worker(now, self.worker, self.workers, true) {
             Ok(n) if n > 0 => {
                 ctx.notify(Poll);
             }
@@ -49,19 +48,19 @@ impl Handler<Poll> for PartitionActor {
                 ctx.notify_later(Poll, IDLE);
             }
             Err(e) => {
-                tracing::error!("partition {}: {e:#}", self.partition);
+                tracing::error!("worker {}: {e:#}", self.worker);
                 ctx.notify_later(Poll, Duration::from_millis(500));
             }
         }
     }
 }
 
-impl Handler<Stop> for PartitionActor {
+impl Handler<Stop> for WorkerActor {
     type Result = ();
+    /// Commits what every partition has handled: any of them may have been this worker's last.
     fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
-        let p = &self.engine.partitions[self.partition];
-        if let Err(e) = p.lock().expect("partition lock").flush() {
-            tracing::error!("partition {}: final commit: {e:#}", self.partition);
+        if let Err(e) = self.engine.flush() {
+            tracing::error!("worker {}: final commit: {e:#}", self.worker);
         }
         ctx.stop();
     }
@@ -132,10 +131,10 @@ impl Handler<Stop> for MailerActor {
     }
 }
 
-/// The running actors, to stop them in order: partitions first, then the mailer.
+/// The running actors, to stop them in order: workers first, then the mailer.
 pub struct Running {
     engine: Arc<Engine>,
-    partitions: Vec<Addr<PartitionActor>>,
+    workers: Vec<Addr<WorkerActor>>,
     /// Kafka mode: the consumer-group member's thread and its stop flag.
     kafka: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
     mailer: Addr<MailerActor>,
@@ -153,24 +152,26 @@ pub fn lower_priority(nice: i32) -> std::io::Result<()> {
     }
 }
 
-/// Starts the partition actors on `workers` arbiters, at `engine.worker_nice`, and the mailer on
+/// Starts the worker actors on `workers` arbiters, at `engine.worker_nice`, and the mailer on
 /// its own. Must be called inside an actix System.
 pub fn start(engine: Arc<Engine>, workers: usize) -> Running {
-    let arbiters: Vec<Arbiter> = (0..workers.max(1) + 1).map(|_| Arbiter::new()).collect();
+    let workers = workers.max(1);
+    let arbiters: Vec<Arbiter> = (0..workers + 1).map(|_| Arbiter::new()).collect();
     let nice = engine.settings.engine.worker_nice;
-    for a in &arbiters[..workers.max(1)] {
-        a.spawn_fn(move || {
-            if let Err(e) = lower_priority(nice) {
-                tracing::warn!("worker thread at nice {nice}: {e}");
-            }
-        });
-    }
-    let partitions = (0..engine.partitions.len())
-        .map(|p| {
+    let worker_actors = arbiters[..workers]
+        .iter()
+        .enumerate()
+        .map(|(worker, a)| {
+            a.spawn_fn(move || {
+                if let Err(e) = lower_priority(nice) {
+                    tracing::warn!("worker thread at nice {nice}: {e}");
+                }
+            });
             let engine = engine.clone();
-            PartitionActor::start_in_arbiter(&arbiters[p % workers.max(1)].handle(), move |_| PartitionActor {
+            WorkerActor::start_in_arbiter(&a.handle(), move |_| WorkerActor {
                 engine,
-                partition: p,
+                worker,
+                workers,
             })
         })
         .collect();
@@ -193,12 +194,12 @@ pub fn start(engine: Arc<Engine>, workers: usize) -> Running {
     });
     let mailer = {
         let engine = engine.clone();
-        MailerActor::start_in_arbiter(&arbiters[workers.max(1)].handle(), move |_| MailerActor { engine })
+        MailerActor::start_in_arbiter(&arbiters[workers].handle(), move |_| MailerActor { engine })
     };
     engine.readiness.set_started();
     Running {
         engine,
-        partitions,
+        workers: worker_actors,
         kafka,
         mailer,
         arbiters,
@@ -208,8 +209,8 @@ pub fn start(engine: Arc<Engine>, workers: usize) -> Running {
 impl Running {
     pub async fn stop(self) {
         self.engine.readiness.set_stopping();
-        for p in &self.partitions {
-            let _ = p.send(Stop).await;
+        for w in &self.workers {
+            let _ = w.send(Stop).await;
         }
         if let Some((stop, handle)) = self.kafka {
             stop.store(true, Ordering::SeqCst);
