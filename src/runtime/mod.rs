@@ -1,4 +1,4 @@
-//! The engine on one machine: the embedded log, partition processors (hosted by actix actors,
+//! The engine on one machine: the embedded log, partition processors (driven by actix worker actors,
 //! see [`actors`]), the outbox mailer, all over one RocksDB store.
 
 pub mod actors;
@@ -370,7 +370,7 @@ impl Engine {
     }
 
     /// As [`Engine::pump`], but commits only as the checkpoint settings say, as a saturated
-    /// partition actor does (the benchmark's path); [`Engine::flush`] commits the rest.
+    /// worker does (the benchmark's path); [`Engine::flush`] commits the rest.
     pub fn pump_lazy(&self, wall: Ts) -> anyhow::Result<usize> {
         self.pump_lazy_worker(wall, 0, 1)
     }
