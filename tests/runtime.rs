@@ -553,3 +553,57 @@ fn a_worker_helps_with_partitions_no_other_worker_holds() {
         "its own too, when another worker has it"
     );
 }
+
+/// A partition that fails (here: a worker panicked while holding it) does not stop a worker's
+/// round: the others are handled and the failure comes back with its partition; `skip` (a
+/// worker backing off) leaves it out. A flush commits the others and reports it.
+#[test]
+fn a_failed_partition_does_not_stop_the_others() {
+    let t0 = parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = settings(tmp.path());
+    s.engine.partitions = 4;
+    let engine = Engine::open(&s).unwrap();
+    let events: Vec<serde_json::Value> = (0..64).map(|i| cart(&format!("u{i}"), &format!("m{i}"))).collect();
+    engine.ingest_values(&events, None, t0).unwrap();
+    let ends = engine.log.next_offsets();
+    std::thread::scope(|s| {
+        let poisoned = s.spawn(|| {
+            let _held = engine.partitions[1].lock().unwrap();
+            panic!("a worker panics while it handles partition 1 (expected by this test)");
+        });
+        assert!(poisoned.join().is_err());
+    });
+
+    let round = engine.pump_worker(t0, 0, 2, false, |_| false);
+    let failed: Vec<usize> = round.failed.iter().map(|(p, _)| *p).collect();
+    assert_eq!(failed, vec![1]);
+    assert!(
+        format!("{:#}", round.failed[0].1).contains("panicked"),
+        "{:#}",
+        round.failed[0].1
+    );
+    assert_eq!(round.handled as u64, 64 - ends[1], "every other partition's records");
+    for p in [0, 2, 3] {
+        assert_eq!(
+            engine.partitions[p].lock().unwrap().next_offset(),
+            ends[p],
+            "partition {p}"
+        );
+    }
+    let skipped = engine.pump_worker(t0, 0, 2, false, |p| p == 1);
+    assert!(skipped.failed.is_empty() && skipped.handled == 0);
+
+    let flushed = engine.flush().unwrap_err();
+    assert!(format!("{flushed:#}").contains("partition 1"), "{flushed:#}");
+    for p in [0u16, 2, 3] {
+        let position = dripline::storage::tables::get_position(&engine.store, p)
+            .unwrap()
+            .offset;
+        assert_eq!(
+            position,
+            Some(ends[p as usize] - 1),
+            "partition {p} committed to its last record"
+        );
+    }
+}

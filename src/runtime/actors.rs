@@ -9,7 +9,7 @@ use super::Engine;
 use actix::prelude::*;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 const IDLE: Duration = Duration::from_millis(5);
 
@@ -26,6 +26,8 @@ pub struct WorkerActor {
     engine: Arc<Engine>,
     worker: usize,
     workers: usize,
+    /// Partitions whose last poll here failed, and when this worker tries them again.
+    backoff: Vec<Option<Instant>>,
 }
 
 impl Actor for WorkerActor {
@@ -35,22 +37,28 @@ impl Actor for WorkerActor {
     }
 }
 
+/// How long a worker leaves a partition whose poll failed before trying it again.
+const RETRY: Duration = Duration::from_millis(500);
+
 impl Handler<Poll> for WorkerActor {
     type Result = ();
     fn handle(&mut self, _: Poll, ctx: &mut Self::Context) {
         let now = chrono::Utc::now().timestamp_millis();
+        let at = Instant::now();
+        let backoff = &self.backoff;
+        let waiting = |p: usize| backoff.get(p).copied().flatten().is_some_and(|until| at < until);
         // An idle partition commits at once (low latency at low load); a busy one by checkpoint.
-        match self.engine.pump_worker(now, self.worker, self.workers, true) {
-            Ok(n) if n > 0 => {
-                ctx.notify(Poll);
+        let round = self.engine.pump_worker(now, self.worker, self.workers, true, waiting);
+        for (p, e) in round.failed {
+            tracing::error!("partition {p}: {e:#}");
+            if let Some(b) = self.backoff.get_mut(p) {
+                *b = Some(at + RETRY);
             }
-            Ok(_) => {
-                ctx.notify_later(Poll, IDLE);
-            }
-            Err(e) => {
-                tracing::error!("worker {}: {e:#}", self.worker);
-                ctx.notify_later(Poll, Duration::from_millis(500));
-            }
+        }
+        if round.handled > 0 {
+            ctx.notify(Poll);
+        } else {
+            ctx.notify_later(Poll, IDLE);
         }
     }
 }
@@ -168,10 +176,12 @@ pub fn start(engine: Arc<Engine>, workers: usize) -> Running {
                 }
             });
             let engine = engine.clone();
+            let backoff = vec![None; engine.partitions.len()];
             WorkerActor::start_in_arbiter(&a.handle(), move |_| WorkerActor {
                 engine,
                 worker,
                 workers,
+                backoff,
             })
         })
         .collect();

@@ -106,6 +106,15 @@ pub struct IngestError {
     pub reason: String,
 }
 
+/// What one worker round did ([`Engine::pump_worker`]).
+#[derive(Debug, Default)]
+pub struct Round {
+    /// Inputs handled (log records and fired timers).
+    pub handled: usize,
+    /// The partitions that failed, with why.
+    pub failed: Vec<(usize, anyhow::Error)>,
+}
+
 impl Engine {
     /// Opens the store and the log, loads the workflows (keeping earlier versions that stored
     /// state may still be inside) and the partition processors.
@@ -376,24 +385,31 @@ impl Engine {
     }
 
     /// As [`Engine::pump_lazy`], as worker `worker` of `workers` does in `dripline run` (see
-    /// [`Engine::pump_worker`]).
+    /// [`Engine::pump_worker`]); the first partition that failed, if any, is the error.
     pub fn pump_lazy_worker(&self, wall: Ts, worker: usize, workers: usize) -> anyhow::Result<usize> {
-        self.pump_worker(wall, worker, workers, false)
+        let round = self.pump_worker(wall, worker, workers, false, |_| false);
+        match round.failed.into_iter().next() {
+            Some((p, e)) => Err(e.context(format!("partition {p}"))),
+            None => Ok(round.handled),
+        }
     }
 
     /// One round of worker `worker` of `workers`: its own partitions first (partition p is
     /// worker p mod `workers`'s), then, with `engine.share_partitions`, every other partition
     /// that no worker is handling at that moment. A partition another worker holds is skipped,
-    /// never waited for. Sharing keeps both cores busy when one worker shares its core with the
-    /// intake: its partitions would otherwise fall behind while the other worker idles (in the
-    /// pipelined benchmark, one worker finished up to 0.8 s before the other).
+    /// never waited for, and so is one `skip` names (a worker backing off a failed one). Sharing
+    /// keeps both cores busy when one worker shares its core with the intake: its partitions
+    /// would otherwise fall behind while the other worker idles (in the pipelined benchmark, one
+    /// worker finished up to 0.8 s before the other). A partition that fails does not stop the
+    /// round: the others are still handled.
     pub fn pump_worker(
         &self,
         wall: Ts,
         worker: usize,
         workers: usize,
         commit_when_drained: bool,
-    ) -> anyhow::Result<usize> {
+        skip: impl Fn(usize) -> bool,
+    ) -> Round {
         let workers = workers.max(1);
         let own = |p: &usize| p % workers == worker;
         let others = (0..self.partitions.len()).filter(|p| !own(p));
@@ -402,24 +418,41 @@ impl Engine {
         } else {
             0
         });
-        let mut total = 0;
-        for i in (0..self.partitions.len()).filter(own).chain(others) {
-            let mut p = match self.partitions[i].try_lock() {
-                Ok(p) => p,
+        let mut round = Round::default();
+        for i in (0..self.partitions.len())
+            .filter(own)
+            .chain(others)
+            .filter(|&i| !skip(i))
+        {
+            let pumped = match self.partitions[i].try_lock() {
+                Ok(mut p) => self.pump_locked(&mut p, wall, commit_when_drained),
                 Err(std::sync::TryLockError::WouldBlock) => continue,
-                Err(std::sync::TryLockError::Poisoned(_)) => anyhow::bail!("partition {i}: a worker panicked"),
+                Err(std::sync::TryLockError::Poisoned(_)) => {
+                    Err(anyhow::anyhow!("a worker panicked while handling it"))
+                }
             };
-            total += self.pump_locked(&mut p, wall, commit_when_drained)?;
+            match pumped {
+                Ok(n) => round.handled += n,
+                Err(e) => round.failed.push((i, e)),
+            }
         }
-        Ok(total)
+        round
     }
 
-    /// Commits what every partition has handled and not committed yet.
+    /// Commits what every partition has handled and not committed yet; one that fails does not
+    /// keep the others from committing (the first error is returned).
     pub fn flush(&self) -> anyhow::Result<()> {
-        for p in &self.partitions {
-            p.lock().expect("partition lock").flush()?;
+        let mut first = None;
+        for (i, p) in self.partitions.iter().enumerate() {
+            let flushed = match p.lock() {
+                Ok(mut p) => p.flush().map_err(anyhow::Error::from),
+                Err(_) => Err(anyhow::anyhow!("a worker panicked while handling it")),
+            };
+            if let Err(e) = flushed {
+                first.get_or_insert(e.context(format!("partition {i}")));
+            }
         }
-        Ok(())
+        first.map_or(Ok(()), Err)
     }
 
     pub(crate) fn pump_partition(
