@@ -106,6 +106,9 @@ pub struct IngestError {
     pub reason: String,
 }
 
+/// Why a partition whose lock is poisoned fails: its state may be half-updated.
+const POISONED: &str = "a worker panicked while handling it";
+
 /// What one worker round did ([`Engine::pump_worker`]).
 #[derive(Debug, Default)]
 pub struct Round {
@@ -412,12 +415,8 @@ impl Engine {
     ) -> Round {
         let workers = workers.max(1);
         let own = |p: &usize| p % workers == worker;
-        let others = (0..self.partitions.len()).filter(|p| !own(p));
-        let others = others.take(if self.settings.engine.share_partitions {
-            usize::MAX
-        } else {
-            0
-        });
+        let share = self.settings.engine.share_partitions;
+        let others = (0..self.partitions.len()).filter(|p| share && !own(p));
         let mut round = Round::default();
         for i in (0..self.partitions.len())
             .filter(own)
@@ -427,9 +426,7 @@ impl Engine {
             let pumped = match self.partitions[i].try_lock() {
                 Ok(mut p) => self.pump_locked(&mut p, wall, commit_when_drained),
                 Err(std::sync::TryLockError::WouldBlock) => continue,
-                Err(std::sync::TryLockError::Poisoned(_)) => {
-                    Err(anyhow::anyhow!("a worker panicked while handling it"))
-                }
+                Err(std::sync::TryLockError::Poisoned(_)) => Err(anyhow::anyhow!(POISONED)),
             };
             match pumped {
                 Ok(n) => round.handled += n,
@@ -446,7 +443,7 @@ impl Engine {
         for (i, p) in self.partitions.iter().enumerate() {
             let flushed = match p.lock() {
                 Ok(mut p) => p.flush().map_err(anyhow::Error::from),
-                Err(_) => Err(anyhow::anyhow!("a worker panicked while handling it")),
+                Err(_) => Err(anyhow::anyhow!(POISONED)),
             };
             if let Err(e) = flushed {
                 first.get_or_insert(e.context(format!("partition {i}")));
