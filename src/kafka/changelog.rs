@@ -5,7 +5,9 @@
 //!
 //! A record mirrors one RocksDB write: key = table name, a zero byte, the table's own key; value
 //! = the table's value, or none (a tombstone) for a delete, so compaction keeps the latest of
-//! each key. Each instance remembers, per partition, the last changelog offset its store holds
+//! each key. Contacts are the exception: their records are named `contacts` and keyed by id
+//! alone, however the store keys them, so a restoring store keys them its own way (and a
+//! changelog written before contacts were keyed by partition reads the same). Each instance remembers, per partition, the last changelog offset its store holds
 //! (a local-only key in `positions`); restoring applies only what came after it.
 
 use super::{KafkaError, client_config, producer_config};
@@ -62,9 +64,21 @@ fn checkpoint_key(partition: u16) -> [u8; 3] {
     [b'c', p[0], p[1]]
 }
 
+/// The name contact records go by ([`CF_CONTACTS`]'s records).
+const CONTACTS_RECORD: &str = "contacts";
+
+/// The table a record's name stands for.
+fn table_of(name: &[u8]) -> Option<&'static str> {
+    if name == CONTACTS_RECORD.as_bytes() {
+        return Some(CF_CONTACTS);
+    }
+    MIRRORED.into_iter().find(|n| *n != CF_CONTACTS && n.as_bytes() == name)
+}
+
 /// Collects a batch's writes to the mirrored tables.
 struct Collect<'a> {
     tables: &'a HashMap<u32, &'static str>,
+    store: &'a Store,
     out: Vec<(Vec<u8>, Option<Vec<u8>>)>,
 }
 
@@ -73,6 +87,10 @@ impl Collect<'_> {
         // Pending timers are not published: every one is listed in its contact's state, and a
         // restore derives them from the restored contacts (a third fewer records per event).
         if let Some(name) = self.tables.get(&cf).filter(|n| **n != CF_TIMERS) {
+            let (name, key) = match *name {
+                CF_CONTACTS => (CONTACTS_RECORD, tables::contact_id_of(self.store, key)),
+                other => (other, key),
+            };
             let mut k = Vec::with_capacity(name.len() + 1 + key.len());
             k.extend_from_slice(name.as_bytes());
             k.push(0);
@@ -97,6 +115,39 @@ fn last_per_key(out: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Vec<(Vec<u8>, Option<Ve
     out.into_iter().zip(keep).filter_map(|(r, k)| k.then_some(r)).collect()
 }
 
+/// RocksDB column family id → mirrored table. The ids are not exposed by the bindings: a probe
+/// batch with one put per table reveals them through the iterator.
+fn table_ids(store: &Store) -> HashMap<u32, &'static str> {
+    let mut probe = WriteBatch::default();
+    for name in MIRRORED {
+        probe.put_cf(store.cf(name), name.as_bytes(), []);
+    }
+    struct Ids(HashMap<u32, &'static str>);
+    impl WriteBatchIteratorCf for Ids {
+        fn put_cf(&mut self, cf: u32, key: &[u8], _: &[u8]) {
+            if let Some(name) = MIRRORED.iter().find(|n| n.as_bytes() == key) {
+                self.0.insert(cf, name);
+            }
+        }
+        fn delete_cf(&mut self, _: u32, _: &[u8]) {}
+        fn merge_cf(&mut self, _: u32, _: &[u8], _: &[u8]) {}
+    }
+    let mut ids = Ids(HashMap::new());
+    probe.iterate_cf(&mut ids);
+    ids.0
+}
+
+/// A batch's changelog records: the last change of each mirrored key.
+fn records(tables: &HashMap<u32, &'static str>, store: &Store, batch: &WriteBatch) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    let mut c = Collect {
+        tables,
+        store,
+        out: Vec::with_capacity(batch.len()),
+    };
+    batch.iterate_cf(&mut c);
+    last_per_key(c.out)
+}
+
 impl WriteBatchIteratorCf for Collect<'_> {
     fn put_cf(&mut self, cf: u32, key: &[u8], value: &[u8]) {
         self.record(cf, key, Some(value));
@@ -114,24 +165,6 @@ impl Changelog {
         metrics: Arc<Metrics>,
         partitions: usize,
     ) -> std::result::Result<Self, KafkaError> {
-        // Column family ids are not exposed by the bindings: a probe batch with one put per
-        // table reveals them through the iterator.
-        let mut probe = WriteBatch::default();
-        for name in MIRRORED {
-            probe.put_cf(store.cf(name), name.as_bytes(), []);
-        }
-        struct Ids(HashMap<u32, &'static str>);
-        impl WriteBatchIteratorCf for Ids {
-            fn put_cf(&mut self, cf: u32, key: &[u8], _: &[u8]) {
-                if let Some(name) = MIRRORED.iter().find(|n| n.as_bytes() == key) {
-                    self.0.insert(cf, name);
-                }
-            }
-            fn delete_cf(&mut self, _: u32, _: &[u8]) {}
-            fn merge_cf(&mut self, _: u32, _: &[u8], _: &[u8]) {}
-        }
-        let mut ids = Ids(HashMap::new());
-        probe.iterate_cf(&mut ids);
         let checkpoints = (0..partitions)
             .map(|p| {
                 let stored = store
@@ -147,9 +180,9 @@ impl Changelog {
         Ok(Changelog {
             producer: producer_config(settings).create()?,
             settings: settings.clone(),
+            tables: table_ids(&store),
             store,
             metrics,
-            tables: ids.0,
             owned: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
             checkpoints,
         })
@@ -226,25 +259,30 @@ impl Changelog {
             let Some(z) = key.iter().position(|b| *b == 0) else {
                 continue;
             };
-            let Some(name) = MIRRORED.iter().find(|n| n.as_bytes() == &key[..z]) else {
+            let Some(name) = table_of(&key[..z]) else {
                 continue;
             };
-            if *name == CF_CONTACTS {
+            if name == CF_CONTACTS {
                 // The contact's pending timers as this store has them, before the first of its
                 // records applies: they are replaced by those of its restored state at the end.
                 let id = String::from_utf8_lossy(&key[z + 1..]).into_owned();
-                if let std::collections::hash_map::Entry::Vacant(slot) = before.entry(id) {
-                    let timers = tables::get_contact(&self.store, slot.key())
+                if !before.contains_key(&id) {
+                    let timers = tables::get_contact(&self.store, &id)
                         .map_err(store_err)?
                         .map(|st| st.timers)
                         .unwrap_or_default();
-                    slot.insert(timers);
+                    before.insert(id.clone(), timers);
                 }
-            }
-            let cf = self.store.cf(name);
-            match m.payload() {
-                Some(v) => batch.put_cf(cf, &key[z + 1..], v),
-                None => batch.delete_cf(cf, &key[z + 1..]),
+                match m.payload() {
+                    Some(v) => tables::put_contact_raw(&self.store, &mut batch, &id, v),
+                    None => tables::delete_contact(&self.store, &mut batch, &id),
+                }
+            } else {
+                let cf = self.store.cf(name);
+                match m.payload() {
+                    Some(v) => batch.put_cf(cf, &key[z + 1..], v),
+                    None => batch.delete_cf(cf, &key[z + 1..]),
+                }
             }
             applied += 1;
             if batch.len() >= 4096 {
@@ -329,12 +367,7 @@ impl Changelog {
     /// Sends a batch's changes to the changelog without waiting: several partitions' batches
     /// are then in flight together, and [`Changelog::complete`] waits for each.
     pub fn send(&self, partition: u16, batch: &WriteBatch) -> Pending {
-        let mut c = Collect {
-            tables: &self.tables,
-            out: Vec::with_capacity(batch.len()),
-        };
-        batch.iterate_cf(&mut c);
-        let records = last_per_key(c.out);
+        let records = records(&self.tables, &self.store, batch);
         self.metrics.kafka_changelog_records.inc_by(records.len() as u64);
         let topic = self.settings.changelog_topic.as_str();
         let deliveries = records
@@ -392,5 +425,34 @@ impl CommitHook for Changelog {
         self.owned
             .get(partition as usize)
             .is_some_and(|o| o.load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A contact's record is named `contacts` and keyed by its id alone, whatever partition the
+    /// store keys it under: the form changelogs had before, which any store restores its own way.
+    #[test]
+    fn contact_records_are_keyed_by_id_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_partitioned(dir.path(), 8).unwrap();
+        let mut st = crate::machine::ContactState::default();
+        Arc::make_mut(&mut st.traits).insert("plan".into(), crate::value::Value::from("pro"));
+        let mut b = WriteBatch::default();
+        tables::put_contact(&store, &mut b, "ann", &st);
+        tables::delete_contact(&store, &mut b, "bob");
+        let got = records(&table_ids(&store), &store, &b);
+        assert_eq!(
+            got,
+            vec![
+                (b"contacts\0ann".to_vec(), Some(st.encode())),
+                (b"contacts\0bob".to_vec(), None)
+            ]
+        );
+        assert_eq!(table_of(b"contacts"), Some(CF_CONTACTS));
+        assert_eq!(table_of(CF_CONTACTS.as_bytes()), None, "only the id-keyed name is read");
+        assert_eq!(table_of(b"outbox"), Some(CF_OUTBOX));
     }
 }

@@ -125,13 +125,17 @@ impl Engine {
         let e = &settings.engine;
         crate::tune_allocators();
         std::fs::create_dir_all(&e.data_dir).with_context(|| format!("creating {}", e.data_dir.display()))?;
-        let store = Arc::new(Store::open(&e.data_dir).map_err(|err| match err {
-            crate::storage::StoreError::Rocks(r) if r.to_string().contains("lock") => anyhow::Error::new(StoreInUse {
-                dir: e.data_dir.clone(),
-                reason: r.to_string(),
-            }),
-            other => other.into(),
-        })?);
+        let store = Arc::new(
+            Store::open_partitioned(&e.data_dir, e.partitions).map_err(|err| match err {
+                crate::storage::StoreError::Rocks(r) if r.to_string().contains("lock") => {
+                    anyhow::Error::new(StoreInUse {
+                        dir: e.data_dir.clone(),
+                        reason: r.to_string(),
+                    })
+                }
+                other => other.into(),
+            })?,
+        );
         let history = tables::workflow_versions(&store)?;
         let reg = Registry::load_dir(&settings.workflows.dir, &history, settings.policy()?)
             .map_err(|errs| anyhow::anyhow!("invalid workflows:\n{errs}"))?;

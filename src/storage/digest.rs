@@ -9,7 +9,7 @@
 //! hashes the partition digests in partition order.
 
 use super::log::partition_of;
-use super::{CF_CONTACTS, CF_TIMERS, Result, Store, timers};
+use super::{CF_TIMERS, Result, Store, tables, timers};
 use xxhash_rust::xxh3::Xxh3;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,11 +40,12 @@ pub fn digest(s: &Store, partitions: u16) -> Result<Digest> {
     let n = partitions as usize;
     let mut hashers: Vec<Xxh3> = (0..n).map(|_| Xxh3::new()).collect();
     let mut counts = vec![(0u64, 0u64); n];
-    // RocksDB iterates in key order; each partition's hasher sees its contacts in that order.
-    for r in s.db.iterator_cf(s.cf(CF_CONTACTS), rocksdb::IteratorMode::Start) {
+    // Contacts come in id order, however the store keys them; each partition's hasher sees its
+    // contacts in that order.
+    for r in tables::contacts(s) {
         let (k, v) = r?;
-        let p = partition_of(&String::from_utf8_lossy(&k), partitions) as usize;
-        frame(&mut hashers[p], &k);
+        let p = partition_of(&k, partitions) as usize;
+        frame(&mut hashers[p], k.as_bytes());
         frame(&mut hashers[p], &v);
         counts[p].0 += 1;
     }

@@ -38,7 +38,12 @@ pub struct LogRecord {
 }
 
 pub fn partition_of(contact: &str, partitions: u16) -> u16 {
-    (xxhash_rust::xxh3::xxh3_64(contact.as_bytes()) % partitions as u64) as u16
+    partition_of_bytes(contact.as_bytes(), partitions)
+}
+
+/// [`partition_of`] for an id's bytes.
+pub fn partition_of_bytes(contact: &[u8], partitions: u16) -> u16 {
+    (xxhash_rust::xxh3::xxh3_64(contact) % partitions as u64) as u16
 }
 
 fn key(partition: u16, offset: u64) -> [u8; 10] {

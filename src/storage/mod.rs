@@ -18,7 +18,11 @@ use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteBatch, Wri
 use std::path::Path;
 
 pub const CF_LOG: &str = "log";
-pub const CF_CONTACTS: &str = "contacts";
+/// Contact states, keyed by the contact's partition and then its id ([`tables::get_contact`]).
+pub const CF_CONTACTS: &str = "contacts_by_partition";
+/// Contact states keyed by id alone, as stores were written before session 16: moved into
+/// [`CF_CONTACTS`] at the first open, read in place by a read-only open until then.
+pub const CF_CONTACTS_BY_ID: &str = "contacts";
 pub const CF_TIMERS: &str = "timers";
 pub const CF_OUTBOX: &str = "outbox";
 pub const CF_SENT: &str = "sent";
@@ -61,11 +65,29 @@ pub const LOG_DIR: &str = "event-log";
 pub struct Store {
     pub db: DB,
     log: Log,
+    contacts: ContactLayout,
     /// Bulk mode (replay into a fresh directory): writes skip the WAL and [`Store::finish_bulk`]
     /// flushes the memtables at the end. A crash mid-replay loses only a directory that is
     /// rebuilt from scratch anyway.
     bulk: std::sync::atomic::AtomicBool,
 }
+
+/// How the store keys its contacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContactLayout {
+    /// In [`CF_CONTACTS`], under their partition of this many (`log::partition_of`), two bytes
+    /// big-endian, then their id. A partition's commit then writes its contacts into one range
+    /// of the memtable rather than between the other partitions' keys (measured +2.5 to +24.6 %,
+    /// median +6 %, on the pipelined benchmark). The count is recorded when the table is made
+    /// and kept: it groups keys, and any count keys every contact the same way on every read.
+    Partitioned(u16),
+    /// In [`CF_CONTACTS_BY_ID`], by id alone: a read-only open of a store not yet opened by a
+    /// version that moves them.
+    ById,
+}
+
+/// Where the count [`ContactLayout::Partitioned`] keys with is recorded (in `positions`).
+const CONTACT_PARTITIONS_KEY: &[u8] = b"contact-key-partitions";
 
 /// Where a store's log is.
 enum Log {
@@ -106,7 +128,7 @@ fn db_options(memtables: &rocksdb::WriteBufferManager) -> Options {
 /// The store's options and its column families with theirs, and the log database's options:
 /// the same for a read-only open, so that it reads the tables as they were written (filters,
 /// block cache).
-fn options() -> (Options, Vec<ColumnFamilyDescriptor>, Options) {
+fn options(dir: &Path) -> (Options, Vec<ColumnFamilyDescriptor>, Options) {
     let memtables = rocksdb::WriteBufferManager::new_write_buffer_manager(256 << 20, false);
     let opts = db_options(&memtables);
     let log_opts = db_options(&memtables);
@@ -138,7 +160,12 @@ fn options() -> (Options, Vec<ColumnFamilyDescriptor>, Options) {
         CF_CONTACTS | CF_SENT | CF_COUNTERS | CF_SUPPRESSIONS => ColumnFamilyDescriptor::new(*n, point()),
         _ => ColumnFamilyDescriptor::new(*n, Options::default()),
     });
-    (opts, cfs.collect(), log_opts)
+    let mut cfs: Vec<_> = cfs.collect();
+    // The contacts of an earlier layout, with the options they were written with, if present.
+    if DB::list_cf(&opts, dir).is_ok_and(|names| names.iter().any(|n| n == CF_CONTACTS_BY_ID)) {
+        cfs.push(ColumnFamilyDescriptor::new(CF_CONTACTS_BY_ID, point()));
+    }
+    (opts, cfs, log_opts)
 }
 
 fn log_cfs() -> Vec<ColumnFamilyDescriptor> {
@@ -157,17 +184,31 @@ fn with_old_log(opts: &Options, dir: &Path, cfs: &mut Vec<ColumnFamilyDescriptor
 }
 
 impl Store {
+    /// Opens (or creates) a store whose contacts a new contacts table keys by their partition
+    /// of one: in no particular grouping. The engine opens with its partition count instead
+    /// ([`Store::open_partitioned`]).
     pub fn open(dir: &Path) -> Result<Store> {
-        let (opts, mut cfs, log_opts) = options();
+        Store::open_partitioned(dir, 1)
+    }
+
+    /// Opens (or creates) a store; a contacts table made now keys contacts by their partition
+    /// of `partitions` (one already made keeps the count it was made with).
+    pub fn open_partitioned(dir: &Path, partitions: u16) -> Result<Store> {
+        let (opts, mut cfs, log_opts) = options(dir);
         let old_log = with_old_log(&opts, dir, &mut cfs);
         let mut db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let log = DB::open_cf_descriptors(&log_opts, dir.join(LOG_DIR), log_cfs())?;
         if old_log {
             move_old_log(&mut db, &log)?;
         }
+        let partitions = contact_partitions(&db, partitions.max(1))?;
+        if db.cf_handle(CF_CONTACTS_BY_ID).is_some() {
+            move_contacts_by_id(&mut db, partitions)?;
+        }
         let store = Store {
             db,
             log: Log::Own(log),
+            contacts: ContactLayout::Partitioned(partitions),
             bulk: Default::default(),
         };
         tables::upgrade_outbox_keys_once(&store)?;
@@ -177,9 +218,20 @@ impl Store {
     /// Opens for reading while a running engine holds the store (`contact show`), with the
     /// options it was written with.
     pub fn open_read_only(dir: &Path) -> Result<Store> {
-        let (opts, mut cfs, log_opts) = options();
+        let (opts, mut cfs, log_opts) = options(dir);
         let old_log = with_old_log(&opts, dir, &mut cfs);
+        // A store the open that moves contacts by id has not run on, or not to the end:
+        // everything is still in the old table, which goes only after the move.
+        let by_id = cfs.iter().any(|c| c.name() == CF_CONTACTS_BY_ID);
+        let exists = DB::list_cf(&opts, dir).is_ok_and(|names| names.iter().any(|n| n == CF_CONTACTS));
+        if !exists {
+            cfs.retain(|c| c.name() != CF_CONTACTS);
+        }
         let db = DB::open_cf_descriptors_read_only(&opts, dir, cfs, false)?;
+        let contacts = match (by_id, exists) {
+            (false, true) => ContactLayout::Partitioned(recorded_partitions(&db)?.unwrap_or(1)),
+            _ => ContactLayout::ById,
+        };
         let log = match old_log {
             true => Log::Main,
             false => Log::Later {
@@ -191,12 +243,26 @@ impl Store {
         Ok(Store {
             db,
             log,
+            contacts,
             bulk: Default::default(),
         })
     }
 
     pub fn cf(&self, name: &str) -> &ColumnFamily {
         self.db.cf_handle(name).expect("column family created at open")
+    }
+
+    /// How this store keys its contacts.
+    pub fn contact_layout(&self) -> ContactLayout {
+        self.contacts
+    }
+
+    /// The contacts' column family.
+    pub fn contacts_cf(&self) -> &ColumnFamily {
+        self.cf(match self.contacts {
+            ContactLayout::Partitioned(_) => CF_CONTACTS,
+            ContactLayout::ById => CF_CONTACTS_BY_ID,
+        })
     }
 
     /// The log's database and column family.
@@ -251,6 +317,61 @@ impl Store {
         db.flush_cf(cf)?;
         Ok(())
     }
+}
+
+fn recorded_partitions(db: &DB) -> Result<Option<u16>> {
+    let cf = db.cf_handle(CF_POSITIONS).expect("opened");
+    Ok(db
+        .get_pinned_cf(cf, CONTACT_PARTITIONS_KEY)?
+        .and_then(|v| <[u8; 2]>::try_from(&v[..]).ok())
+        .map(u16::from_be_bytes))
+}
+
+/// The count contacts are keyed by: the one recorded, or `wanted`, recorded now (before any
+/// contact is written under it).
+fn contact_partitions(db: &DB, wanted: u16) -> Result<u16> {
+    if let Some(p) = recorded_partitions(db)? {
+        return Ok(p);
+    }
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    let cf = db.cf_handle(CF_POSITIONS).expect("opened");
+    db.put_cf_opt(cf, CONTACT_PARTITIONS_KEY, wanted.to_be_bytes(), &w)?;
+    Ok(wanted)
+}
+
+/// Moves the contacts of a store that keyed them by id alone into [`CF_CONTACTS`], under their
+/// partition, then drops the old table. Cut short, it runs again at the next open: the puts are
+/// idempotent (nothing else writes contacts before the open returns), and the old table goes
+/// only once every contact is durable in the new one.
+fn move_contacts_by_id(db: &mut DB, partitions: u16) -> Result<()> {
+    let mut moved = 0u64;
+    {
+        let (from, to) = (
+            db.cf_handle(CF_CONTACTS_BY_ID).expect("opened"),
+            db.cf_handle(CF_CONTACTS).expect("opened"),
+        );
+        let mut it = db.raw_iterator_cf(from);
+        it.seek_to_first();
+        let mut batch = WriteBatch::default();
+        let mut key = Vec::new();
+        while let (Some(k), Some(v)) = (it.key(), it.value()) {
+            key.clear();
+            tables::contact_key_into(&mut key, partitions, k);
+            batch.put_cf(to, &key, v);
+            moved += 1;
+            if batch.size_in_bytes() >= 4 << 20 {
+                db.write(std::mem::take(&mut batch))?;
+            }
+            it.next();
+        }
+        it.status()?;
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        db.write_opt(batch, &w)?;
+    }
+    tracing::info!("keyed {moved} contacts by partition ({CF_CONTACTS})");
+    Ok(db.drop_cf(CF_CONTACTS_BY_ID)?)
 }
 
 /// Moves the log of a store written before the log had its own database into it, in batches,
@@ -345,11 +466,12 @@ mod tests {
             .collect()
         };
         {
-            let (opts, mut cfs, _) = options();
+            let (opts, mut cfs, _) = options(dir.path());
             cfs.extend(log_cfs());
             let old = Store {
                 db: DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap(),
                 log: Log::Main,
+                contacts: ContactLayout::Partitioned(1),
                 bulk: Default::default(),
             };
             let log = log::EmbeddedLog::open(Arc::new(old), 4, 1000).unwrap();
@@ -382,11 +504,13 @@ mod tests {
         }
     }
 
-    /// A store whose contacts table was written with the earlier hashed memtable (whole-key
-    /// prefix extractor, flushed tables and a WAL) opens with today's options and reads every
-    /// contact, flushed or not, and no contact it never held.
+    /// A store of the earlier layout (contacts keyed by id alone, in a table written with the
+    /// hashed memtable of sessions 5 to 8: whole-key prefix extractor, flushed tables and a WAL)
+    /// reads every contact read-only as it is; the first open moves them, keyed by partition,
+    /// into the new table and drops the old one; both read the same contacts, in the same
+    /// order, and no contact the store never held. A move cut short runs again.
     #[test]
-    fn contacts_written_with_the_hashed_memtable_still_read() {
+    fn contacts_keyed_by_id_move_to_the_partitioned_table() {
         let dir = tempfile::tempdir().unwrap();
         let state = |n: i64| {
             let mut st = crate::machine::ContactState::default();
@@ -411,31 +535,101 @@ mod tests {
                 });
                 o
             };
-            let cfs = ALL.iter().map(|n| match *n {
-                CF_CONTACTS => ColumnFamilyDescriptor::new(*n, hashed()),
+            // The tables of that time: `contacts`, and no partitioned one.
+            let names = ALL.map(|n| if n == CF_CONTACTS { CF_CONTACTS_BY_ID } else { n });
+            let cfs = names.iter().map(|n| match *n {
+                CF_CONTACTS_BY_ID => ColumnFamilyDescriptor::new(*n, hashed()),
                 _ => ColumnFamilyDescriptor::new(*n, Options::default()),
             });
-            let old = Store {
-                db: DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap(),
-                log: Log::Main,
-                bulk: Default::default(),
-            };
+            let db = DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap();
+            let old = db.cf_handle(CF_CONTACTS_BY_ID).unwrap();
             let write = |ids: std::ops::Range<i64>| {
                 let mut b = WriteBatch::default();
                 for i in ids {
-                    tables::put_contact(&old, &mut b, &format!("c{i}"), &state(i));
+                    b.put_cf(old, format!("c{i}"), state(i).encode());
                 }
-                old.write(b, true).unwrap();
+                db.write(b).unwrap();
             };
             write(0..500);
-            old.db.flush_cf(old.cf(CF_CONTACTS)).unwrap();
+            db.flush_cf(old).unwrap();
             write(500..600); // only in the WAL
         }
-        let s = Store::open(dir.path()).unwrap();
-        for i in [0, 250, 499, 500, 599] {
-            assert_eq!(tables::get_contact(&s, &format!("c{i}")).unwrap(), Some(state(i)));
+        let listed = || DB::list_cf(&Options::default(), dir.path()).unwrap();
+        let check = |s: &Store| {
+            for i in [0, 250, 499, 500, 599] {
+                assert_eq!(tables::get_contact(s, &format!("c{i}")).unwrap(), Some(state(i)));
+            }
+            assert_eq!(tables::get_contact(s, "c600").unwrap(), None);
+            tables::contacts(s).map(Result::unwrap).collect::<Vec<_>>()
+        };
+        let read_only = Store::open_read_only(dir.path()).unwrap();
+        assert_eq!(read_only.contact_layout(), ContactLayout::ById);
+        let before = check(&read_only);
+        assert_eq!(before.len(), 600);
+        assert!(before.windows(2).all(|w| w[0].0 < w[1].0), "in id order");
+        drop(read_only);
+
+        let s = Store::open_partitioned(dir.path(), 8).unwrap();
+        assert_eq!(s.contact_layout(), ContactLayout::Partitioned(8));
+        assert_eq!(check(&s), before);
+        drop(s);
+        assert!(
+            !listed().iter().any(|n| n == CF_CONTACTS_BY_ID),
+            "the old table is dropped"
+        );
+        let read_only = Store::open_read_only(dir.path()).unwrap();
+        assert_eq!(read_only.contact_layout(), ContactLayout::Partitioned(8));
+        assert_eq!(check(&read_only), before);
+        drop(read_only);
+
+        // A later open with another count keeps the recorded one.
+        let s = Store::open_partitioned(dir.path(), 3).unwrap();
+        assert_eq!(s.contact_layout(), ContactLayout::Partitioned(8));
+        // A move cut short (the old table back, holding one contact changed since): the next
+        // open moves it again, and the old table is the one that counts.
+        drop(s);
+        {
+            let (opts, cfs, _) = options(dir.path());
+            let mut db = DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap();
+            db.create_cf(CF_CONTACTS_BY_ID, &Options::default()).unwrap();
+            db.put_cf(db.cf_handle(CF_CONTACTS_BY_ID).unwrap(), "c7", state(-7).encode())
+                .unwrap();
         }
-        assert_eq!(tables::get_contact(&s, "c600").unwrap(), None);
+        let s = Store::open_partitioned(dir.path(), 8).unwrap();
+        assert_eq!(tables::get_contact(&s, "c7").unwrap(), Some(state(-7)));
         assert_eq!(tables::contacts(&s).count(), 600);
+        assert!(s.db.cf_handle(CF_CONTACTS_BY_ID).is_none());
+    }
+
+    /// Contacts are keyed by partition: each partition's contacts lie in one range of the
+    /// table, under its two-byte number, and the iterator reads them back in id order.
+    #[test]
+    fn contacts_lie_in_their_partitions_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open_partitioned(dir.path(), 4).unwrap();
+        let mut b = WriteBatch::default();
+        let ids: Vec<String> = (0..200).map(|i| format!("u{i}")).collect();
+        for id in &ids {
+            tables::put_contact(&s, &mut b, id, &crate::machine::ContactState::default());
+        }
+        s.write(b, true).unwrap();
+        let raw: Vec<Box<[u8]>> =
+            s.db.iterator_cf(s.cf(CF_CONTACTS), rocksdb::IteratorMode::Start)
+                .map(|r| r.unwrap().0)
+                .collect();
+        assert_eq!(raw.len(), 200);
+        for k in &raw {
+            let id = std::str::from_utf8(&k[2..]).unwrap();
+            assert_eq!(u16::from_be_bytes([k[0], k[1]]), log::partition_of(id, 4), "{id}");
+        }
+        let mut sorted = ids.clone();
+        sorted.sort();
+        let read: Vec<String> = tables::contacts(&s).map(|r| r.unwrap().0).collect();
+        assert_eq!(read, sorted);
+        let mut b = WriteBatch::default();
+        tables::delete_contact(&s, &mut b, "u7");
+        s.write(b, true).unwrap();
+        assert_eq!(tables::get_contact(&s, "u7").unwrap(), None);
+        assert!(tables::get_contact(&s, "u8").unwrap().is_some());
     }
 }

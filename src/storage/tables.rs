@@ -1,9 +1,10 @@
 //! The small tables: contacts, outbox, sent ledger, positions, counters, workflow versions,
 //! dead letters. Each is a set of typed key/value codecs over its column family.
 
+use super::log::partition_of_bytes;
 use super::{
-    CF_CONTACTS, CF_COUNTERS, CF_DEAD, CF_OUTBOX, CF_POSITIONS, CF_SENT, CF_SUPPRESSIONS, CF_WORKFLOWS, Result, Store,
-    StoreError,
+    CF_CONTACTS, CF_COUNTERS, CF_DEAD, CF_OUTBOX, CF_POSITIONS, CF_SENT, CF_SUPPRESSIONS, CF_WORKFLOWS, ContactLayout,
+    Result, Store, StoreError,
 };
 use crate::machine::{ContactState, Metric, SendId};
 use crate::time::Ts;
@@ -12,10 +13,42 @@ use crate::workflow::{MailKind, StoredVersion};
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
-// ---- contacts: contact id → encoded ContactState ------------------------------------------
+// ---- contacts: partition, contact id → encoded ContactState ------------------------------
+
+/// A contact's key under [`ContactLayout::Partitioned`]: its partition, two bytes big-endian,
+/// then its id.
+pub(super) fn contact_key_into(key: &mut Vec<u8>, partitions: u16, id: &[u8]) {
+    key.extend_from_slice(&partition_of_bytes(id, partitions).to_be_bytes());
+    key.extend_from_slice(id);
+}
+
+/// Calls `f` with the store's key for contact `id` (built in a buffer kept per thread: the hot
+/// path looks a contact up, or writes one, for most inputs).
+fn with_contact_key<R>(s: &Store, id: &str, f: impl FnOnce(&[u8]) -> R) -> R {
+    match s.contact_layout() {
+        ContactLayout::ById => f(id.as_bytes()),
+        ContactLayout::Partitioned(n) => {
+            thread_local!(static KEY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) });
+            KEY.with_borrow_mut(|key| {
+                key.clear();
+                contact_key_into(key, n, id.as_bytes());
+                f(key)
+            })
+        }
+    }
+}
+
+/// The contact id a key of the contacts table holds.
+pub fn contact_id_of<'k>(s: &Store, key: &'k [u8]) -> &'k [u8] {
+    match s.contact_layout() {
+        ContactLayout::ById => key,
+        ContactLayout::Partitioned(_) => key.get(2..).unwrap_or_default(),
+    }
+}
 
 pub fn get_contact(s: &Store, id: &str) -> Result<Option<ContactState>> {
-    match s.db.get_pinned_cf(s.cf(CF_CONTACTS), id.as_bytes())? {
+    let found = with_contact_key(s, id, |key| s.db.get_pinned_cf(s.contacts_cf(), key))?;
+    match found {
         Some(b) => ContactState::decode(&b).map(Some).map_err(|e| StoreError::Corrupt {
             table: CF_CONTACTS,
             reason: e.to_string(),
@@ -25,7 +58,52 @@ pub fn get_contact(s: &Store, id: &str) -> Result<Option<ContactState>> {
 }
 
 pub fn put_contact(s: &Store, b: &mut WriteBatch, id: &str, st: &ContactState) {
-    put_encoded(b, s.cf(CF_CONTACTS), id.as_bytes(), |buf| st.encode_into(buf));
+    with_contact_key(s, id, |key| {
+        put_encoded(b, s.contacts_cf(), key, |buf| st.encode_into(buf))
+    });
+}
+
+/// Puts a contact's encoded state as it is (a changelog restore).
+pub fn put_contact_raw(s: &Store, b: &mut WriteBatch, id: &str, encoded: &[u8]) {
+    with_contact_key(s, id, |key| b.put_cf(s.contacts_cf(), key, encoded));
+}
+
+pub fn delete_contact(s: &Store, b: &mut WriteBatch, id: &str) {
+    with_contact_key(s, id, |key| b.delete_cf(s.contacts_cf(), key));
+}
+
+/// Every contact (id, encoded state), in id order whatever the layout: each partition's range
+/// is read in id order, and the ranges are merged.
+pub fn contacts(s: &Store) -> impl Iterator<Item = Result<(String, Vec<u8>)>> + '_ {
+    let cf = s.contacts_cf();
+    let ranges: Vec<_> = match s.contact_layout() {
+        ContactLayout::ById => vec![s.db.iterator_cf(cf, rocksdb::IteratorMode::Start)],
+        ContactLayout::Partitioned(n) => (0..n)
+            .map(|p| {
+                let mut o = rocksdb::ReadOptions::default();
+                if let Some(next) = p.checked_add(1) {
+                    o.set_iterate_upper_bound(next.to_be_bytes());
+                }
+                let from = p.to_be_bytes();
+                s.db.iterator_cf_opt(cf, o, rocksdb::IteratorMode::From(&from, rocksdb::Direction::Forward))
+            })
+            .collect(),
+    };
+    let ranges = ranges.into_iter().map(move |it| {
+        it.map(move |r| {
+            r.map(|(k, v)| (String::from_utf8_lossy(contact_id_of(s, &k)).into_owned(), v.into_vec()))
+                .map_err(StoreError::from)
+        })
+    });
+    // An error sorts first, so that it is not held back behind the other ranges.
+    itertools::kmerge_by(
+        ranges,
+        |a: &Result<(String, Vec<u8>)>, b: &Result<(String, Vec<u8>)>| match (a, b) {
+            (Ok(a), Ok(b)) => a.0 < b.0,
+            (Err(_), _) => true,
+            (Ok(_), Err(_)) => false,
+        },
+    )
 }
 
 /// Puts the value `encode` writes into an emptied buffer, one per thread (the batch copies it):
@@ -38,14 +116,6 @@ fn put_encoded(b: &mut WriteBatch, cf: &rocksdb::ColumnFamily, key: &[u8], encod
         encode(buf);
         b.put_cf(cf, key, &buf[..]);
     });
-}
-
-pub fn contacts(s: &Store) -> impl Iterator<Item = Result<(String, Vec<u8>)>> + '_ {
-    s.db.iterator_cf(s.cf(CF_CONTACTS), rocksdb::IteratorMode::Start)
-        .map(|r| {
-            r.map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.to_vec()))
-                .map_err(Into::into)
-        })
 }
 
 // ---- outbox: send id → rendered message waiting for a transport -----------------------------
