@@ -345,31 +345,13 @@ fn contact_partitions(db: &DB, wanted: u16) -> Result<u16> {
 /// idempotent (nothing else writes contacts before the open returns), and the old table goes
 /// only once every contact is durable in the new one.
 fn move_contacts_by_id(db: &mut DB, partitions: u16) -> Result<()> {
-    let mut moved = 0u64;
-    {
-        let (from, to) = (
-            db.cf_handle(CF_CONTACTS_BY_ID).expect("opened"),
-            db.cf_handle(CF_CONTACTS).expect("opened"),
-        );
-        let mut it = db.raw_iterator_cf(from);
-        it.seek_to_first();
-        let mut batch = WriteBatch::default();
-        let mut key = Vec::new();
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            key.clear();
-            tables::contact_key_into(&mut key, partitions, k);
-            batch.put_cf(to, &key, v);
-            moved += 1;
-            if batch.size_in_bytes() >= 4 << 20 {
-                db.write(std::mem::take(&mut batch))?;
-            }
-            it.next();
-        }
-        it.status()?;
-        let mut w = WriteOptions::default();
-        w.set_sync(true);
-        db.write_opt(batch, &w)?;
-    }
+    let moved = copy_table(
+        db,
+        db.cf_handle(CF_CONTACTS_BY_ID).expect("opened"),
+        db,
+        db.cf_handle(CF_CONTACTS).expect("opened"),
+        |id, key| tables::contact_key_into(key, partitions, id),
+    )?;
     tracing::info!("keyed {moved} contacts by partition ({CF_CONTACTS})");
     Ok(db.drop_cf(CF_CONTACTS_BY_ID)?)
 }
@@ -378,28 +360,44 @@ fn move_contacts_by_id(db: &mut DB, partitions: u16) -> Result<()> {
 /// then drops the old column family. Cut short, it runs again at the next open: the puts are
 /// idempotent, and the old column family goes only once every record is durable in the new one.
 fn move_old_log(db: &mut DB, log: &DB) -> Result<()> {
-    {
-        let (from, to) = (
-            db.cf_handle(CF_LOG).expect("opened"),
-            log.cf_handle(CF_LOG).expect("opened"),
-        );
-        let mut it = db.raw_iterator_cf(from);
-        it.seek_to_first();
-        let mut batch = WriteBatch::default();
-        while let (Some(k), Some(v)) = (it.key(), it.value()) {
-            batch.put_cf(to, k, v);
-            if batch.size_in_bytes() >= 4 << 20 {
-                log.write(std::mem::take(&mut batch))?;
-            }
-            it.next();
-        }
-        it.status()?;
-        let mut w = WriteOptions::default();
-        w.set_sync(true);
-        log.write_opt(batch, &w)?;
-    }
+    copy_table(
+        db,
+        db.cf_handle(CF_LOG).expect("opened"),
+        log,
+        log.cf_handle(CF_LOG).expect("opened"),
+        |k, key| key.extend_from_slice(k),
+    )?;
     tracing::info!("moved the log into its own database ({LOG_DIR}/)");
     Ok(db.drop_cf(CF_LOG)?)
+}
+
+/// Copies every record of `from` into `to`, under the key `rekey` writes for each, in batches
+/// of ~4 MiB; the last is fsynced, and with it every one before. Returns the records copied.
+fn copy_table(
+    src: &DB,
+    from: &ColumnFamily,
+    dst: &DB,
+    to: &ColumnFamily,
+    rekey: impl Fn(&[u8], &mut Vec<u8>),
+) -> Result<u64> {
+    let mut it = src.raw_iterator_cf(from);
+    it.seek_to_first();
+    let (mut batch, mut key, mut copied) = (WriteBatch::default(), Vec::new(), 0);
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        key.clear();
+        rekey(k, &mut key);
+        batch.put_cf(to, &key, v);
+        copied += 1;
+        if batch.size_in_bytes() >= 4 << 20 {
+            dst.write(std::mem::take(&mut batch))?;
+        }
+        it.next();
+    }
+    it.status()?;
+    let mut w = WriteOptions::default();
+    w.set_sync(true);
+    dst.write_opt(batch, &w)?;
+    Ok(copied)
 }
 
 #[cfg(test)]
