@@ -7,8 +7,9 @@
 //! = the table's value, or none (a tombstone) for a delete, so compaction keeps the latest of
 //! each key. Contacts are the exception: their records are named `contacts` and keyed by id
 //! alone, however the store keys them, so a restoring store keys them its own way (and a
-//! changelog written before contacts were keyed by partition reads the same). Each instance remembers, per partition, the last changelog offset its store holds
-//! (a local-only key in `positions`); restoring applies only what came after it.
+//! changelog written before contacts were keyed by partition reads the same). Each instance
+//! remembers, per partition, the last changelog offset its store holds (a local-only key in
+//! `positions`); restoring applies only what came after it.
 
 use super::{KafkaError, client_config, producer_config};
 use crate::config::KafkaSettings;

@@ -221,16 +221,16 @@ impl Store {
         let (opts, mut cfs, log_opts) = options(dir);
         let old_log = with_old_log(&opts, dir, &mut cfs);
         // A store the open that moves contacts by id has not run on, or not to the end:
-        // everything is still in the old table, which goes only after the move.
+        // everything is still in the old table, which goes only after the move. (A store with
+        // neither table fails to open, naming the new one.)
         let by_id = cfs.iter().any(|c| c.name() == CF_CONTACTS_BY_ID);
-        let exists = DB::list_cf(&opts, dir).is_ok_and(|names| names.iter().any(|n| n == CF_CONTACTS));
-        if !exists {
+        if by_id && !DB::list_cf(&opts, dir).is_ok_and(|names| names.iter().any(|n| n == CF_CONTACTS)) {
             cfs.retain(|c| c.name() != CF_CONTACTS);
         }
         let db = DB::open_cf_descriptors_read_only(&opts, dir, cfs, false)?;
-        let contacts = match (by_id, exists) {
-            (false, true) => ContactLayout::Partitioned(recorded_partitions(&db)?.unwrap_or(1)),
-            _ => ContactLayout::ById,
+        let contacts = match by_id {
+            true => ContactLayout::ById,
+            false => ContactLayout::Partitioned(recorded_partitions(&db)?.unwrap_or(1)),
         };
         let log = match old_log {
             true => Log::Main,
