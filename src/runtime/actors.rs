@@ -26,8 +26,38 @@ pub struct WorkerActor {
     engine: Arc<Engine>,
     worker: usize,
     workers: usize,
-    /// Partitions whose last poll here failed, and when this worker tries them again.
-    backoff: Vec<Option<Instant>>,
+    /// Partitions whose last poll failed, and when they are tried again: shared by the workers,
+    /// since with `engine.share_partitions` any of them may take a partition.
+    backoff: Arc<Backoff>,
+}
+
+/// When each failed partition is tried again, by whichever worker.
+struct Backoff(std::sync::Mutex<Vec<Option<Instant>>>);
+
+impl Backoff {
+    fn new(partitions: usize) -> Self {
+        Backoff(std::sync::Mutex::new(vec![None; partitions]))
+    }
+
+    /// Whether partition `p` is left alone at `at`.
+    fn waiting(&self, p: usize, at: Instant) -> bool {
+        let until = self.0.lock().expect("backoff lock");
+        until.get(p).copied().flatten().is_some_and(|until| at < until)
+    }
+
+    /// Partition `p` failed at `at`: it is left alone until `RETRY` later. False when another
+    /// worker has just done so (its failure is already reported).
+    fn failed(&self, p: usize, at: Instant) -> bool {
+        let mut until = self.0.lock().expect("backoff lock");
+        match until.get_mut(p) {
+            Some(u) if u.is_some_and(|u| at < u) => false,
+            Some(u) => {
+                *u = Some(at + RETRY);
+                true
+            }
+            None => true,
+        }
+    }
 }
 
 impl Actor for WorkerActor {
@@ -45,14 +75,12 @@ impl Handler<Poll> for WorkerActor {
     fn handle(&mut self, _: Poll, ctx: &mut Self::Context) {
         let now = chrono::Utc::now().timestamp_millis();
         let at = Instant::now();
-        let backoff = &self.backoff;
-        let waiting = |p: usize| backoff.get(p).copied().flatten().is_some_and(|until| at < until);
+        let waiting = |p: usize| self.backoff.waiting(p, at);
         // An idle partition commits at once (low latency at low load); a busy one by checkpoint.
         let round = self.engine.pump_worker(now, self.worker, self.workers, true, waiting);
         for (p, e) in round.failed {
-            tracing::error!("partition {p}: {e:#}");
-            if let Some(b) = self.backoff.get_mut(p) {
-                *b = Some(at + RETRY);
+            if self.backoff.failed(p, at) {
+                tracing::error!("partition {p}: {e:#}");
             }
         }
         if round.handled > 0 {
@@ -166,6 +194,7 @@ pub fn start(engine: Arc<Engine>, workers: usize) -> Running {
     let workers = workers.max(1);
     let arbiters: Vec<Arbiter> = (0..workers + 1).map(|_| Arbiter::new()).collect();
     let nice = engine.settings.engine.worker_nice;
+    let backoff = Arc::new(Backoff::new(engine.partitions.len()));
     let worker_actors = arbiters[..workers]
         .iter()
         .enumerate()
@@ -175,8 +204,7 @@ pub fn start(engine: Arc<Engine>, workers: usize) -> Running {
                     tracing::warn!("worker thread at nice {nice}: {e}");
                 }
             });
-            let engine = engine.clone();
-            let backoff = vec![None; engine.partitions.len()];
+            let (engine, backoff) = (engine.clone(), backoff.clone());
             WorkerActor::start_in_arbiter(&a.handle(), move |_| WorkerActor {
                 engine,
                 worker,
@@ -236,6 +264,23 @@ impl Running {
 
 #[cfg(test)]
 mod tests {
+    /// A partition one worker found failed is left alone by every worker for `RETRY`, and a
+    /// second failure inside that time (another worker's, in the moment before the first was
+    /// noted) is not reported again; after it, the partition is tried and reported anew.
+    #[test]
+    fn a_failed_partition_waits_for_every_worker_and_is_reported_once() {
+        use std::time::Instant;
+        let b = super::Backoff::new(3);
+        let t = Instant::now();
+        assert!(!b.waiting(1, t));
+        assert!(b.failed(1, t), "the first failure is reported");
+        assert!(b.waiting(1, t + super::RETRY / 2), "for any worker");
+        assert!(!b.waiting(0, t) && !b.waiting(2, t), "the others go on");
+        assert!(!b.failed(1, t + super::RETRY / 2), "not twice");
+        assert!(!b.waiting(1, t + super::RETRY));
+        assert!(b.failed(1, t + super::RETRY), "failing again after the pause is");
+    }
+
     /// The nice value of thread `tid`.
     fn nice_of(tid: i32) -> i32 {
         // SAFETY: reads a scheduling attribute; the nice values here are never -1, the error value.
