@@ -162,6 +162,33 @@ pub enum MailContent {
     Rendered(crate::workflow::Rendered),
 }
 
+impl OutboxEntry {
+    /// An entry of mail composed already, not decided by a workflow (no workflow, version or
+    /// step), to `contact` at `to`, decided at `decided_at`, with no delivery attempt yet.
+    pub fn composed(
+        contact: &str,
+        to: &str,
+        kind: MailKind,
+        rendered: crate::workflow::Rendered,
+        decided_at: Ts,
+    ) -> Self {
+        OutboxEntry {
+            partition: 0,
+            contact: contact.into(),
+            workflow: Str::default(),
+            version: 0,
+            step: Str::default(),
+            kind,
+            to: to.into(),
+            content: MailContent::Rendered(rendered),
+            decided_at,
+            attempts: 0,
+            first_attempt: 0,
+            not_before: 0,
+        }
+    }
+}
+
 pub fn id_key(id: SendId) -> [u8; 16] {
     id.0.to_be_bytes()
 }
@@ -588,24 +615,12 @@ mod tests {
     use super::*;
 
     fn entry(decided_at: Ts) -> OutboxEntry {
-        OutboxEntry {
-            partition: 0,
-            contact: "c1".into(),
-            workflow: "wf".into(),
-            version: 1,
-            step: "s".into(),
-            kind: crate::workflow::model::MailKind::Transactional,
-            to: "a@example.org".into(),
-            content: MailContent::Rendered(crate::workflow::Rendered {
-                subject: "Hi".into(),
-                html: None,
-                text: Some("x".into()),
-            }),
-            decided_at,
-            attempts: 0,
-            first_attempt: 0,
-            not_before: 0,
-        }
+        let text = crate::workflow::Rendered {
+            subject: "Hi".into(),
+            html: None,
+            text: Some("x".into()),
+        };
+        OutboxEntry::composed("c1", "a@example.org", MailKind::Transactional, text, decided_at)
     }
 
     /// Keys sort by decision time (negative times too), then id; `before` is the greatest key

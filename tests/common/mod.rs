@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use dripline::config::Settings;
-use dripline::storage::tables::{MailContent, OutboxEntry};
+use dripline::storage::tables::OutboxEntry;
 use dripline::workflow::{MailKind, Rendered};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -42,24 +42,12 @@ pub fn settings(dir: &Path) -> Settings {
 
 /// An outbox entry of already rendered mail (HTML body), decided at a fixed time.
 pub fn entry(to: &str, subject: &str, kind: MailKind, html: &str) -> OutboxEntry {
-    OutboxEntry {
-        partition: 0,
-        contact: "c1".into(),
-        workflow: "wf".into(),
-        version: 1,
-        step: "s".into(),
-        kind,
-        to: to.into(),
-        content: MailContent::Rendered(Rendered {
-            subject: subject.into(),
-            html: Some(html.into()),
-            text: None,
-        }),
-        decided_at: 1_700_000_000_000,
-        attempts: 0,
-        first_attempt: 0,
-        not_before: 0,
-    }
+    let rendered = Rendered {
+        subject: subject.into(),
+        html: Some(html.into()),
+        text: None,
+    };
+    OutboxEntry::composed("c1", to, kind, rendered, 1_700_000_000_000)
 }
 
 /// A minimal HTTP/1.1 client for the engine's endpoints: status and body.
