@@ -125,10 +125,24 @@ fn db_options(memtables: &rocksdb::WriteBufferManager) -> Options {
     opts
 }
 
+/// The column families a store already has (none for a new one): read from its manifest once
+/// per open, for the tables of earlier layouts it may still hold.
+struct Existing(Vec<String>);
+
+impl Existing {
+    fn read(dir: &Path) -> Self {
+        Existing(DB::list_cf(&Options::default(), dir).unwrap_or_default())
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.0.iter().any(|n| n == name)
+    }
+}
+
 /// The store's options and its column families with theirs, and the log database's options:
 /// the same for a read-only open, so that it reads the tables as they were written (filters,
 /// block cache).
-fn options(dir: &Path) -> (Options, Vec<ColumnFamilyDescriptor>, Options) {
+fn options(existing: &Existing) -> (Options, Vec<ColumnFamilyDescriptor>, Options) {
     let memtables = rocksdb::WriteBufferManager::new_write_buffer_manager(256 << 20, false);
     let opts = db_options(&memtables);
     let log_opts = db_options(&memtables);
@@ -162,7 +176,7 @@ fn options(dir: &Path) -> (Options, Vec<ColumnFamilyDescriptor>, Options) {
     });
     let mut cfs: Vec<_> = cfs.collect();
     // The contacts of an earlier layout, with the options they were written with, if present.
-    if DB::list_cf(&opts, dir).is_ok_and(|names| names.iter().any(|n| n == CF_CONTACTS_BY_ID)) {
+    if existing.has(CF_CONTACTS_BY_ID) {
         cfs.push(ColumnFamilyDescriptor::new(CF_CONTACTS_BY_ID, point()));
     }
     (opts, cfs, log_opts)
@@ -175,8 +189,8 @@ fn log_cfs() -> Vec<ColumnFamilyDescriptor> {
 /// Whether the main database still holds the log (a store written before the log had its own
 /// database, or one whose move was cut short); if so, its column family joins `cfs`, to be
 /// opened with the rest.
-fn with_old_log(opts: &Options, dir: &Path, cfs: &mut Vec<ColumnFamilyDescriptor>) -> bool {
-    let old = DB::list_cf(opts, dir).is_ok_and(|names| names.iter().any(|n| n == CF_LOG));
+fn with_old_log(existing: &Existing, cfs: &mut Vec<ColumnFamilyDescriptor>) -> bool {
+    let old = existing.has(CF_LOG);
     if old {
         cfs.extend(log_cfs());
     }
@@ -194,8 +208,9 @@ impl Store {
     /// Opens (or creates) a store; a contacts table made now keys contacts by their partition
     /// of `partitions` (one already made keeps the count it was made with).
     pub fn open_partitioned(dir: &Path, partitions: u16) -> Result<Store> {
-        let (opts, mut cfs, log_opts) = options(dir);
-        let old_log = with_old_log(&opts, dir, &mut cfs);
+        let existing = Existing::read(dir);
+        let (opts, mut cfs, log_opts) = options(&existing);
+        let old_log = with_old_log(&existing, &mut cfs);
         let mut db = DB::open_cf_descriptors(&opts, dir, cfs)?;
         let log = DB::open_cf_descriptors(&log_opts, dir.join(LOG_DIR), log_cfs())?;
         if old_log {
@@ -218,13 +233,14 @@ impl Store {
     /// Opens for reading while a running engine holds the store (`contact show`), with the
     /// options it was written with.
     pub fn open_read_only(dir: &Path) -> Result<Store> {
-        let (opts, mut cfs, log_opts) = options(dir);
-        let old_log = with_old_log(&opts, dir, &mut cfs);
+        let existing = Existing::read(dir);
+        let (opts, mut cfs, log_opts) = options(&existing);
+        let old_log = with_old_log(&existing, &mut cfs);
         // A store the open that moves contacts by id has not run on, or not to the end:
         // everything is still in the old table, which goes only after the move. (A store with
         // neither table fails to open, naming the new one.)
-        let by_id = cfs.iter().any(|c| c.name() == CF_CONTACTS_BY_ID);
-        if by_id && !DB::list_cf(&opts, dir).is_ok_and(|names| names.iter().any(|n| n == CF_CONTACTS)) {
+        let by_id = existing.has(CF_CONTACTS_BY_ID);
+        if by_id && !existing.has(CF_CONTACTS) {
             cfs.retain(|c| c.name() != CF_CONTACTS);
         }
         let db = DB::open_cf_descriptors_read_only(&opts, dir, cfs, false)?;
@@ -464,7 +480,7 @@ mod tests {
             .collect()
         };
         {
-            let (opts, mut cfs, _) = options(dir.path());
+            let (opts, mut cfs, _) = options(&Existing::read(dir.path()));
             cfs.extend(log_cfs());
             let old = Store {
                 db: DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap(),
@@ -587,7 +603,7 @@ mod tests {
         // open moves it again, and the old table is the one that counts.
         drop(s);
         {
-            let (opts, cfs, _) = options(dir.path());
+            let (opts, cfs, _) = options(&Existing::read(dir.path()));
             let mut db = DB::open_cf_descriptors(&opts, dir.path(), cfs).unwrap();
             db.create_cf(CF_CONTACTS_BY_ID, &Options::default()).unwrap();
             db.put_cf(db.cf_handle(CF_CONTACTS_BY_ID).unwrap(), "c7", state(-7).encode())
