@@ -129,7 +129,9 @@ fn serial(engine: &Engine, input: &Path, total: usize) -> Phase {
         received += 60_000; // a minute of traffic per chunk: waits come due as the run goes on
         let appended = Instant::now();
         let payloads: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-        let r = engine.ingest_raw(&payloads, None, received).expect("ingest");
+        let r = engine
+            .ingest_raw(&payloads, None, received, dripline::runtime::Origin::Client)
+            .expect("ingest");
         assert_eq!(r.accepted, chunk.len());
         t_ingest += appended.elapsed().as_secs_f64();
         pending.push_back((appended, engine.log.next_offsets()));
@@ -181,7 +183,9 @@ fn pipelined(engine: &Engine, input: &Path, total: usize, workers: usize, nice: 
                 let received = wall.load(Ordering::Relaxed) + 60_000;
                 let appended = Instant::now();
                 let payloads: Vec<&[u8]> = chunk.iter().map(Vec::as_slice).collect();
-                let r = engine.ingest_raw(&payloads, None, received).expect("ingest");
+                let r = engine
+                    .ingest_raw(&payloads, None, received, dripline::runtime::Origin::Client)
+                    .expect("ingest");
                 assert_eq!(r.accepted, chunk.len());
                 busy += appended.elapsed().as_secs_f64();
                 pending.lock().unwrap().push_back((appended, engine.log.next_offsets()));
@@ -398,7 +402,7 @@ fn main() {
 
     // Raw limit: parse and put, same batch size, WAL on, fsync per batch; as specified (each
     // event parsed into a JSON value), then with ingest's own parse (validated into a borrowed
-    // event), which is cheaper than a JSON value since session 12.
+    // event), which is cheaper than a JSON value (docs/decisions/0014-borrowed-event-parse-at-ingest.md).
     let value_parse = |bytes: &[u8]| {
         let v: serde_json::Value = serde_json::from_slice(bytes).expect("valid json");
         assert!(v.is_object());
@@ -459,8 +463,8 @@ fn main() {
     // (the engine keeps freed memory for reuse: `dripline::tune_allocators`). Kept, it made the
     // child take pages the VM had handed back to its host, whose first touches fault in the host
     // as well, while the raw limit above ran on memory this process already had. Returned, the
-    // pipelined phase ran +5.7 to +12.2 % faster in four pairs of full runs (README, Benchmarks,
-    // session 16). glibc's share (RocksDB's) is what can be returned; mimalloc's stays.
+    // pipelined phase ran +5.7 to +12.2 % faster in four pairs of full runs (docs/benchmarks.md).
+    // glibc's share (RocksDB's) is what can be returned; mimalloc's stays.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: releases free memory of glibc's heaps; nothing is in use across the call.
     unsafe {
