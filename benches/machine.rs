@@ -91,7 +91,7 @@ impl World {
             Some(s) => s,
             None => self.contacts.entry(id.clone()).or_default(),
         };
-        handle(id, st, input, at, &self.reg, &mut self.fx);
+        handle(id, st, input, at, &self.reg, &[], &mut self.fx);
         for e in self.fx.drain(..) {
             if let Effect::ScheduleTimer { id, due } = e {
                 self.timers.push(Reverse((due, c, id)));

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
+source scripts/setup-test.sh
 # A real Kafka-compatible broker for tests/kafka.rs: tansu 0.6.0 (Apache-2.0, from crates.io),
 # built once into ~/.cache (about 17 minutes on two cores) and reused after that.
 TANSU="$HOME/.cache/tansu/bin/tansu"
@@ -14,6 +15,11 @@ if [ ! -x "$TANSU" ]; then
 fi
 export DRIPLINE_TANSU="$TANSU"
 cargo fmt --all -- --check
+# Documentation: no diary references, README length, links that resolve.
+bash scripts/check-docs.sh
+# The production kit: promtool on the Prometheus config and rules (with their unit tests), the
+# compose file against the Compose Specification's schema, the Grafana dashboard.
+bash scripts/check-ops.sh
 cargo clippy --release --all-targets -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --release --no-fail-fast

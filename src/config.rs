@@ -15,8 +15,18 @@ pub struct Settings {
     pub mail: MailSettings,
     pub engine: EngineSettings,
     pub http: HttpSettings,
+    pub admin: AdminSettings,
+    pub dead_letters: DeadLetterSettings,
     pub kafka: KafkaSettings,
 }
+
+/// Keys read from the environment as comma-separated lists (`DRIPLINE__HTTP__WRITE_KEYS=a,b`).
+const LIST_KEYS: [&str; 4] = [
+    "http.write_keys",
+    "admin.tokens",
+    "admin.metrics_tokens",
+    "mail.previous_secrets",
+];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,7 +73,39 @@ pub struct EngineSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpSettings {
+    /// The private listener: ingest, the admin API and metrics.
     pub listen: String,
+    /// The public listener: only the links recipients reach (unsubscribe, preference page,
+    /// open pixel, click redirect). The same address as `listen` serves everything on one port,
+    /// for use behind a proxy that filters paths.
+    pub public_listen: String,
+    /// Segment write keys accepted on ingest (several, for rotation). Empty: a key generated at
+    /// the first start and stored in the data directory (see [`crate::auth`]).
+    #[serde(default)]
+    pub write_keys: Vec<String>,
+    /// Ingest without a key. Off unless set explicitly.
+    pub allow_unauthenticated: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminSettings {
+    /// Bearer tokens for `/admin/v1/` (and `/metrics`). Empty: one generated at the first start
+    /// and stored in the data directory.
+    #[serde(default)]
+    pub tokens: Vec<String>,
+    /// Bearer tokens accepted on `GET /metrics` only (for Prometheus).
+    #[serde(default)]
+    pub metrics_tokens: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterSettings {
+    /// A dead letter keeps at most this many bytes of its payload.
+    pub max_payload_bytes: usize,
+    /// Dead letters older than this are purged (by the running engine, hourly).
+    pub retention: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -98,8 +140,13 @@ pub struct MailSettings {
     pub transport: String,
     /// Base URL recipients reach this engine's HTTP server at (unsubscribe and tracking links).
     pub public_url: String,
-    /// HMAC-SHA256 key signing unsubscribe and tracking tokens.
+    /// Key of the link tokens (unsubscribe, preference page, tracking): at least 32 bytes.
+    /// Empty: one generated at the first start and stored in the data directory (required in
+    /// Kafka mode, where every instance must share it).
     pub secret: String,
+    /// Secrets of before a rotation: links they made still verify; new links use `secret`.
+    #[serde(default)]
+    pub previous_secrets: Vec<String>,
     /// `mailto:` address of the `List-Unsubscribe` header.
     pub unsubscribe_mailto: String,
     /// A message larger than this is refused (dead letter with the reason), never sent.
@@ -241,8 +288,24 @@ impl MailSettings {
         if self.smtp.connections == 0 {
             return bad("mail.smtp.connections", "must be at least 1".into());
         }
-        if self.secret.len() < 16 {
-            return bad("mail.secret", "must be at least 16 characters".into());
+        for (key, secret) in std::iter::once(("mail.secret", &self.secret))
+            .chain(self.previous_secrets.iter().map(|s| ("mail.previous_secrets", s)))
+            .filter(|(_, s)| !s.is_empty())
+        {
+            if secret == RETIRED_DEVELOPMENT_SECRET {
+                return bad(
+                    key,
+                    "is the development secret that older releases shipped, which anyone can read; \
+                     set a secret of your own (e.g. `openssl rand -base64 48`) or leave it empty"
+                        .into(),
+                );
+            }
+            if secret.len() < MIN_SECRET_BYTES {
+                return bad(
+                    key,
+                    format!("must be at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -base64 48`)"),
+                );
+            }
         }
         if !(self.public_url.starts_with("http://") || self.public_url.starts_with("https://")) {
             return bad(
@@ -271,6 +334,13 @@ impl MailSettings {
     }
 }
 
+/// The shortest link secret accepted.
+pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The secret that `config/default.toml` used to ship: refused, since links signed with it can
+/// be forged by anyone.
+pub const RETIRED_DEVELOPMENT_SECRET: &str = "dripline-development-secret-change-me";
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("configuration: {0}")]
@@ -288,10 +358,14 @@ impl Settings {
         }
         let settings: Settings = b
             .add_source(
-                config::Environment::with_prefix("DRIPLINE")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true),
+                LIST_KEYS.iter().fold(
+                    config::Environment::with_prefix("DRIPLINE")
+                        .prefix_separator("__")
+                        .separator("__")
+                        .list_separator(",")
+                        .try_parsing(true),
+                    |env, key| env.with_list_parse_key(key),
+                ),
             )
             .build()?
             .try_deserialize()?;
@@ -314,6 +388,10 @@ impl Settings {
             key: "engine.checkpoint_interval",
             reason,
         })?;
+        duration::parse(&settings.dead_letters.retention).map_err(|reason| ConfigError::Invalid {
+            key: "dead_letters.retention",
+            reason,
+        })?;
         if settings.kafka.enabled() {
             duration::parse(&settings.kafka.idle_timer_grace).map_err(|reason| ConfigError::Invalid {
                 key: "kafka.idle_timer_grace",
@@ -329,6 +407,20 @@ impl Settings {
                 reason: e.to_string(),
             })?;
         Ok(settings)
+    }
+
+    /// What `dripline run` needs beyond [`Settings::load`]: in Kafka mode a configured link
+    /// secret, since every instance must open the links the others made.
+    pub fn check_for_run(&self) -> Result<(), ConfigError> {
+        if self.kafka.enabled() && self.mail.secret.is_empty() {
+            return Err(ConfigError::Invalid {
+                key: "mail.secret",
+                reason: "is required in Kafka mode: every instance must verify the links the others made, \
+                         so all of them need the same secret (e.g. `openssl rand -base64 48`)"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     /// The cross-workflow sending rules, validated.

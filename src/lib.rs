@@ -5,6 +5,8 @@
 //! state, timers and the outbox are committed together (`storage`); the mailer (`sinks`)
 //! delivers.
 
+pub mod admin;
+pub mod auth;
 pub mod config;
 pub mod demo;
 pub mod event;
@@ -56,7 +58,7 @@ const GLIBC_KEEP_VARS: [&str; 3] = ["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRES
 /// Memtable blocks are allocated by whichever thread writes a batch: the ingest thread writes the
 /// log, each worker its partitions' commits. With the freed memory kept (see
 /// [`keep_freed_memory`]) each thread's arena held memtables' worth of it (+95 MiB peak RSS in
-/// the pipelined benchmark of session 10, when the ingest thread wrote commits handed off to it;
+/// the pipelined benchmark, measured when the ingest thread also wrote the partitions' commits;
 /// none with one arena, and no throughput lost). The Rust side (mimalloc) is not concerned.
 /// `MALLOC_ARENA_MAX` or `GLIBC_TUNABLES` in the environment still win.
 fn one_glibc_arena() {

@@ -133,31 +133,64 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Run => {
+            settings.check_for_run()?;
             let engine = std::sync::Arc::new(dripline::runtime::Engine::open(&settings)?);
+            let http = &settings.http;
             if settings.kafka.enabled() {
                 eprintln!(
-                    "dripline: {} workflows, consumer group `{}` on {} at {}, listening on http://{}",
+                    "dripline: {} workflows, consumer group `{}` on {} at {}",
                     engine.reg.latest().len(),
                     settings.kafka.group_id,
                     settings.kafka.events_topic,
                     settings.kafka.brokers,
-                    settings.http.listen
                 );
             } else {
                 eprintln!(
-                    "dripline: {} workflows, {} partitions on {} worker threads, listening on http://{}",
+                    "dripline: {} workflows, {} partitions on {} worker threads",
                     engine.reg.latest().len(),
                     engine.partitions.len(),
                     settings.engine.workers,
-                    settings.http.listen
                 );
             }
-            let listen = settings.http.listen.clone();
+            eprintln!(
+                "dripline: ingest, admin API and metrics on http://{}; recipient links on http://{}",
+                http.listen, http.public_listen
+            );
+            for path in &engine.keys.generated {
+                eprintln!("dripline: generated {} (mode 0600)", path.display());
+            }
+            if engine.keys.ingest_is_open() {
+                eprintln!(
+                    "dripline: WARNING: http.allow_unauthenticated is set: anyone who reaches {} can ingest",
+                    http.listen
+                );
+            } else if http.write_keys.is_empty() {
+                eprintln!(
+                    "dripline: ingest needs the write key in {}",
+                    settings
+                        .engine
+                        .data_dir
+                        .join(dripline::auth::SECRETS_DIR)
+                        .join(dripline::auth::WRITE_KEY_FILE)
+                        .display()
+                );
+            }
+            if settings.admin.tokens.is_empty() {
+                eprintln!(
+                    "dripline: the admin API and /metrics need the token in {}",
+                    settings
+                        .engine
+                        .data_dir
+                        .join(dripline::auth::SECRETS_DIR)
+                        .join(dripline::auth::ADMIN_TOKEN_FILE)
+                        .display()
+                );
+            }
             let workers = settings.engine.workers;
             let served = actix_web::rt::System::new().block_on(async move {
                 let running = dripline::runtime::actors::start(engine.clone(), workers);
-                let served = dripline::sources::http::serve(engine, &listen).await;
-                // Intake has stopped: partitions finish and commit, then the mailer drains.
+                let served = dripline::sources::http::serve(engine).await;
+                // Intake has stopped: partitions finish and commit, the mailer settles.
                 running.stop().await;
                 served
             });
@@ -174,7 +207,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 // A running engine holds the store: hand the file to it over HTTP instead.
                 Err(e) if e.downcast_ref::<dripline::runtime::StoreInUse>().is_some() => {
                     let base = format!("http://{}", settings.http.listen);
-                    let r = dripline::sources::ndjson::ingest_file_http(&base, &file, 1000)
+                    let key = settings.http.write_keys.first().cloned().or_else(|| {
+                        dripline::auth::read_stored(&settings.engine.data_dir, dripline::auth::WRITE_KEY_FILE)
+                    });
+                    let r = dripline::sources::ndjson::ingest_file_http(&base, key.as_deref(), &file, 1000)
                         .with_context(|| format!("{e}; sending to the running engine at {base} instead"))?;
                     (r, format!(" (through the running engine at {base})"))
                 }

@@ -193,7 +193,7 @@ pub fn run(settings: &Settings, opts: Options) -> anyhow::Result<Report> {
             }
             Item::Bad(reason) => {
                 report.bad += 1;
-                tables::put_dead_letter(&engine.store, &mut dead, last_stamp, &reason, &[]);
+                crate::storage::dead_letters::put(&engine.store, &mut dead, last_stamp, "replay", &reason, &[]);
                 if report.bad_listed.len() < LISTED {
                     report.bad_listed.push(reason);
                 }

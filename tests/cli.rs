@@ -106,7 +106,7 @@ fn demo_writes_one_eml_per_email_with_deterministic_message_ids() {
     };
     assert_eq!(names(out_dir.path()), names(again.path()));
     let store = dripline::storage::Store::open_read_only(&out_dir.path().join("data")).unwrap();
-    let dead = dripline::storage::tables::dead_letters(&store).unwrap();
+    let dead = dripline::storage::dead_letters::all(&store).unwrap();
     assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0]["reason"], "missing or empty `messageId`");
+    assert_eq!(dead[0].reason, "missing or empty `messageId`");
 }

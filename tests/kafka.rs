@@ -157,8 +157,14 @@ struct Instance {
 fn start(broker: &Broker, group: &str, dir: &Path) -> Instance {
     std::fs::create_dir_all(dir).unwrap();
     let port = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_dripline"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dripline"));
+    common::engine_env(&mut cmd);
+    let child = cmd
         .arg("run")
+        .env(
+            "DRIPLINE__MAIL__SECRET",
+            "kafka-test-link-secret-shared-by-every-instance",
+        )
         .env(
             "DRIPLINE__WORKFLOWS__DIR",
             concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"),
@@ -333,6 +339,42 @@ fn store_digest(dir: &Path) -> dripline::storage::digest::Digest {
     digest(&Store::open_read_only(&dir.join("data")).unwrap(), PARTITIONS as u16).unwrap()
 }
 
+/// `/metrics` of an engine on the embedded log after the sample clickstream.
+fn embedded_scrape(dir: &Path) -> String {
+    let port = free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dripline"));
+    common::engine_env(&mut cmd);
+    let mut child = cmd
+        .arg("run")
+        .env(
+            "DRIPLINE__WORKFLOWS__DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"),
+        )
+        .env("DRIPLINE__ENGINE__DATA_DIR", dir.join("data"))
+        .env("DRIPLINE__MAIL__OUTBOX_DIR", dir.join("mail"))
+        .env("DRIPLINE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(Duration::from_secs(20), || {
+        http(port, "GET", "/readyz", "").is_ok_and(|(s, _)| s == 200)
+    });
+    let sample = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/clickstream.ndjson")).unwrap();
+    let events: Vec<&str> = sample.lines().filter(|l| l.starts_with('{')).collect();
+    http(
+        port,
+        "POST",
+        "/v1/batch",
+        &format!(r#"{{"batch":[{}]}}"#, events.join(",")),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let scrape = http(port, "GET", "/metrics", "").unwrap().1;
+    let _ = child.kill();
+    let _ = child.wait();
+    scrape
+}
+
 #[test]
 fn one_instance_end_to_end_with_dead_letters() {
     let broker = Broker::start();
@@ -359,6 +401,22 @@ fn one_instance_end_to_end_with_dead_letters() {
     settle(&broker, "solo", &[&i]);
     assert_eq!(i.metric("dripline_kafka_assigned_partitions"), 8.0);
     assert_eq!(i.metric("dripline_kafka_dead_letters_total"), 2.0);
+    // The shipped dashboard and alert rules use only metrics a running engine exports: this
+    // one on Kafka and, for the embedded log's, one on the embedded log.
+    let embedded = embedded_scrape(&tmp.path().join("embedded"));
+    let scrape = tmp.path().join("scrape.txt");
+    std::fs::write(&scrape, http(i.port, "GET", "/metrics", "").unwrap().1 + &embedded).unwrap();
+    let check = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/ops_metrics_used.py"))
+        .arg(&scrape)
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
     let sent = i.sent();
     assert!(!sent.is_empty());
     assert_eq!(

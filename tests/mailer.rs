@@ -18,10 +18,10 @@ fn put(engine: &Engine, id: u128, e: &OutboxEntry) {
 
 /// The reasons of every dead letter so far.
 fn dead_reasons(engine: &Engine) -> Vec<String> {
-    tables::dead_letters(&engine.store)
+    dripline::storage::dead_letters::all(&engine.store)
         .unwrap()
         .iter()
-        .map(|d| d["reason"].as_str().unwrap().to_owned())
+        .map(|d| d.reason.clone())
         .collect()
 }
 
@@ -124,8 +124,8 @@ fn marketing_mail_is_tracked_and_signed_internal_mail_is_left_alone() {
 
     let news = eml(tmp.path(), 10).unwrap();
     let body = news.replace("=\r\n", "").replace("=3D", "=");
-    assert!(body.contains("href=\"http://127.0.0.1:8080/c/"), "{body}");
-    assert!(body.contains("<img src=\"http://127.0.0.1:8080/o/"), "{body}");
+    assert!(body.contains("href=\"http://127.0.0.1:8081/c/"), "{body}");
+    assert!(body.contains("<img src=\"http://127.0.0.1:8081/o/"), "{body}");
     assert!(news.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
     assert!(
         news.contains("\r\nDKIM-Signature: v=1; a=rsa-sha256; d=example.com; s=s1;"),
@@ -216,15 +216,14 @@ fn an_outbox_entry_that_does_not_decode_goes_to_the_dead_letters_and_the_rest_is
     assert_eq!(engine.drain_mail(10).unwrap(), 2);
 
     assert!(eml(tmp.path(), 31).is_some(), "the good entry is sent");
-    let dead = tables::dead_letters(&engine.store).unwrap();
+    let dead = dripline::storage::dead_letters::all(&engine.store).unwrap();
     assert_eq!(dead.len(), 1, "{dead:?}");
     assert!(
-        dead[0]["reason"]
-            .as_str()
-            .unwrap()
+        dead[0]
+            .reason
             .starts_with(&format!("unreadable outbox entry {}", SendId(30))),
         "{dead:?}"
     );
-    assert_eq!(dead[0]["payload"], "\u{7f}not an entry");
+    assert_eq!(dead[0].payload, "\u{7f}not an entry");
     assert!(tables::outbox_ids(&engine.store).unwrap().is_empty());
 }

@@ -15,7 +15,9 @@ struct Engine {
 }
 
 fn start(dir: &Path, workflows: &Path, port: u16) -> Engine {
-    let child = Command::new(env!("CARGO_BIN_EXE_dripline"))
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dripline"));
+    common::engine_env(&mut cmd);
+    let child = cmd
         .arg("run")
         .env("DRIPLINE__WORKFLOWS__DIR", workflows)
         .env("DRIPLINE__ENGINE__DATA_DIR", dir.join("data"))
@@ -356,7 +358,10 @@ fn a_real_prometheus_scrapes_the_metrics() {
     let config = tmp.path().join("prometheus.yml");
     std::fs::write(
         &config,
-        format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: dripline\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"),
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: dripline\n    authorization:\n      credentials: {}\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n",
+            common::ADMIN_TOKEN
+        ),
     )
     .unwrap();
     let mut prom = Command::new("prometheus")
@@ -538,6 +543,7 @@ fn ingest_while_the_engine_runs_goes_through_its_http_endpoint() {
     let out = Command::new(env!("CARGO_BIN_EXE_dripline"))
         .arg("ingest")
         .arg(&file)
+        .env("DRIPLINE__HTTP__WRITE_KEYS", common::WRITE_KEY)
         .env("DRIPLINE__ENGINE__DATA_DIR", tmp.path().join("data"))
         .env("DRIPLINE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .output()

@@ -105,9 +105,9 @@ fn duplicates_are_dropped_and_malformed_events_dead_lettered_without_losing_the_
     engine.drain_mail(100).unwrap();
     let mails = emls(tmp.path());
     assert_eq!(mails.len(), 1, "one welcome, not two");
-    let dead = dripline::storage::tables::dead_letters(&engine.store).unwrap();
+    let dead = dripline::storage::dead_letters::all(&engine.store).unwrap();
     assert_eq!(dead.len(), 2);
-    assert_eq!(dead[0]["reason"], "missing or empty `messageId`");
+    assert_eq!(dead[0].reason, "missing or empty `messageId`");
     let metrics = engine.metrics.render();
     assert!(
         metrics.contains("dripline_events_rejected_total{reason=\"missing_field\"} 1"),

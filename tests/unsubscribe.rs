@@ -65,9 +65,12 @@ impl Drop for Run {
 fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let auth = common::credential_for(path)
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
@@ -141,6 +144,10 @@ fn start(dir: &Path) -> (Run, u16, String) {
         .env("DRIPLINE__MAIL__OUTBOX_DIR", dir.join("mail"))
         .env("DRIPLINE__MAIL__PUBLIC_URL", &base)
         .env("DRIPLINE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        // One port for both listeners, as behind a proxy that filters paths.
+        .env("DRIPLINE__HTTP__PUBLIC_LISTEN", format!("127.0.0.1:{port}"))
+        .env("DRIPLINE__HTTP__WRITE_KEYS", common::WRITE_KEY)
+        .env("DRIPLINE__ADMIN__TOKENS", common::ADMIN_TOKEN)
         .env("DRIPLINE__POLICY__QUIET_HOURS", "")
         .env("DRIPLINE__POLICY__FREQUENCY_CAP__ENABLED", "false")
         .stderr(std::fs::File::create(dir.join("run.log")).unwrap())

@@ -12,6 +12,57 @@ use serde::{Deserialize, Serialize};
 /// Name given to `page` calls so that workflows can filter them like any tracked event.
 pub const PAGE_VIEWED: &str = "Page Viewed";
 
+/// An enrolment through the admin API, as it travels through the log: `properties.workflow`
+/// names the workflow, `properties.properties` the enrolment's properties.
+pub const ENROLL_EVENT: &str = "dripline.enroll";
+
+/// A contact's erasure (GDPR), in the contact's own stream: its state, timers and waiting mail
+/// go, and its records in the log are replaced (see [`crate::storage::erasures`]).
+pub const ERASE_EVENT: &str = "dripline.erase";
+
+/// A workflow's pause and resume, as control records in every partition of the log
+/// (`properties.workflow` names it): each partition stops or resumes enrolling at its own
+/// position, so a replay pauses at the same point.
+pub const PAUSE_EVENT: &str = "dripline.workflow.pause";
+pub const RESUME_EVENT: &str = "dripline.workflow.resume";
+
+/// The user id of a control record for one partition: this prefix, then the partition number.
+/// It routes the record to that partition ([`control_partition`]); no contact has such an id
+/// (clients cannot send one: see [`EventError::ControlId`]).
+pub const CONTROL_PREFIX: &str = "\u{1}partition:";
+
+/// The user id that routes a control record to `partition`.
+pub fn control_user(partition: u16) -> String {
+    format!("{CONTROL_PREFIX}{partition}")
+}
+
+/// The partition a control record's user id names, if it is one.
+pub fn control_partition(user_id: &[u8]) -> Option<u16> {
+    std::str::from_utf8(user_id.strip_prefix(CONTROL_PREFIX.as_bytes())?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Events the engine emits itself (delivery results, engagement, unsubscribes, control records):
+/// refused from a write key, since anyone holding one could otherwise suppress or enrol any
+/// contact. Names under the `dripline.` prefix are reserved as well.
+pub const ENGINE_EVENTS: [&str; 8] = [
+    "Email Delivered",
+    "Email Deferred",
+    "Email Soft Bounced",
+    "Email Bounced",
+    "Email Opened",
+    "Email Clicked",
+    "Email Complained",
+    "Unsubscribed",
+];
+
+/// Whether a tracked event of this name may only come from the engine (or the admin API).
+pub fn is_engine_event(name: &str) -> bool {
+    name.starts_with("dripline.") || ENGINE_EVENTS.contains(&name)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
     Track,
@@ -47,6 +98,10 @@ pub enum EventError {
     UnknownType(String),
     #[error("`timestamp` is not RFC 3339: {0}")]
     BadTimestamp(String),
+    #[error("`{0}` is an event dripline emits itself; an ESP's feedback goes to POST /admin/v1/feedback")]
+    Reserved(String),
+    #[error("a `userId` starting with U+0001 is reserved for the engine's control records")]
+    ControlId,
 }
 
 impl Event {

@@ -35,10 +35,14 @@ impl KafkaIngest {
         let pending: Vec<_> = events
             .iter()
             .map(|(ev, raw)| {
-                let r = FutureRecord::to(&self.topic)
+                let mut r = FutureRecord::to(&self.topic)
                     .key(ev.user_id.as_bytes())
                     .payload(*raw)
                     .timestamp(received);
+                // A control record goes to the partition it names.
+                if let Some(p) = crate::event::control_partition(ev.user_id.as_bytes()) {
+                    r = r.partition(i32::from(p));
+                }
                 self.producer.send_result(r).map_err(|(e, _)| e)
             })
             .collect();

@@ -18,6 +18,9 @@ pub enum Input {
         workflow: String,
         properties: Map,
     },
+    /// The contact is erased (GDPR): every enrollment ends (counted as exited) and every
+    /// timer is cancelled; the runtime then deletes the state.
+    Erase,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -31,24 +31,48 @@ const BULK_TRAITS: usize = 16;
 /// Applies one input at time `now` to a contact's state, appending the effects to `out`.
 ///
 /// `now` is the input's time: the log's receive time for events, the due time for timers.
-pub fn handle(contact: &str, st: &mut ContactState, input: &Input, now: Ts, reg: &Registry, out: &mut Vec<Effect>) {
+/// `paused`: the workflows that take no new entrants at this point of the log (contacts inside
+/// them go on).
+pub fn handle(
+    contact: &str,
+    st: &mut ContactState,
+    input: &Input,
+    now: Ts,
+    reg: &Registry,
+    paused: &[Arc<str>],
+    out: &mut Vec<Effect>,
+) {
     let mut cx = Cx {
         contact,
         st,
         now,
         reg,
+        paused,
         out,
         before: Vec::new(),
         touched: false,
     };
     match input {
+        // An enrolment through the admin API, as it comes through the log.
+        Input::Event(ev) if ev.kind == EventKind::Track && ev.name == crate::event::ENROLL_EVENT => {
+            let workflow = ev
+                .properties
+                .get("workflow")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let properties = match ev.properties.get("properties") {
+                Some(Value::Map(m)) => m.clone(),
+                _ => Map::new(),
+            };
+            cx.enroll_by_api(workflow, &properties);
+        }
         Input::Event(ev) => cx.on_event(ev),
         Input::Timer { id } => cx.on_timer(*id),
         Input::Feedback(fb) => cx.on_event(&feedback_event(contact, fb)),
-        Input::Enroll { workflow, properties } => {
-            if let Some(wf) = reg.latest_of(workflow) {
-                cx.try_enroll(wf.clone(), properties);
-            }
+        Input::Enroll { workflow, properties } => cx.enroll_by_api(workflow, properties),
+        Input::Erase => {
+            cx.erase();
+            return;
         }
     }
     cx.settle();
@@ -100,6 +124,7 @@ struct Cx<'a> {
     st: &'a mut ContactState,
     now: Ts,
     reg: &'a Registry,
+    paused: &'a [Arc<str>],
     out: &'a mut Vec<Effect>,
     /// Condition triggers whose inputs this input touched, with their value before the touch:
     /// a false→true transition after processing is a crossing.
@@ -554,8 +579,37 @@ impl Cx<'_> {
     // ---- enrollments ---------------------------------------------------------------------
 
     /// Starts `wf` for this contact if the entry rules allow; `event` is copied only then.
+    /// Ends every enrollment (exited) and cancels every timer, so the counters and the timer
+    /// table hold nothing of the contact; the state itself is left for the runtime to delete.
+    fn erase(&mut self) {
+        for mut e in std::mem::take(&mut self.st.enrollments) {
+            if let Some(wf) = self.reg.get(&e.workflow, e.version).cloned() {
+                self.finish(&mut e, &wf, Metric::Exited);
+            }
+        }
+        let timers: Vec<u64> = self.st.timers.iter().map(|t| t.id).collect();
+        for id in timers {
+            self.cancel(id);
+        }
+    }
+
+    /// An enrolment asked for through the API: only into a workflow whose triggers include
+    /// `api: true`, under the same entry rules as any trigger.
+    fn enroll_by_api(&mut self, workflow: &str, properties: &Map) {
+        let reg = self.reg;
+        if let Some(wf) = reg
+            .latest_of(workflow)
+            .filter(|wf| wf.triggers.iter().any(|t| matches!(t, crate::workflow::Trigger::Api)))
+        {
+            self.try_enroll(wf.clone(), properties);
+        }
+    }
+
     fn try_enroll(&mut self, wf: Arc<Workflow>, event: &Map) {
         if self.st.enrollments.iter().any(|e| same_id(&e.workflow, &wf.id)) {
+            return;
+        }
+        if self.paused.iter().any(|p| same_id(p, &wf.id)) {
             return;
         }
         let now = self.now;
@@ -867,6 +921,7 @@ mod tests {
                 st: &mut st,
                 now: 0,
                 reg: &reg,
+                paused: &[],
                 out: &mut out,
                 before: Vec::new(),
                 touched: false,

@@ -75,7 +75,7 @@ impl Sim {
     fn apply(&mut self, contact: &str, input: &Input, at: Ts) {
         let st = self.contacts.entry(contact.to_owned()).or_default();
         let mut fx = std::mem::take(&mut self.effects);
-        handle(contact, st, input, at, &self.reg, &mut fx);
+        handle(contact, st, input, at, &self.reg, &[], &mut fx);
         for e in fx.drain(..) {
             match e {
                 Effect::Send(cmd) => self.sent.push(SentMail {

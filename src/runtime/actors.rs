@@ -79,6 +79,11 @@ impl Handler<Poll> for WorkerActor {
         // An idle partition commits at once (low latency at low load); a busy one by checkpoint.
         let round = self.engine.pump_worker(now, self.worker, self.workers, true, waiting);
         for (p, e) in round.failed {
+            self.engine
+                .metrics
+                .partition_failures
+                .with_label_values(&[&p.to_string()])
+                .inc();
             if self.backoff.failed(p, at) {
                 tracing::error!("partition {p}: {e:#}");
             }
@@ -116,6 +121,26 @@ impl Actor for MailerActor {
     }
 }
 
+/// Background upkeep on its own arbiter, since a compaction may take a while: completes the
+/// erasures the partitions recorded (scrub, then compact) every second, and purges the dead
+/// letters past their retention at start and hourly.
+pub struct Housekeeper {
+    engine: Arc<Engine>,
+}
+
+impl Actor for Housekeeper {
+    type Context = Context<Self>;
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.engine.purge_dead_letters();
+        ctx.run_interval(Duration::from_secs(3600), |a, _| a.engine.purge_dead_letters());
+        ctx.run_interval(Duration::from_secs(1), |a, _| {
+            if let Err(e) = a.engine.complete_erasures() {
+                tracing::error!("completing erasures: {e:#}; retrying");
+            }
+        });
+    }
+}
+
 const MAIL_ROUND: usize = 1024;
 
 impl Handler<Poll> for MailerActor {
@@ -146,24 +171,12 @@ impl Handler<Poll> for MailerActor {
 }
 
 impl Handler<Stop> for MailerActor {
-    type Result = AtomicResponse<Self, ()>;
-    fn handle(&mut self, _: Stop, _: &mut Self::Context) -> Self::Result {
-        // What the partitions committed before stopping goes out now, as far as the limits
-        // and the transport allow in a few seconds; the rest waits in the outbox for next time.
-        let engine = self.engine.clone();
-        let drain = async move {
-            let until = std::time::Instant::now() + Duration::from_secs(5);
-            while std::time::Instant::now() < until {
-                match engine.send_mail(MAIL_ROUND).await {
-                    Ok(r) if r.handled > 0 => continue,
-                    Ok(r) if r.wait.is_some_and(|w| w < Duration::from_millis(500)) => {
-                        actix_web::rt::time::sleep(r.wait.unwrap_or_default()).await;
-                    }
-                    _ => break,
-                }
-            }
-        };
-        AtomicResponse::new(Box::pin(drain.into_actor(self).map(|_, _, ctx| ctx.stop())))
+    type Result = ();
+    /// Hands out no new mail: a round in progress has finished before this message is handled
+    /// (rounds are atomic responses), so what was in flight is settled and in the ledger. What
+    /// is left waits in the outbox for the next start, so a stop never waits for the transport.
+    fn handle(&mut self, _: Stop, ctx: &mut Self::Context) {
+        ctx.stop();
     }
 }
 
@@ -174,6 +187,7 @@ pub struct Running {
     /// Kafka mode: the consumer-group member's thread and its stop flag.
     kafka: Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>,
     mailer: Addr<MailerActor>,
+    housekeeper: Addr<Housekeeper>,
     arbiters: Vec<Arbiter>,
 }
 
@@ -192,7 +206,8 @@ pub fn lower_priority(nice: i32) -> std::io::Result<()> {
 /// its own. Must be called inside an actix System.
 pub fn start(engine: Arc<Engine>, workers: usize) -> Running {
     let workers = workers.max(1);
-    let arbiters: Vec<Arbiter> = (0..workers + 1).map(|_| Arbiter::new()).collect();
+    // The workers', the mailer's and the housekeeper's.
+    let arbiters: Vec<Arbiter> = (0..workers + 2).map(|_| Arbiter::new()).collect();
     let nice = engine.settings.engine.worker_nice;
     let backoff = Arc::new(Backoff::new(engine.partitions.len()));
     let worker_actors = arbiters[..workers]
@@ -234,8 +249,13 @@ pub fn start(engine: Arc<Engine>, workers: usize) -> Running {
         let engine = engine.clone();
         MailerActor::start_in_arbiter(&arbiters[workers].handle(), move |_| MailerActor { engine })
     };
+    let housekeeper = {
+        let engine = engine.clone();
+        Housekeeper::start_in_arbiter(&arbiters[workers + 1].handle(), move |_| Housekeeper { engine })
+    };
     engine.readiness.set_started();
     Running {
+        housekeeper,
         engine,
         workers: worker_actors,
         kafka,
@@ -255,6 +275,9 @@ impl Running {
             let _ = actix_web::rt::task::spawn_blocking(move || handle.join()).await;
         }
         let _ = self.mailer.send(Stop).await;
+        // An erasure in progress finishes with its interval's run; a pending one completes at
+        // the next start.
+        drop(self.housekeeper);
         for a in self.arbiters {
             a.stop();
             let _ = a.join();

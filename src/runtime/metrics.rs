@@ -9,6 +9,11 @@ pub struct Metrics {
     pub registry: Registry,
     pub events_ingested: IntCounter,
     pub events_rejected: IntCounterVec,
+    pub http_unauthorized: IntCounterVec,
+    pub feedback_events: IntCounterVec,
+    pub contacts_erased: IntCounter,
+    pub ready: IntGauge,
+    pub partition_failures: IntCounterVec,
     pub inputs_processed: IntCounter,
     pub processing_latency: Histogram,
     pub batch_size: Histogram,
@@ -60,7 +65,7 @@ impl Metrics {
                 m
             }};
         }
-        Metrics {
+        let m = Metrics {
             events_ingested: reg!(
                 IntCounter::new("dripline_events_ingested_total", "Events appended to the log").unwrap()
             ),
@@ -68,6 +73,41 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new("dripline_events_rejected_total", "Events refused at ingest, by reason"),
                     &["reason"]
+                )
+                .unwrap()
+            ),
+            http_unauthorized: reg!(
+                IntCounterVec::new(
+                    Opts::new(
+                        "dripline_http_unauthorized_total",
+                        "Requests refused for a missing or wrong key, by what they needed"
+                    ),
+                    &["access"]
+                )
+                .unwrap()
+            ),
+            feedback_events: reg!(
+                IntCounterVec::new(
+                    Opts::new(
+                        "dripline_feedback_events_total",
+                        "Delivery, engagement and unsubscribe events appended, by event name (from the mailer, \
+                         tracking links and the admin feedback endpoint)"
+                    ),
+                    &["event"]
+                )
+                .unwrap()
+            ),
+            contacts_erased: reg!(
+                IntCounter::new("dripline_contacts_erased_total", "Contacts erased (GDPR) by their partition").unwrap()
+            ),
+            ready: reg!(IntGauge::new("dripline_ready", "1 while /readyz answers ready, else 0").unwrap()),
+            partition_failures: reg!(
+                IntCounterVec::new(
+                    Opts::new(
+                        "dripline_partition_failures_total",
+                        "Polls of a partition that failed (it is left for 500 ms and tried again)"
+                    ),
+                    &["partition"]
                 )
                 .unwrap()
             ),
@@ -316,6 +356,36 @@ impl Metrics {
                 .unwrap()
             ),
             registry,
+        };
+        // Series whose label values are known up front start at 0, so a scrape shows them
+        // before their first event and `rate()` sees that first increment.
+        for reason in [
+            "invalid_json",
+            "not_an_object",
+            "missing_field",
+            "wrong_type",
+            "unknown_type",
+            "bad_timestamp",
+            "reserved_event",
+            "duplicate",
+            "unreadable_record",
+        ] {
+            m.events_rejected.with_label_values(&[reason]);
+        }
+        for access in ["ingest", "admin", "metrics"] {
+            m.http_unauthorized.with_label_values(&[access]);
+        }
+        for kind in ["unsubscribed", "opened", "clicked"] {
+            m.mail_feedback.with_label_values(&[kind]);
+        }
+        m
+    }
+
+    /// Starts the per-workflow series at 0 (their label values are the workflow ids).
+    pub fn init_workflows<'a>(&self, ids: impl IntoIterator<Item = &'a str>) {
+        for id in ids {
+            self.sends_decided.with_label_values(&[id]);
+            self.webhooks_decided.with_label_values(&[id]);
         }
     }
 

@@ -10,7 +10,7 @@ use crate::event::{Event, EventKind};
 use crate::machine::ContactState;
 use crate::sinks::mailer::Mailer;
 use crate::storage::log::{Appended, EmbeddedLog};
-use crate::storage::{Store, tables};
+use crate::storage::{Store, dead_letters, tables};
 use crate::time::Ts;
 use crate::workflow::Registry;
 use anyhow::Context;
@@ -31,10 +31,14 @@ pub struct Engine {
     /// in `partitions`) and the producer HTTP ingest writes to.
     pub changelog: Option<Arc<crate::kafka::changelog::Changelog>>,
     pub kafka_ingest: Option<crate::kafka::ingest::KafkaIngest>,
-    /// Signs unsubscribe and tracking links.
+    /// Seals unsubscribe and tracking links.
     pub links: Arc<crate::links::Links>,
+    /// Write keys, admin tokens and link secrets in force.
+    pub keys: Arc<crate::auth::Keys>,
     pub readiness: Readiness,
     batch: usize,
+    /// Contacts whose erasure this process completed, until an erase call has seen it.
+    erased: Mutex<Vec<String>>,
     /// Per partition here: the next log offset it will handle, published after each poll so
     /// that a scrape reads the lag without waiting for a busy partition's lock.
     handled: Vec<std::sync::atomic::AtomicU64>,
@@ -63,6 +67,10 @@ impl Readiness {
 
     pub fn set_stopping(&self) {
         self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn set_rebalancing(&self, on: bool) {
@@ -98,6 +106,15 @@ pub struct IngestReport {
     pub accepted: usize,
     pub duplicates: usize,
     pub errors: Vec<IngestError>,
+}
+
+/// Who an ingest comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// A client with a write key: events the engine emits itself are refused.
+    Client,
+    /// The engine itself (delivery results, tracking links), the admin API, tests.
+    Engine,
 }
 
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -142,6 +159,7 @@ impl Engine {
         tables::put_workflow_versions(&store, reg.stored_versions())?;
         let reg = Arc::new(reg);
         let metrics = Arc::new(Metrics::new());
+        metrics.init_workflows(reg.latest().iter().map(|w| &*w.id));
         let (changelog, kafka_ingest) = if settings.kafka.enabled() {
             let k = &settings.kafka;
             let ingest = crate::kafka::ingest::KafkaIngest::new(k)?;
@@ -152,7 +170,9 @@ impl Engine {
         } else {
             (None, None)
         };
-        let links = Arc::new(crate::links::Links::from_settings(&settings.mail));
+        let keys = Arc::new(crate::auth::Keys::load(settings)?);
+        dead_letters::set_payload_cap(settings.dead_letters.max_payload_bytes);
+        let links = Arc::new(crate::links::Links::from_settings(&settings.mail, &keys));
         let checkpoint = partition::Checkpoint {
             inputs: e.checkpoint_inputs,
             interval: std::time::Duration::from_millis(
@@ -201,8 +221,10 @@ impl Engine {
             partitions,
             mailer,
             links,
+            keys,
             readiness: Readiness::new(settings.kafka.enabled()),
             batch: e.batch,
+            erased: Mutex::default(),
             handled,
         })
     }
@@ -288,20 +310,33 @@ impl Engine {
         payloads: &[&[u8]],
         kind_hint: Option<EventKind>,
         received: Ts,
+        origin: Origin,
     ) -> anyhow::Result<IngestReport> {
         let mut report = IngestReport::default();
         let mut valid = Vec::with_capacity(payloads.len());
         let mut dead = WriteBatch::default();
         for (i, bytes) in payloads.iter().enumerate() {
             // Borrowed from the payload: the log encodes it as it is.
-            match crate::event::wire::parse_ref(bytes, kind_hint) {
-                Ok(ev) => valid.push(ev),
+            let parsed = crate::event::wire::parse_ref(bytes, kind_hint).and_then(|ev| match origin {
+                Origin::Client if ev.kind == EventKind::Track && crate::event::is_engine_event(&ev.name) => {
+                    Err(crate::event::EventError::Reserved(ev.name.to_string()))
+                }
+                Origin::Client if ev.user_id.starts_with('\u{1}') => Err(crate::event::EventError::ControlId),
+                _ => Ok(ev),
+            });
+            match parsed {
+                Ok(ev) => {
+                    if ev.kind == EventKind::Track && crate::event::ENGINE_EVENTS.contains(&&*ev.name) {
+                        self.metrics.feedback_events.with_label_values(&[&ev.name]).inc();
+                    }
+                    valid.push(ev)
+                }
                 Err(e) => {
                     self.metrics
                         .events_rejected
                         .with_label_values(&[reject_label(&e)])
                         .inc();
-                    tables::put_dead_letter(&self.store, &mut dead, received, &e.to_string(), bytes);
+                    dead_letters::put(&self.store, &mut dead, received, "ingest", &e.to_string(), bytes);
                     report.errors.push(IngestError {
                         index: i,
                         reason: e.to_string(),
@@ -356,16 +391,136 @@ impl Engine {
             .map(|v| serde_json::to_vec(v).expect("a JSON value"))
             .collect();
         let slices: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
-        self.ingest_raw(&slices, kind_hint, received)
+        self.ingest_raw(&slices, kind_hint, received, Origin::Engine)
+    }
+
+    /// The number of log partitions (embedded log or the events topic).
+    pub fn log_partitions(&self) -> u16 {
+        match &self.kafka_ingest {
+            Some(k) => k.partitions() as u16,
+            None => self.log.partitions(),
+        }
+    }
+
+    /// Pauses (`pause`) or resumes a workflow: a control record appended to every partition of
+    /// the log, so each stops or resumes enrolling at its own position in it, and a replay does
+    /// the same at the same points. Contacts already inside go on.
+    pub fn set_paused(&self, workflow: &str, pause: bool) -> anyhow::Result<()> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let name = if pause {
+            crate::event::PAUSE_EVENT
+        } else {
+            crate::event::RESUME_EVENT
+        };
+        let records: Vec<serde_json::Value> = (0..self.log_partitions())
+            .map(|p| {
+                serde_json::json!({
+                    "type": "track",
+                    "userId": crate::event::control_user(p),
+                    "messageId": format!("control:{now}:{name}:{workflow}:{p}"),
+                    "event": name,
+                    "properties": {"workflow": workflow},
+                })
+            })
+            .collect();
+        let report = self.ingest_values(&records, None, now)?;
+        if let Some(e) = report.errors.first() {
+            anyhow::bail!("control record refused: {}", e.reason);
+        }
+        Ok(())
+    }
+
+    /// Partitions (hosted here) that have `workflow` paused, and how many are hosted here.
+    pub fn paused_in(&self, workflow: &str) -> anyhow::Result<(usize, usize)> {
+        use partition::CommitHook as _;
+        let pausing = crate::storage::workflow_states::partitions_pausing(&self.store, workflow)?;
+        let hosted = match &self.changelog {
+            Some(c) => (0..self.log_partitions()).filter(|p| c.owns(*p)).collect::<Vec<_>>(),
+            None => (0..self.log_partitions()).collect(),
+        };
+        Ok((pausing.iter().filter(|p| hosted.contains(p)).count(), hosted.len()))
+    }
+
+    /// Erases a contact (GDPR): an erase record in the contact's stream, handled by its
+    /// partition in log order (see `Partition::erase`); then [`Engine::complete_erasures`]
+    /// scrubs the log and the dead letters and compacts.
+    pub fn erase(&self, contact: &str) -> anyhow::Result<()> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let record = serde_json::json!({
+            "type": "track",
+            "userId": contact,
+            "messageId": format!("erase:{now}:{contact}"),
+            "event": crate::event::ERASE_EVENT,
+        });
+        let report = self.ingest_values(&[record], None, now)?;
+        if let Some(e) = report.errors.first() {
+            anyhow::bail!("erase record refused: {}", e.reason);
+        }
+        Ok(())
+    }
+
+    /// Completes the erasures the partitions have recorded: each contact's records in the log
+    /// are replaced and the dead letters that mention it deleted, then both databases are
+    /// compacted, so nothing of it is left in a file. Returns how many were completed.
+    pub fn complete_erasures(&self) -> anyhow::Result<usize> {
+        let pending = crate::storage::erasures::pending(&self.store)?;
+        for p in &pending {
+            let replaced = crate::storage::log::scrub(&self.store, p.partition, &p.contact, p.offset)?;
+            let mut needles: Vec<&str> = vec![&p.contact];
+            needles.extend(p.addresses.iter().map(String::as_str));
+            let dead = dead_letters::scrub(&self.store, &needles)?;
+            let mut b = WriteBatch::default();
+            crate::storage::erasures::complete(&self.store, &mut b, p);
+            self.store.write(b, true)?;
+            tracing::info!("erasure: {replaced} log records replaced, {dead} dead letters deleted");
+        }
+        let mut done: Vec<String> = pending.iter().map(|p| p.contact.clone()).collect();
+        if crate::storage::erasures::compaction_owed(&self.store)? {
+            let started = std::time::Instant::now();
+            self.store.compact_everything()?;
+            let mut b = WriteBatch::default();
+            crate::storage::erasures::compacted(&self.store, &mut b);
+            self.store.write(b, true)?;
+            tracing::info!("erasure: store compacted in {:.1} s", started.elapsed().as_secs_f64());
+        }
+        let n = done.len();
+        // Only now, compacted, are they complete (what an erase call waits for).
+        self.erased.lock().expect("erased lock").append(&mut done);
+        Ok(n)
+    }
+
+    /// Whether this process completed the erasure of `contact` (scrubbed and compacted); taken
+    /// once.
+    pub fn take_erased(&self, contact: &str) -> bool {
+        let mut erased = self.erased.lock().expect("erased lock");
+        match erased.iter().position(|c| c == contact) {
+            Some(i) => {
+                erased.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Deletes the dead letters older than `dead_letters.retention` (logged, never fatal).
+    pub fn purge_dead_letters(&self) {
+        let retention = crate::workflow::duration::parse(&self.settings.dead_letters.retention).unwrap_or(i64::MAX);
+        let before = chrono::Utc::now().timestamp_millis().saturating_sub(retention);
+        match dead_letters::purge_before(&self.store, before) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("purged {n} dead letters past dead_letters.retention"),
+            Err(e) => tracing::warn!("purging dead letters: {e}"),
+        }
     }
 
     /// Records a malformed input that never became an event.
     pub fn dead_letter(&self, reason: &str, payload: &[u8]) {
         let mut b = WriteBatch::default();
-        tables::put_dead_letter(
+        dead_letters::put(
             &self.store,
             &mut b,
             chrono::Utc::now().timestamp_millis(),
+            "ingest",
             reason,
             payload,
         );
@@ -527,5 +682,6 @@ pub(crate) fn reject_label(e: &crate::event::EventError) -> &'static str {
         WrongType(..) => "wrong_type",
         UnknownType(_) => "unknown_type",
         BadTimestamp(_) => "bad_timestamp",
+        Reserved(_) | ControlId => "reserved_event",
     }
 }

@@ -9,7 +9,7 @@ use crate::machine::{ContactState, Effect, Input, Metric, handle};
 use crate::storage::StoreError;
 use crate::storage::tables::{self, MailContent, OutboxEntry};
 use crate::storage::timers::{TimerKey, TimerQueue};
-use crate::storage::{Result, Store, log};
+use crate::storage::{Result, Store, erasures, log, suppressed_addresses, workflow_states};
 use crate::time::Ts;
 use crate::workflow::{Registry, StepIdx};
 use rocksdb::WriteBatch;
@@ -89,6 +89,8 @@ pub struct Partition {
     written: u64,
     /// Why a commit failed: from then on every poll fails with it.
     failure: Option<String>,
+    /// The workflows paused at this partition's position in the log (no new entrants).
+    paused: Vec<Arc<str>>,
 }
 
 /// A contact's state in the cache. The id is shared by the cache key and the dirty list, so
@@ -164,6 +166,15 @@ impl Contacts {
         Ok(r)
     }
 
+    /// Forgets a contact entirely (it was erased): nothing of it is written by the next commit.
+    fn remove(&mut self, contact: &str) {
+        self.cache.pop(contact);
+        self.spilled.remove(contact);
+        for (_, m) in &mut self.unwritten {
+            m.remove(contact);
+        }
+    }
+
     /// Drops the states kept for commits written since.
     fn forget_written(&mut self, written: u64) {
         while self.unwritten.front().is_some_and(|(e, _)| *e <= written) {
@@ -213,7 +224,9 @@ impl Partition {
         cache_cap: usize,
     ) -> Result<Self> {
         let pos = tables::get_position(&store, id)?;
+        let paused = workflow_states::paused(&store, id)?;
         Ok(Partition {
+            paused,
             id,
             timers: TimerQueue::new(id, TIMER_PAGE),
             store,
@@ -319,7 +332,14 @@ impl Partition {
                 Ok(r) => r,
                 Err(bad) => {
                     let reason = format!("log partition {} offset {}: {}", self.id, bad.offset, bad.reason);
-                    tables::put_dead_letter(&self.store, &mut self.batch, self.last_time, &reason, &bad.bytes);
+                    crate::storage::dead_letters::put(
+                        &self.store,
+                        &mut self.batch,
+                        self.last_time,
+                        "log",
+                        &reason,
+                        &bad.bytes,
+                    );
                     self.metrics
                         .events_rejected
                         .with_label_values(&["unreadable_record"])
@@ -332,6 +352,18 @@ impl Partition {
             n += self.fire_until(t, None)?;
             self.last_time = t;
             self.received.push(r.received);
+            if r.event.user_id.starts_with('\u{1}') {
+                self.control(&r.event);
+                self.position = Some(r.offset);
+                n += 1;
+                continue;
+            }
+            if r.event.kind == crate::event::EventKind::Track && r.event.name == crate::event::ERASE_EVENT {
+                self.erase(&r.event.user_id, r.offset, t)?;
+                self.position = Some(r.offset);
+                n += 1;
+                continue;
+            }
             // The contact id is borrowed from the input, not copied out of the event.
             let input = Input::Event(r.event);
             let Input::Event(event) = &input else {
@@ -342,6 +374,73 @@ impl Partition {
             n += 1;
         }
         Ok(n)
+    }
+
+    /// Erases a contact at log offset `offset`: the state machine ends its enrollments and
+    /// cancels its timers (so the counters stay exact), then its state, its suppression record
+    /// and the mail waiting for it go. A contact that had opted out or bounced leaves only the
+    /// SHA-256 of its addresses in the suppression list, so the person is not mailed again if
+    /// re-imported. The log and the dead letters are scrubbed by the engine afterwards (an
+    /// [`erasures`] entry, committed with the rest).
+    fn erase(&mut self, contact: &str, offset: u64, at: Ts) -> Result<()> {
+        let st = self
+            .contacts
+            .with_slot(&self.store, contact, self.written, |st| st.clone())?;
+        self.apply(contact, &Input::Erase, at)?;
+        self.contacts.remove(contact);
+        tables::delete_contact(&self.store, &mut self.batch, contact);
+        let sup = tables::get_suppression(&self.store, contact)?;
+        tables::delete_suppression(&self.store, &mut self.batch, contact);
+        let addresses: Vec<String> = ["email"]
+            .iter()
+            .filter_map(|k| st.traits.get(k).and_then(|v| v.as_str()))
+            .map(str::to_owned)
+            .collect();
+        let opted_out = st.unsubscribed || st.suppressed || sup.is_some_and(|s| s.marketing || s.all);
+        if opted_out {
+            for a in &addresses {
+                suppressed_addresses::put(&self.store, &mut self.batch, a, "erased contact had opted out", at);
+            }
+        }
+        // The mail decided for it: what is staged is written first, so the outbox holds it all.
+        self.commit()?;
+        for (id, entry) in tables::outbox_page(&self.store, usize::MAX)? {
+            if entry.contact == contact {
+                tables::delete_outbox(&self.store, &mut self.batch, tables::OutboxKey::of(id, &entry));
+            }
+        }
+        erasures::put(
+            &self.store,
+            &mut self.batch,
+            &erasures::Pending {
+                partition: self.id,
+                contact: contact.to_owned(),
+                offset,
+                addresses,
+            },
+        );
+        self.metrics.contacts_erased.inc();
+        Ok(())
+    }
+
+    /// A control record for the whole partition: a workflow paused or resumed from here on.
+    /// Anything else under a control id is ignored (it could only come from a newer engine).
+    fn control(&mut self, ev: &crate::event::Event) {
+        let Some(workflow) = ev.properties.get("workflow").and_then(|v| v.as_str()) else {
+            return;
+        };
+        let known = self.paused.iter().position(|w| &**w == workflow);
+        match (ev.name.as_str(), known) {
+            (crate::event::PAUSE_EVENT, None) => {
+                self.paused.push(workflow.into());
+                workflow_states::put_paused(&self.store, &mut self.batch, self.id, workflow);
+            }
+            (crate::event::RESUME_EVENT, Some(i)) => {
+                self.paused.swap_remove(i);
+                workflow_states::delete_paused(&self.store, &mut self.batch, self.id, workflow);
+            }
+            _ => {}
+        }
     }
 
     /// When the next timer may be due (`None`: no timer pending).
@@ -392,9 +491,9 @@ impl Partition {
 
     fn apply(&mut self, contact: &str, input: &Input, at: Ts) -> Result<()> {
         let mut fx = std::mem::take(&mut self.fx);
-        let reg = &self.reg;
+        let (reg, paused) = (&self.reg, &self.paused);
         self.contacts.with_slot(&self.store, contact, self.written, |st| {
-            handle(contact, st, input, at, reg, &mut fx)
+            handle(contact, st, input, at, reg, paused, &mut fx)
         })?;
         for e in fx.drain(..) {
             match e {

@@ -1,19 +1,34 @@
-//! `POST /v1/track|identify|page|batch` (Segment shape), `GET /metrics`, `/healthz`, `/readyz`,
-//! and the signed links in outgoing mail: `/u/{token}` (one-click unsubscribe and the preference
-//! page), `/o/{token}` (open pixel), `/c/{token}` (click redirect). A link whose token does not
-//! verify gets 404, so none of them can be forged or turned into an open redirect.
+//! The HTTP listeners.
+//!
+//! - `http.listen`, private: `POST /v1/track|identify|page|batch` (Segment shape, a write key
+//!   required), the admin API under `/admin/v1/` (an admin token), `GET /metrics` (an admin or
+//!   metrics token), `/healthz` and `/readyz` (open: probes).
+//! - `http.public_listen`, public: only what recipients reach, the signed links of
+//!   [`super::recipient`]. Ingest is never exposed where the links are.
+//!
 //! A request is acknowledged only after its valid events are durably in the log; invalid events
 //! get HTTP 400 with the reason per event and go to the dead letters; nothing valid is lost.
+//! Events the engine emits itself (`Email Bounced`, `Unsubscribed`, …) are refused from a write
+//! key: an ESP's feedback comes in through `POST /admin/v1/feedback`.
+//!
+//! On SIGTERM or SIGINT intake stops at once: every later request, on a new or a kept-alive
+//! connection, gets 503 and the connection is closed; the listeners stop, then the caller stops
+//! the processors and the mailer.
 
+use crate::auth::Access;
 use crate::event::EventKind;
-use crate::links::{Claims, Purpose};
-use crate::machine::FeedbackKind;
-use crate::runtime::Engine;
+use crate::runtime::{Engine, Origin};
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::{Next, from_fn};
 use actix_web::{App, HttpResponse, HttpServer, web};
 use serde_json::value::RawValue;
 use std::sync::Arc;
 
-type Data = web::Data<Arc<Engine>>;
+pub type Data = web::Data<Arc<Engine>>;
+
+/// Largest request body (a batch).
+pub const MAX_BODY: usize = 8 * 1024 * 1024;
 
 /// `/v1/batch` body: the events stay raw JSON slices until each is parsed into its typed form.
 #[derive(serde::Deserialize)]
@@ -22,25 +37,30 @@ struct Batch<'a> {
     batch: Vec<&'a RawValue>,
 }
 
-async fn ingest(engine: Data, body: web::Bytes, kind: Option<EventKind>, batch: bool) -> HttpResponse {
-    let body_for_block = body.clone();
+/// Parses a body of one event or a batch and appends it; the answer as ingest gives it.
+pub async fn ingest(
+    engine: Data,
+    body: web::Bytes,
+    kind: Option<EventKind>,
+    batch: bool,
+    origin: Origin,
+) -> HttpResponse {
     let now = chrono::Utc::now().timestamp_millis();
     let e = engine.clone();
     let result = web::block(move || {
-        let body = &body_for_block;
         let payloads: Vec<&[u8]> = if batch {
-            match serde_json::from_slice::<Batch>(body) {
+            match serde_json::from_slice::<Batch>(&body) {
                 Ok(b) => b.batch.iter().map(|r| r.get().as_bytes()).collect(),
                 Err(err) => {
                     let reason = format!("not a batch (an object with a `batch` array of events): {err}");
-                    e.dead_letter(&reason, body);
+                    e.dead_letter(&reason, &body);
                     return Ok(Err(reason));
                 }
             }
         } else {
             vec![&body[..]]
         };
-        e.ingest_raw(&payloads, kind, now).map(Ok)
+        e.ingest_raw(&payloads, kind, now, origin).map(Ok)
     })
     .await;
     match result {
@@ -58,20 +78,21 @@ fn bad_request(reason: &str) -> HttpResponse {
 }
 
 async fn track(e: Data, b: web::Bytes) -> HttpResponse {
-    ingest(e, b, Some(EventKind::Track), false).await
+    ingest(e, b, Some(EventKind::Track), false, Origin::Client).await
 }
 async fn identify(e: Data, b: web::Bytes) -> HttpResponse {
-    ingest(e, b, Some(EventKind::Identify), false).await
+    ingest(e, b, Some(EventKind::Identify), false, Origin::Client).await
 }
 async fn page(e: Data, b: web::Bytes) -> HttpResponse {
-    ingest(e, b, Some(EventKind::Page), false).await
+    ingest(e, b, Some(EventKind::Page), false, Origin::Client).await
 }
 async fn batch(e: Data, b: web::Bytes) -> HttpResponse {
-    ingest(e, b, None, true).await
+    ingest(e, b, None, true, Origin::Client).await
 }
 
 async fn metrics(e: Data) -> HttpResponse {
     e.refresh_log_lag();
+    e.metrics.ready.set(i64::from(e.readiness.check().is_ok()));
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
         .body(e.metrics.render())
@@ -90,144 +111,149 @@ async fn readyz(e: Data) -> HttpResponse {
     }
 }
 
-/// A 1×1 transparent GIF.
-const PIXEL: &[u8] = &[
-    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff,
-    0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00, 0x00, 0x02,
-    0x02, 0x44, 0x01, 0x00, 0x3b,
-];
-
-fn verified(e: &Data, token: &str, purpose: Purpose) -> Option<Claims> {
-    e.links.verify(token).filter(|c| c.purpose == purpose)
+/// What a path of the private listener needs.
+fn access_for(path: &str) -> Option<Access> {
+    if path.starts_with("/v1/") {
+        Some(Access::Ingest)
+    } else if path.starts_with("/admin/") {
+        Some(Access::Admin)
+    } else if path == "/metrics" {
+        Some(Access::Metrics)
+    } else {
+        None
+    }
 }
 
-fn not_found() -> HttpResponse {
-    HttpResponse::NotFound().content_type("text/plain").body("not found")
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-fn page_html(title: &str, body: &str) -> HttpResponse {
-    HttpResponse::Ok().content_type("text/html; charset=utf-8").body(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-         <title>{title}</title></head><body style=\"font-family:sans-serif;max-width:32em;margin:2em auto\">{body}</body></html>"
-    ))
-}
-
-/// `GET /u/{token}`: the preference page (never unsubscribes by itself: link scanners GET).
-async fn preferences(e: Data, token: web::Path<String>) -> HttpResponse {
-    let Some(c) = verified(&e, &token, Purpose::Unsubscribe) else {
-        return not_found();
-    };
-    page_html(
-        "Email preferences",
-        &format!(
-            "<h1>Email preferences</h1><form method=\"post\">\
-             <p><label><input type=\"radio\" name=\"scope\" value=\"workflow\" id=\"scope-workflow\"> \
-             Stop emails from <b>{}</b> only</label></p>\
-             <p><label><input type=\"radio\" name=\"scope\" value=\"all\" id=\"scope-all\" checked> \
-             Stop all marketing email</label></p>\
-             <p><button type=\"submit\" id=\"unsubscribe\">Unsubscribe</button></p></form>",
-            escape(&c.workflow)
-        ),
-    )
-}
-
-#[derive(serde::Deserialize, Default)]
-struct UnsubscribeForm {
-    scope: Option<String>,
-    #[serde(rename = "List-Unsubscribe")]
-    one_click: Option<String>,
-}
-
-/// `POST /u/{token}`: RFC 8058 one-click (`List-Unsubscribe=One-Click`: all marketing) or the
-/// preference form (`scope=workflow|all`). Suppression takes effect before the answer.
-async fn unsubscribe(e: Data, token: web::Path<String>, body: web::Bytes) -> HttpResponse {
-    let Some(c) = verified(&e, &token, Purpose::Unsubscribe) else {
-        return not_found();
-    };
-    let form: UnsubscribeForm = serde_urlencoded::from_bytes(&body).unwrap_or_default();
-    let only_workflow = form.one_click.is_none() && form.scope.as_deref() == Some("workflow");
-    let engine = e.clone();
-    let claims = c.clone();
-    match web::block(move || engine.unsubscribe(&claims, only_workflow)).await {
-        Ok(Ok(())) => {
-            e.metrics.mail_feedback.with_label_values(&["unsubscribed"]).inc();
-            let what = if only_workflow {
-                format!("emails from <b>{}</b>", escape(&c.workflow))
+/// Refuses everything once shutdown has begun (503, connection closed), and any request whose
+/// credential does not grant what its path needs (401, nothing done).
+async fn guard(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let engine = req.app_data::<Data>().expect("engine data").clone();
+    if engine.readiness.is_stopping() {
+        let resp = HttpResponse::ServiceUnavailable()
+            .force_close()
+            .insert_header(("Retry-After", "1"))
+            .body("shutting down");
+        return Ok(req.into_response(resp));
+    }
+    if let Some(access) = access_for(req.path()) {
+        let auth = req
+            .headers()
+            .get(actix_web::http::header::AUTHORIZATION)
+            .map(|h| h.as_bytes());
+        if !engine.keys.allows(access, auth) {
+            engine
+                .metrics
+                .http_unauthorized
+                .with_label_values(&[access.as_str()])
+                .inc();
+            let mut resp = HttpResponse::Unauthorized();
+            if access == Access::Ingest {
+                resp.insert_header(("WWW-Authenticate", "Basic realm=\"dripline ingest\""));
             } else {
-                "all marketing email".to_owned()
+                resp.insert_header(("WWW-Authenticate", "Bearer realm=\"dripline admin\""));
+            }
+            let what = match access {
+                Access::Ingest => "a write key (HTTP Basic user name, or Bearer)",
+                Access::Admin => "an admin token (Bearer)",
+                Access::Metrics => "an admin or metrics token (Bearer)",
             };
-            page_html(
-                "Unsubscribed",
-                &format!("<h1 id=\"done\">Unsubscribed</h1><p>You will no longer receive {what}.</p>"),
-            )
+            return Ok(req.into_response(resp.json(serde_json::json!({
+                "code": "unauthorized",
+                "message": format!("this endpoint needs {what}"),
+            }))));
         }
-        Ok(Err(err)) => HttpResponse::ServiceUnavailable().body(format!("{err:#}")),
-        Err(err) => HttpResponse::InternalServerError().body(err.to_string()),
     }
+    Ok(next.call(req).await?.map_into_boxed_body())
 }
 
-async fn engagement(e: &Data, c: &Claims, kind: FeedbackKind, label: &str) {
-    let (engine, claims) = (e.clone(), c.clone());
-    match web::block(move || engine.engagement(&claims, kind)).await {
-        Ok(Ok(())) => e.metrics.mail_feedback.with_label_values(&[label]).inc(),
-        Ok(Err(err)) => tracing::warn!("{label} not recorded: {err:#}"),
-        Err(err) => tracing::warn!("{label} not recorded: {err}"),
-    }
+/// The private routes: ingest, metrics, probes and the admin API.
+fn private_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/track", web::post().to(track))
+        .route("/v1/identify", web::post().to(identify))
+        .route("/v1/page", web::post().to(page))
+        .route("/v1/batch", web::post().to(batch))
+        .route("/metrics", web::get().to(metrics))
+        .route("/healthz", web::get().to(healthz))
+        .route("/readyz", web::get().to(readyz))
+        .configure(crate::admin::routes);
 }
 
-/// `GET /o/{token}`: the open pixel.
-async fn open_pixel(e: Data, token: web::Path<String>) -> HttpResponse {
-    let Some(c) = verified(&e, &token, Purpose::Open) else {
-        return not_found();
-    };
-    engagement(&e, &c, FeedbackKind::Opened, "opened").await;
-    HttpResponse::Ok()
-        .content_type("image/gif")
-        .insert_header(("Cache-Control", "no-store"))
-        .body(PIXEL)
-}
-
-/// `GET /c/{token}`: records the click and redirects to the signed destination only.
-async fn click(e: Data, token: web::Path<String>) -> HttpResponse {
-    let Some(c) = verified(&e, &token, Purpose::Click) else {
-        return not_found();
-    };
-    let Some(url) = c.url.clone() else {
-        return not_found();
-    };
-    engagement(&e, &c, FeedbackKind::Clicked, "clicked").await;
-    HttpResponse::Found().insert_header(("Location", url)).finish()
-}
-
-/// Serves until SIGINT/SIGTERM (actix-web stops accepting, finishes in-flight requests).
-pub async fn serve(engine: Arc<Engine>, listen: &str) -> std::io::Result<()> {
-    let data = web::Data::new(engine);
-    HttpServer::new(move || {
+/// Serves both listeners until SIGTERM or SIGINT, then stops intake at once (see the module
+/// doc) and returns when the listeners have stopped.
+pub async fn serve(engine: Arc<Engine>) -> std::io::Result<()> {
+    let http = engine.settings.http.clone();
+    let data = web::Data::new(engine.clone());
+    let same = http.listen == http.public_listen;
+    let d = data.clone();
+    let private = HttpServer::new(move || {
         App::new()
-            .app_data(data.clone())
-            .app_data(web::PayloadConfig::new(8 * 1024 * 1024))
-            .route("/v1/track", web::post().to(track))
-            .route("/v1/identify", web::post().to(identify))
-            .route("/v1/page", web::post().to(page))
-            .route("/v1/batch", web::post().to(batch))
-            .route("/metrics", web::get().to(metrics))
-            .route("/healthz", web::get().to(healthz))
-            .route("/readyz", web::get().to(readyz))
-            .route("/u/{token}", web::get().to(preferences))
-            .route("/u/{token}", web::post().to(unsubscribe))
-            .route("/o/{token}", web::get().to(open_pixel))
-            .route("/c/{token}", web::get().to(click))
+            .app_data(d.clone())
+            .app_data(web::PayloadConfig::new(MAX_BODY))
+            .app_data(web::JsonConfig::default().limit(MAX_BODY))
+            .wrap(from_fn(guard))
+            .configure(private_routes)
+            .configure(|c| {
+                if same {
+                    super::recipient::routes(c)
+                }
+            })
     })
     .workers(2)
-    .shutdown_timeout(10)
-    .bind(listen)?
-    .run()
-    .await
+    .disable_signals()
+    .shutdown_timeout(2)
+    .bind(&http.listen)?
+    .run();
+    let public = if same {
+        None
+    } else {
+        let d = data.clone();
+        Some(
+            HttpServer::new(move || {
+                App::new()
+                    .app_data(d.clone())
+                    .app_data(web::PayloadConfig::new(64 * 1024))
+                    .wrap(from_fn(guard))
+                    .configure(super::recipient::routes)
+            })
+            .workers(1)
+            .disable_signals()
+            .shutdown_timeout(2)
+            .bind(&http.public_listen)?
+            .run(),
+        )
+    };
+    let handles: Vec<_> = std::iter::once(private.handle())
+        .chain(public.as_ref().map(|p| p.handle()))
+        .collect();
+    let readiness_engine = engine.clone();
+    actix_web::rt::spawn(async move {
+        use actix_web::rt::signal::unix::{SignalKind, signal};
+        let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!("cannot listen for signals: {e}");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("signal received: intake stops");
+        readiness_engine.readiness.set_stopping();
+        for h in handles {
+            h.stop(true).await;
+        }
+    });
+    let public = async move {
+        match public {
+            Some(p) => p.await,
+            None => Ok(()),
+        }
+    };
+    let (a, b) = tokio::join!(private, public);
+    a.and(b)
 }

@@ -2,7 +2,7 @@
 //! embedded log when the engine is stopped, or through a running engine's `/v1/batch` when it
 //! holds the store. Malformed lines go to the dead letters with their line number and reason.
 
-use crate::runtime::{Engine, IngestReport};
+use crate::runtime::{Engine, IngestReport, Origin};
 use serde_json::value::RawValue;
 use std::io::BufRead;
 use std::path::Path;
@@ -17,14 +17,22 @@ pub struct FileReport {
 /// Into the embedded log of an engine this process opened.
 pub fn ingest_file(engine: &Engine, path: &Path, chunk: usize) -> anyhow::Result<FileReport> {
     ingest_lines(path, chunk, |lines| {
-        engine.ingest_raw(lines, None, chrono::Utc::now().timestamp_millis())
+        engine.ingest_raw(lines, None, chrono::Utc::now().timestamp_millis(), Origin::Client)
     })
 }
 
 /// Through a running engine's HTTP ingest (`base` as in `http://127.0.0.1:8080`): each chunk is
 /// one `/v1/batch` request, acknowledged once durable. A line that is not JSON travels as a
 /// JSON string, so the engine dead-letters it with its reason like any invalid event.
-pub fn ingest_file_http(base: &str, path: &Path, chunk: usize) -> anyhow::Result<FileReport> {
+/// `write_key`: sent as HTTP Basic user name, as the Segment SDKs do.
+pub fn ingest_file_http(base: &str, write_key: Option<&str>, path: &Path, chunk: usize) -> anyhow::Result<FileReport> {
+    use base64::Engine as _;
+    let authorization = write_key.map(|k| {
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{k}:"))
+        )
+    });
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(std::time::Duration::from_secs(60)))
@@ -45,11 +53,11 @@ pub fn ingest_file_http(base: &str, path: &Path, chunk: usize) -> anyhow::Result
             }
         }
         body.extend_from_slice(b"]}");
-        let mut response = agent
-            .post(&url)
-            .header("content-type", "application/json")
-            .send(&body[..])
-            .map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+        let mut request = agent.post(&url).header("content-type", "application/json");
+        if let Some(a) = &authorization {
+            request = request.header("authorization", a);
+        }
+        let mut response = request.send(&body[..]).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
         let status = response.status();
         let text = response.body_mut().read_to_string()?;
         match status.as_u16() {

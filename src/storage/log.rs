@@ -41,8 +41,14 @@ pub fn partition_of(contact: &str, partitions: u16) -> u16 {
     partition_of_bytes(contact.as_bytes(), partitions)
 }
 
-/// [`partition_of`] for an id's bytes.
+/// [`partition_of`] for an id's bytes. A control record's id names its partition
+/// ([`crate::event::control_partition`]).
 pub fn partition_of_bytes(contact: &[u8], partitions: u16) -> u16 {
+    if contact.first() == Some(&1)
+        && let Some(p) = crate::event::control_partition(contact)
+    {
+        return p % partitions;
+    }
     (xxhash_rust::xxh3::xxh3_64(contact) % partitions as u64) as u16
 }
 
@@ -599,6 +605,78 @@ fn rebuild_window(s: &Store, next: &[u64], cap: usize) -> Result<Window> {
         })?;
     }
     Ok(w)
+}
+
+/// The name of the control record an erased contact's records are replaced with: the
+/// partition handles it as nothing (the stamp stays, so the partition's clock and its timers
+/// come out the same in a replay).
+pub const ERASED_EVENT: &str = "dripline.erased";
+
+/// Replaces every record of `contact` in `partition` up to `up_to` (inclusive) with an
+/// [`ERASED_EVENT`] control record of the same stamp, in place: offsets, positions and the
+/// partition's clock are unchanged, and a replay of the log never sees the contact again.
+/// Returns how many records were replaced. New appends never rewrite a chunk, so this runs
+/// beside them.
+pub fn scrub(s: &Store, partition: u16, contact: &str, up_to: u64) -> Result<usize> {
+    let (db, cf) = s.log_db()?;
+    let mut it = db.raw_iterator_cf(cf);
+    it.seek(key(partition, 0));
+    let mut batch = WriteBatch::default();
+    let mut replaced = 0;
+    while let (Some(k), Some(v)) = (it.key(), it.value()) {
+        let Some((p, first)) = partition_and_offset(k) else {
+            break;
+        };
+        if p != partition || first > up_to {
+            break;
+        }
+        let recs = records(first, v);
+        let hits: Vec<bool> = recs
+            .iter()
+            .map(|(offset, r)| {
+                *offset <= up_to
+                    && r.as_ref()
+                        .ok()
+                        .and_then(|b| b.get(9..))
+                        .and_then(|b| postcard::take_from_bytes::<(EventKind, &str)>(b).ok())
+                        .is_some_and(|((_, user), _)| user == contact)
+            })
+            .collect();
+        if hits.contains(&true) {
+            let mut buf = vec![CHUNK_FORMAT];
+            buf.extend_from_slice(&(recs.len() as u32).to_be_bytes());
+            for ((offset, r), hit) in recs.iter().zip(&hits) {
+                let at = buf.len();
+                buf.extend_from_slice(&[0; 4]);
+                match r {
+                    Ok(b) if *hit => {
+                        let received = i64::from_be_bytes(b[1..9].try_into().expect("8 bytes"));
+                        let mut erased = Event::track(
+                            &crate::event::control_user(partition),
+                            &format!("erased:{partition}:{offset}"),
+                            ERASED_EVENT,
+                            Default::default(),
+                        );
+                        erased.kind = EventKind::Track;
+                        encode_into(received, &erased, &mut buf);
+                        replaced += 1;
+                    }
+                    Ok(b) => buf.extend_from_slice(b),
+                    // An unreadable record is kept as it is (it is dead-lettered when read).
+                    Err((_, b)) => buf.extend_from_slice(b),
+                }
+                let len = (buf.len() - at - 4) as u32;
+                buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
+            }
+            batch.put_cf(cf, k, &buf);
+        }
+        it.next();
+    }
+    it.status()?;
+    if !batch.is_empty() {
+        s.write_log(batch, true)?;
+    }
+    Ok(replaced)
 }
 
 /// A stored record, or why it cannot be read (it is skipped and dead-lettered, never fatal).

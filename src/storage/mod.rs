@@ -9,10 +9,14 @@
 //! handles the log again to the same state and the same send ids (the sent ledger, which is
 //! fsynced, keeps those from going out twice).
 
+pub mod dead_letters;
 pub mod digest;
+pub mod erasures;
 pub mod log;
+pub mod suppressed_addresses;
 pub mod tables;
 pub mod timers;
+pub mod workflow_states;
 
 use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 use std::path::Path;
@@ -20,7 +24,7 @@ use std::path::Path;
 pub const CF_LOG: &str = "log";
 /// Contact states, keyed by the contact's partition and then its id ([`tables::get_contact`]).
 pub const CF_CONTACTS: &str = "contacts_by_partition";
-/// Contact states keyed by id alone, as stores were written before session 16: moved into
+/// Contact states keyed by id alone, as earlier versions wrote stores: moved into
 /// [`CF_CONTACTS`] at the first open, read in place by a read-only open until then.
 pub const CF_CONTACTS_BY_ID: &str = "contacts";
 pub const CF_TIMERS: &str = "timers";
@@ -31,9 +35,12 @@ pub const CF_COUNTERS: &str = "counters";
 pub const CF_WORKFLOWS: &str = "workflows";
 pub const CF_DEAD: &str = "dead_letters";
 pub const CF_SUPPRESSIONS: &str = "suppressions";
+pub const CF_SUPPRESSED_ADDRESSES: &str = "suppressed_addresses";
+pub const CF_WORKFLOW_STATES: &str = "workflow_states";
+pub const CF_ERASURES: &str = "erasures";
 
 /// The state tables. The log's column family lives in its own database, [`LOG_DIR`].
-const ALL: [&str; 9] = [
+const ALL: [&str; 12] = [
     CF_CONTACTS,
     CF_TIMERS,
     CF_OUTBOX,
@@ -43,6 +50,9 @@ const ALL: [&str; 9] = [
     CF_WORKFLOWS,
     CF_DEAD,
     CF_SUPPRESSIONS,
+    CF_SUPPRESSED_ADDRESSES,
+    CF_WORKFLOW_STATES,
+    CF_ERASURES,
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -166,9 +176,15 @@ fn options(existing: &Existing) -> (Options, Vec<ColumnFamilyDescriptor>, Option
         o.set_memtable_whole_key_filtering(true);
         o
     };
+    let mut opts = opts;
+    // Every change to the set of files starts a new MANIFEST holding only the live files: the
+    // old one can name a deleted key (an erased contact's) as a file boundary, and it is
+    // deleted once replaced. A MANIFEST is a few KiB here, written once per flush or
+    // compaction.
+    opts.set_max_manifest_file_size(1);
     let cfs = ALL.iter().map(|n| match *n {
         // Contacts too, in a skiplist memtable like every table. A hashed memtable (by whole
-        // key, sessions 5 to 8) made each insert touch one bucket, but its flush had to sort
+        // key, in earlier versions) made each insert touch one bucket, but its flush had to sort
         // every key into a new skiplist on the flush thread: 11 % of the pipelined engine's
         // CPU. Inserting in order as it goes costs the processing thread less than that.
         CF_CONTACTS | CF_SENT | CF_COUNTERS | CF_SUPPRESSIONS => ColumnFamilyDescriptor::new(*n, point()),
@@ -318,6 +334,34 @@ impl Store {
     pub fn write_log(&self, batch: WriteBatch, sync: bool) -> Result<()> {
         let (db, _) = self.log_db()?;
         Ok(db.write_opt(batch, &self.write_options(sync))?)
+    }
+
+    /// Flushes every table of both databases and rewrites all their files (bottommost level
+    /// too): afterwards no value that was overwritten or deleted is left in a file, and the
+    /// write-ahead logs that held them are obsolete and deleted. What erasures rely on.
+    pub fn compact_everything(&self) -> Result<()> {
+        let mut opts = rocksdb::CompactOptions::default();
+        opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        opts.set_exclusive_manual_compaction(false);
+        let mut main: Vec<&ColumnFamily> = ALL.iter().map(|n| self.cf(n)).collect();
+        if let Some(old) = self.db.cf_handle(CF_CONTACTS_BY_ID) {
+            main.push(old);
+        }
+        self.db.flush_cfs_opt(&main, &rocksdb::FlushOptions::default())?;
+        for cf in &main {
+            self.db.compact_range_cf_opt(*cf, None::<&[u8]>, None::<&[u8]>, &opts);
+        }
+        let (log, log_cf) = self.log_db()?;
+        log.flush_cf(log_cf)?;
+        log.compact_range_cf_opt(log_cf, None::<&[u8]>, None::<&[u8]>, &opts);
+        // One more change to the set of files, after the compaction: it starts a new MANIFEST
+        // (see `options`) that names only the files left, so no old boundary key survives.
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        self.db.put_cf(self.cf(CF_ERASURES), b"m", at.to_be_bytes())?;
+        self.db.flush_cf(self.cf(CF_ERASURES))?;
+        Ok(())
     }
 
     pub fn start_bulk(&self) {
@@ -519,7 +563,7 @@ mod tests {
     }
 
     /// A store of the earlier layout (contacts keyed by id alone, in a table written with the
-    /// hashed memtable of sessions 5 to 8: whole-key prefix extractor, flushed tables and a WAL)
+    /// hashed memtable of earlier versions: whole-key prefix extractor, flushed tables and a WAL)
     /// reads every contact read-only as it is; the first open moves them, keyed by partition,
     /// into the new table and drops the old one; both read the same contacts, in the same
     /// order, and no contact the store never held. A move cut short runs again.

@@ -3,8 +3,8 @@
 
 use super::log::partition_of_bytes;
 use super::{
-    CF_CONTACTS, CF_COUNTERS, CF_DEAD, CF_OUTBOX, CF_POSITIONS, CF_SENT, CF_SUPPRESSIONS, CF_WORKFLOWS, ContactLayout,
-    Result, Store, StoreError,
+    CF_CONTACTS, CF_COUNTERS, CF_OUTBOX, CF_POSITIONS, CF_SENT, CF_SUPPRESSIONS, CF_WORKFLOWS, ContactLayout, Result,
+    Store, StoreError,
 };
 use crate::machine::{ContactState, Metric, SendId};
 use crate::time::Ts;
@@ -417,6 +417,10 @@ pub fn get_suppression(s: &Store, contact: &str) -> Result<Option<Suppression>> 
     }
 }
 
+pub fn delete_suppression(s: &Store, b: &mut WriteBatch, contact: &str) {
+    b.delete_cf(s.cf(CF_SUPPRESSIONS), contact.as_bytes());
+}
+
 pub fn put_suppression(s: &Store, b: &mut WriteBatch, contact: &str, sup: &Suppression) {
     b.put_cf(
         s.cf(CF_SUPPRESSIONS),
@@ -583,33 +587,6 @@ pub fn put_workflow_versions(s: &Store, versions: &[StoredVersion]) -> Result<()
     s.write(b, true)
 }
 
-// ---- dead letters: time-ordered malformed inputs with their reason --------------------------
-
-/// Keys are (time, sequence). The sequence is process-wide and seeded from the clock, so keys
-/// never collide across partitions, the mailer, or a restart within the same millisecond.
-pub fn put_dead_letter(s: &Store, b: &mut WriteBatch, at: Ts, reason: &str, payload: &[u8]) {
-    static SEQ: std::sync::LazyLock<std::sync::atomic::AtomicU64> = std::sync::LazyLock::new(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        std::sync::atomic::AtomicU64::new(nanos as u64)
-    });
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let mut key = at.to_be_bytes().to_vec();
-    key.extend_from_slice(&seq.to_be_bytes());
-    let v = serde_json::json!({"at": crate::time::format_rfc3339(at), "reason": reason, "payload": String::from_utf8_lossy(payload)});
-    b.put_cf(s.cf(CF_DEAD), key, v.to_string());
-}
-
-pub fn dead_letters(s: &Store) -> Result<Vec<serde_json::Value>> {
-    s.db.iterator_cf(s.cf(CF_DEAD), rocksdb::IteratorMode::Start)
-        .map(|r| {
-            let (_, v) = r?;
-            serde_json::from_slice(&v).map_err(|e| corrupt(CF_DEAD, &e.to_string()))
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -725,22 +702,5 @@ mod tests {
         assert_eq!(raw, [16], "not rewritten by the open");
         assert_eq!(upgrade_outbox_keys(&s).unwrap(), 1);
         assert_eq!(outbox_keys(&s).unwrap(), [OutboxKey { at: 42, id: SendId(7) }]);
-    }
-
-    #[test]
-    fn dead_letters_written_in_the_same_millisecond_by_separate_writers_all_survive() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(dir.path()).unwrap();
-        for reason in ["partition 0", "partition 1", "mailer"] {
-            let mut b = WriteBatch::default();
-            put_dead_letter(&s, &mut b, 1_000, reason, b"x");
-            s.write(b, false).unwrap();
-        }
-        let reasons: Vec<_> = dead_letters(&s)
-            .unwrap()
-            .iter()
-            .map(|d| d["reason"].as_str().unwrap().to_owned())
-            .collect();
-        assert_eq!(reasons, ["partition 0", "partition 1", "mailer"]);
     }
 }

@@ -314,6 +314,14 @@ impl Registry {
         self.versions.get(id).and_then(|v| v.get(&version))
     }
 
+    /// The versions of workflow `id` this registry holds.
+    pub fn versions_of(&self, id: &str) -> Vec<u32> {
+        self.versions
+            .get(id)
+            .map(|v| v.keys().copied().collect())
+            .unwrap_or_default()
+    }
+
     pub fn latest_of(&self, id: &str) -> Option<&Arc<Workflow>> {
         self.latest.iter().find(|w| &*w.id == id)
     }

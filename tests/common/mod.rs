@@ -50,18 +50,63 @@ pub fn entry(to: &str, subject: &str, kind: MailKind, html: &str) -> OutboxEntry
     OutboxEntry::composed("c1", to, kind, rendered, 1_700_000_000_000)
 }
 
-/// A minimal HTTP/1.1 client for the engine's endpoints: status and body.
+/// The write key the test engines are started with ([`engine_env`]).
+pub const WRITE_KEY: &str = "test-write-key-0123456789";
+/// The admin token the test engines are started with.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// The environment of a test `dripline run`: its keys, and its public listener on a free port
+/// (returned) with the links pointing there.
+pub fn engine_env(cmd: &mut std::process::Command) -> u16 {
+    let public = free_port();
+    cmd.env("DRIPLINE__HTTP__WRITE_KEYS", WRITE_KEY)
+        .env("DRIPLINE__ADMIN__TOKENS", ADMIN_TOKEN)
+        .env("DRIPLINE__HTTP__PUBLIC_LISTEN", format!("127.0.0.1:{public}"))
+        .env("DRIPLINE__MAIL__PUBLIC_URL", format!("http://127.0.0.1:{public}"));
+    public
+}
+
+/// The credential a test sends to `path`: the write key for ingest, the admin token for the
+/// admin API and metrics.
+pub fn credential_for(path: &str) -> Option<String> {
+    if path.starts_with("/v1/") {
+        Some(format!("Bearer {WRITE_KEY}"))
+    } else if path.starts_with("/admin/") || path == "/metrics" {
+        Some(format!("Bearer {ADMIN_TOKEN}"))
+    } else {
+        None
+    }
+}
+
+/// A minimal HTTP/1.1 client for the engine's endpoints: status and body, sending the test
+/// credential the path needs.
 pub fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    http_as(port, method, path, body, credential_for(path).as_deref())
+}
+
+/// [`http`] with this `Authorization` header value (or none).
+pub fn http_as(
+    port: u16,
+    method: &str,
+    path: &str,
+    body: &str,
+    authorization: Option<&str>,
+) -> std::io::Result<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let auth = authorization
+        .map(|a| format!("Authorization: {a}\r\n"))
+        .unwrap_or_default();
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{auth}Connection: close\r\n\r\n{body}",
         body.len()
     )?;
-    let mut out = String::new();
-    s.read_to_string(&mut out)?;
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes)?;
+    // Bodies may be binary (the open pixel): read as text where they are.
+    let out = String::from_utf8_lossy(&bytes).into_owned();
     let status = out.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = out.split_once("\r\n\r\n").map(|x| x.1.to_string()).unwrap_or_default();
     Ok((status, body))

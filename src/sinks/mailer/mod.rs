@@ -437,7 +437,7 @@ impl Mailer {
     /// `partition`'s batch.
     fn dead_letter(&self, round: &mut Round, partition: u16, key: OutboxKey, reason: &str, payload: &[u8], now: Ts) {
         let batch = round.batch(partition);
-        tables::put_dead_letter(&self.store, batch, now, reason, payload);
+        crate::storage::dead_letters::put(&self.store, batch, now, "mailer", reason, payload);
         tables::delete_outbox(&self.store, batch, key);
         round.handled += 1;
     }
@@ -449,6 +449,9 @@ impl Mailer {
             return Ok(false);
         }
         if tables::get_suppression(&self.store, &e.contact)?.is_some_and(|s| s.blocks(e.kind, &e.workflow)) {
+            return Ok(true);
+        }
+        if crate::storage::suppressed_addresses::get(&self.store, &e.to)?.is_some() {
             return Ok(true);
         }
         Ok(tables::get_contact(&self.store, &e.contact)?.is_some_and(|st| {

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# What only the tests need, on top of scripts/setup.sh (sourced after it by scripts/test.sh).
+set -euo pipefail
+# prometheus: the tests scrape the engine with a real Prometheus server (and promtool checks the
+# shipped rules); chromium and its driver: pages are tested in a real browser; openssl: a DKIM
+# test key.
+apt_need prometheus openssl chromium chromium-driver
+# A real SMTP server for the tests (aiosmtpd), a real DKIM verifier (dkimpy), the browser
+# driver's client (selenium, pointed at Debian's chromedriver: nothing is downloaded), the
+# official Segment SDK and the reference OpenAPI validator.
+for mod in aiosmtpd:aiosmtpd dkim:dkimpy selenium:selenium segment.analytics:segment-analytics-python \
+  openapi_spec_validator:openapi-spec-validator; do
+  if ! python3 -c "import ${mod%%:*}" 2>/dev/null; then
+    echo "setup: installing ${mod#*:} (pip)" >&2
+    python3 -m pip install --quiet --disable-pip-version-check "${mod#*:}" 2>/dev/null \
+      || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages "${mod#*:}"
+  fi
+done
