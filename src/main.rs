@@ -13,6 +13,9 @@ struct Cli {
     /// Configuration file layered over config/default.toml (then DRIPLINE__* variables).
     #[arg(long, global = true)]
     config: Option<PathBuf>,
+    /// The data directory (overrides `engine.data_dir`).
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +69,16 @@ enum Command {
         #[arg(long)]
         until: Option<String>,
     },
+    /// List, pause and resume workflows (through the running engine if one holds the store).
+    Workflows {
+        #[command(subcommand)]
+        action: WorkflowsCmd,
+    },
+    /// List, retry and purge dead letters (through the running engine if one holds the store).
+    DeadLetters {
+        #[command(subcommand)]
+        action: DeadLettersCmd,
+    },
     /// Inspect a store.
     State {
         #[command(subcommand)]
@@ -84,19 +97,69 @@ enum Command {
 enum StateCmd {
     /// A stable digest of all contact state and pending timers, overall and per partition
     /// (works while the engine runs).
-    Digest {
-        /// Defaults to `engine.data_dir`.
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
+    Digest,
 }
 
 #[derive(Subcommand)]
 enum ContactCmd {
-    Show { id: String },
+    /// The contact's state as JSON (read-only: works while the engine runs).
+    Show {
+        id: String,
+        /// JSON (the only format; accepted for symmetry with the other commands).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything held about the contact, as JSON (GDPR access).
+    Export { id: String },
+    /// Erases the contact (GDPR): state, history, waiting mail, its log records; then compacts.
+    Erase { id: String },
+}
+
+#[derive(Subcommand)]
+enum WorkflowsCmd {
+    /// Every workflow: state, versions, contacts inside.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// No new entrants from now on (contacts inside go on).
+    Pause { id: String },
+    /// Take new entrants again.
+    Resume { id: String },
+}
+
+#[derive(Subcommand)]
+enum DeadLettersCmd {
+    /// Oldest first.
+    List {
+        /// Start after this key.
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Ingest a dead letter's payload again (or the corrected event in --event FILE).
+    Retry {
+        key: String,
+        #[arg(long)]
+        event: Option<PathBuf>,
+    },
+    /// Delete dead letters by key.
+    Purge {
+        #[arg(required = true)]
+        keys: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` and closed: end quietly, as other command-line tools do, rather
+    // than panic in `println!`.
+    // SAFETY: restores the default disposition of one signal before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
@@ -111,7 +174,10 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(cli.config.as_deref())?;
+    let mut settings = Settings::load(cli.config.as_deref())?;
+    if let Some(dir) = cli.data_dir {
+        settings.engine.data_dir = dir;
+    }
     match cli.command {
         Command::Validate { dir } => {
             let dir = dir.unwrap_or_else(|| settings.workflows.dir.clone());
@@ -229,7 +295,118 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Contact {
-            action: ContactCmd::Show { id },
+            action: ContactCmd::Export { id },
+        } => {
+            let admin = dripline::admin::client::Admin::connect(&settings)?;
+            match admin.contact(&id, true)? {
+                Some(v) => {
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => {
+                    eprintln!("no contact `{id}`");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Command::Contact {
+            action: ContactCmd::Erase { id },
+        } => {
+            let admin = dripline::admin::client::Admin::connect(&settings)?;
+            if admin.erase(&id)? {
+                println!("erased `{id}` {}", admin.via());
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("no contact `{id}`");
+                Ok(ExitCode::FAILURE)
+            }
+        }
+        Command::Workflows { action } => {
+            let admin = dripline::admin::client::Admin::connect(&settings)?;
+            match action {
+                WorkflowsCmd::List { json } => {
+                    let list = admin.workflows()?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&list)?);
+                    } else {
+                        println!(
+                            "{:<24} {:<8} {:>8} {:>8} {:>8}  name",
+                            "workflow", "state", "inside", "sent", "versions"
+                        );
+                        for w in list.as_array().into_iter().flatten() {
+                            let versions = w["versions"].as_array().map_or(0, Vec::len);
+                            let sum = |k: &str| -> i64 {
+                                w["versions"]
+                                    .as_array()
+                                    .into_iter()
+                                    .flatten()
+                                    .filter_map(|v| v[k].as_i64())
+                                    .sum()
+                            };
+                            println!(
+                                "{:<24} {:<8} {:>8} {:>8} {:>8}  {}",
+                                w["id"].as_str().unwrap_or_default(),
+                                w["state"].as_str().unwrap_or_default(),
+                                sum("contacts_inside"),
+                                sum("sent"),
+                                versions,
+                                w["name"].as_str().unwrap_or_default()
+                            );
+                        }
+                    }
+                }
+                WorkflowsCmd::Pause { id } => {
+                    admin.set_paused(&id, true)?;
+                    println!("paused `{id}` {}: no new entrants; contacts inside go on", admin.via());
+                }
+                WorkflowsCmd::Resume { id } => {
+                    admin.set_paused(&id, false)?;
+                    println!("resumed `{id}` {}", admin.via());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DeadLetters { action } => {
+            let admin = dripline::admin::client::Admin::connect(&settings)?;
+            match action {
+                DeadLettersCmd::List { after, limit, json } => {
+                    let page = admin.dead_letters(after.as_deref(), limit)?;
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&page)?);
+                    } else {
+                        for d in page["items"].as_array().into_iter().flatten() {
+                            println!(
+                                "{}  {}  {:<7} {}",
+                                d["key"].as_str().unwrap_or_default(),
+                                d["at"].as_str().unwrap_or_default(),
+                                d["source"].as_str().unwrap_or_default(),
+                                d["reason"].as_str().unwrap_or_default()
+                            );
+                        }
+                        if let Some(next) = page["next"].as_str() {
+                            println!("more: --after {next}");
+                        }
+                    }
+                }
+                DeadLettersCmd::Retry { key, event } => {
+                    let corrected = match event {
+                        Some(f) => Some(serde_json::from_slice(
+                            &std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
+                        )?),
+                        None => None,
+                    };
+                    let report = admin.retry(&key, corrected)?;
+                    println!("retried {key} {}: {report}", admin.via());
+                }
+                DeadLettersCmd::Purge { keys } => {
+                    let n = admin.purge(&keys)?;
+                    println!("{n} of {} dead letters deleted {}", keys.len(), admin.via());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Contact {
+            action: ContactCmd::Show { id, json: _ },
         } => {
             let store = dripline::storage::Store::open_read_only(&settings.engine.data_dir)
                 .with_context(|| format!("opening {}", settings.engine.data_dir.display()))?;
@@ -287,9 +464,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::State {
-            action: StateCmd::Digest { data_dir },
+            action: StateCmd::Digest,
         } => {
-            let dir = data_dir.unwrap_or_else(|| settings.engine.data_dir.clone());
+            let dir = settings.engine.data_dir.clone();
             let store =
                 dripline::storage::Store::open_read_only(&dir).with_context(|| format!("opening {}", dir.display()))?;
             let d = dripline::storage::digest::digest(&store, settings.engine.partitions)?;

@@ -656,3 +656,75 @@ fn a_changelog_with_outbox_keys_of_the_earlier_layout_restores_and_sends() {
     assert!(eml.contains("Subject: Restored"), "{eml}");
     i.stop();
 }
+
+/// GDPR erasure on Kafka: the instance that owns the contact erases it (no byte of its id or
+/// address left in its data directory); another instance restoring the partitions from the
+/// changelog gets the tombstones and holds nothing of it either; a replay of the events topic
+/// meets the erase record and erases the contact again.
+#[test]
+fn an_erased_contact_is_gone_from_every_instance_and_from_a_replay_of_the_topic() {
+    const ID: &str = "kafka-erase-4711";
+    const EMAIL: &str = "kafka.erase@example.org";
+    let broker = Broker::start();
+    broker.topic("events", PARTITIONS);
+    broker.group_topics("erase");
+    let tmp = tempfile::tempdir().unwrap();
+    let a = start(&broker, "erase", &tmp.path().join("a"));
+    let batch = serde_json::json!({"batch": [
+        {"type": "identify", "userId": ID, "messageId": "i-1", "traits": {"email": EMAIL}},
+        {"type": "track", "userId": ID, "messageId": "n-1", "event": "Newsletter Subscribed"},
+        {"type": "identify", "userId": "bob", "messageId": "i-2", "traits": {"email": "bob@example.org"}},
+    ]});
+    assert_eq!(http(a.port, "POST", "/v1/batch", &batch.to_string()).unwrap().0, 200);
+    settle(&broker, "erase", &[&a]);
+    assert_eq!(
+        http(a.port, "GET", &format!("/admin/v1/contacts/{ID}"), "").unwrap().0,
+        200
+    );
+    let (status, answer) = http(a.port, "DELETE", &format!("/admin/v1/contacts/{ID}"), "").unwrap();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        http(a.port, "GET", &format!("/admin/v1/contacts/{ID}"), "").unwrap().0,
+        404
+    );
+    settle(&broker, "erase", &[&a]);
+    a.stop();
+    let left = common::files_containing(&tmp.path().join("a/data"), &[ID, EMAIL]);
+    assert!(left.is_empty(), "left on the instance that erased: {left:?}");
+
+    let b = start(&broker, "erase", &tmp.path().join("b"));
+    settle(&broker, "erase", &[&b]);
+    assert_eq!(
+        http(b.port, "GET", &format!("/admin/v1/contacts/{ID}"), "").unwrap().0,
+        404
+    );
+    assert_eq!(http(b.port, "GET", "/admin/v1/contacts/bob", "").unwrap().0, 200);
+    // The restore wrote the contact's records before their tombstones: a compaction follows.
+    wait_for(Duration::from_secs(30), || {
+        std::fs::read_to_string(tmp.path().join("b/run.log")).is_ok_and(|l| l.contains("store compacted"))
+    });
+    b.stop();
+    let left = common::files_containing(&tmp.path().join("b/data"), &[ID, EMAIL]);
+    assert!(left.is_empty(), "left on the instance that restored: {left:?}");
+
+    let rebuilt = tmp.path().join("rebuilt");
+    let out = Command::new(env!("CARGO_BIN_EXE_dripline"))
+        .args(["replay", "--kafka-topic", &broker.name("events"), "--into"])
+        .arg(&rebuilt)
+        .env(
+            "DRIPLINE__WORKFLOWS__DIR",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"),
+        )
+        .env("DRIPLINE__KAFKA__BROKERS", broker.addr())
+        .env("DRIPLINE__KAFKA__GROUP_ID", "erase")
+        .env("DRIPLINE__KAFKA__CHANGELOG_TOPIC", broker.name("erase.changelog"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let store = dripline::storage::Store::open_read_only(&rebuilt).unwrap();
+    assert!(dripline::storage::tables::get_contact(&store, ID).unwrap().is_none());
+    assert!(dripline::storage::tables::get_contact(&store, "bob").unwrap().is_some());
+    drop(store);
+    let left = common::files_containing(&rebuilt, &[ID, EMAIL]);
+    assert!(left.is_empty(), "left in the rebuilt store: {left:?}");
+}

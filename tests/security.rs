@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{ADMIN_TOKEN, WRITE_KEY, free_port, http, http_as, wait_for};
+use common::{ADMIN_TOKEN, WRITE_KEY, files_containing, free_port, http, http_as, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -861,28 +861,6 @@ fn a_paused_workflow_takes_no_new_entrants_and_a_replay_pauses_at_the_same_point
     assert!(bob.enrollments.is_empty() && bob.history.is_empty());
 }
 
-/// Every file under `dir` that contains one of `needles`, with the needle.
-fn files_containing(dir: &Path, needles: &[&str]) -> Vec<String> {
-    let mut found = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-                continue;
-            }
-            let bytes = std::fs::read(&path).unwrap();
-            for n in needles {
-                if bytes.windows(n.len()).any(|w| w == n.as_bytes()) {
-                    found.push(format!("{}: {n}", path.display()));
-                }
-            }
-        }
-    }
-    found
-}
-
 /// GDPR erasure: after `DELETE /admin/v1/contacts/{id}` and a stop, no byte of the contact's id
 /// or address is left anywhere in the data directory, a replay of the log does not bring the
 /// contact back, and the address, which had unsubscribed, is still not mailed when re-imported.
@@ -986,4 +964,104 @@ fn an_erased_contact_leaves_no_byte_in_the_data_directory_and_stays_unmailed() {
         json(&e)["outbox"].as_array().is_some_and(|o| o.is_empty())
     });
     assert_eq!(mails_to(tmp.path(), EMAIL).len(), before);
+}
+
+/// The operators' commands: through the running engine (with the admin token generated into the
+/// data directory), and on the store when no engine runs.
+#[test]
+fn the_admin_commands_work_through_the_running_engine_and_on_a_stopped_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let mut run = start(tmp.path(), &[("DRIPLINE__ADMIN__TOKENS", "")]);
+    let listen = format!("127.0.0.1:{}", run.port);
+    let cli = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dripline"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&data)
+            .env("DRIPLINE__HTTP__LISTEN", &listen)
+            .env("DRIPLINE__WORKFLOWS__DIR", tmp.path().join("workflows"))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    assert!(data.join("secrets/admin-token").exists());
+    assert_eq!(http(run.port, "POST", "/v1/batch", &newsletter("ann")).unwrap().0, 200);
+    assert_eq!(
+        http(run.port, "POST", "/v1/identify", r#"{"userId":"x"}"#).unwrap().0,
+        400
+    );
+    wait_for(Duration::from_secs(10), || {
+        !mails_to(tmp.path(), "ann@example.org").is_empty()
+    });
+
+    let out = cli(&["workflows", "pause", "welcome_series"]);
+    assert!(out.contains("through the running engine"), "{out}");
+    wait_for(Duration::from_secs(10), || {
+        let list = json(&cli(&["workflows", "list", "--json"]));
+        list.as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["id"] == "welcome_series" && w["state"] == "paused")
+    });
+    let table = cli(&["workflows", "list"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("welcome_series") && l.contains("paused")),
+        "{table}"
+    );
+    let export = json(&cli(&["contact", "export", "ann"]));
+    assert_eq!(export["traits"]["email"], "ann@example.org");
+    assert!(export["outbox"].is_array(), "{export}");
+    let dead = json(&cli(&["dead-letters", "list", "--json"]));
+    let key = dead["items"][0]["key"].as_str().unwrap().to_owned();
+    let fixed = tmp.path().join("fixed.json");
+    std::fs::write(&fixed, r#"{"type":"identify","userId":"x","messageId":"i-x"}"#).unwrap();
+    cli(&["dead-letters", "retry", &key, "--event", fixed.to_str().unwrap()]);
+    assert_eq!(
+        json(&cli(&["dead-letters", "list", "--json"]))["items"],
+        serde_json::json!([])
+    );
+    // A closed pipe ends the command quietly.
+    let piped = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} contact show ann --data-dir {} | head -c 1",
+            env!("CARGO_BIN_EXE_dripline"),
+            data.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&piped.stderr).contains("panicked"));
+    let out = cli(&["contact", "erase", "ann"]);
+    assert!(out.contains("erased `ann`"), "{out}");
+    assert!(run.terminate().0.success());
+
+    // No engine: the same commands on the store.
+    let out = cli(&["workflows", "resume", "welcome_series"]);
+    assert!(out.contains("on the store"), "{out}");
+    let list = json(&cli(&["workflows", "list", "--json"]));
+    let welcome = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == "welcome_series")
+        .unwrap();
+    assert_eq!(welcome["state"], "active", "{welcome}");
+    let out = Command::new(env!("CARGO_BIN_EXE_dripline"))
+        .args(["contact", "export", "ann", "--data-dir"])
+        .arg(&data)
+        .env("DRIPLINE__WORKFLOWS__DIR", tmp.path().join("workflows"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "erased: no contact");
+    let left = files_containing(&data, &["ann@example.org"]);
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -14,6 +14,8 @@ use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
+pub mod client;
+
 /// An error answer: a stable code and a sentence for people.
 #[derive(Serialize, ToSchema)]
 pub struct ApiError {
@@ -295,19 +297,7 @@ async fn export_contact(e: Data, id: web::Path<String>) -> HttpResponse {
         let Some(mut v) = contact_json(&engine, &who)? else {
             return Ok(None);
         };
-        let waiting: Vec<_> = tables::outbox_page(&engine.store, usize::MAX)?
-            .into_iter()
-            .filter(|(_, entry)| entry.contact == who)
-            .map(|(sid, entry)| {
-                serde_json::json!({
-                    "send_id": sid.to_string(),
-                    "workflow": entry.workflow,
-                    "step": entry.step,
-                    "to": entry.to,
-                    "decided_at": crate::time::format_rfc3339(entry.decided_at),
-                })
-            })
-            .collect();
+        let waiting = outbox_of(&engine, &who)?;
         v["outbox"] = waiting.into();
         Ok(Some(v))
     })
@@ -317,6 +307,23 @@ async fn export_contact(e: Data, id: web::Path<String>) -> HttpResponse {
         Ok(None) => not_found(format!("no contact `{id}`")),
         Err(resp) => resp,
     }
+}
+
+/// The mail waiting in the outbox for a contact.
+pub fn outbox_of(engine: &Engine, id: &str) -> anyhow::Result<Vec<serde_json::Value>> {
+    Ok(tables::outbox_page(&engine.store, usize::MAX)?
+        .into_iter()
+        .filter(|(_, entry)| entry.contact == id)
+        .map(|(sid, entry)| {
+            serde_json::json!({
+                "send_id": sid.to_string(),
+                "workflow": entry.workflow,
+                "step": entry.step,
+                "to": entry.to,
+                "decided_at": crate::time::format_rfc3339(entry.decided_at),
+            })
+        })
+        .collect())
 }
 
 /// The contact's state as JSON, with step ids beside the indices and its suppression.
@@ -422,6 +429,19 @@ pub struct DeadLetterPage {
 
 const EXCERPT: usize = 512;
 
+/// A dead letter as the API shows it.
+fn view(k: DeadKey, d: dead_letters::DeadLetter) -> DeadLetterView {
+    DeadLetterView {
+        key: k.to_string(),
+        excerpt: d.payload[..dead_letters::char_boundary_at_or_below(&d.payload, EXCERPT)].to_owned(),
+        payload_bytes: d.payload.len(),
+        at: d.at,
+        source: d.source,
+        reason: d.reason,
+        truncated: d.truncated,
+    }
+}
+
 /// Dead letters, oldest first, a page at a time.
 #[utoipa::path(get, path = "/admin/v1/dead-letters", tag = "dead letters", params(Page),
     responses((status = 200, body = DeadLetterPage), (status = 400, body = ApiError), (status = 401, body = ApiError)),
@@ -438,18 +458,7 @@ async fn list_dead_letters(e: Data, q: web::Query<Page>) -> HttpResponse {
             let next = (items.len() == limit)
                 .then(|| items.last().map(|(k, _)| k.to_string()))
                 .flatten();
-            let items = items
-                .into_iter()
-                .map(|(k, d)| DeadLetterView {
-                    key: k.to_string(),
-                    excerpt: d.payload[..dead_letters::char_boundary_at_or_below(&d.payload, EXCERPT)].to_owned(),
-                    payload_bytes: d.payload.len(),
-                    at: d.at,
-                    source: d.source,
-                    reason: d.reason,
-                    truncated: d.truncated,
-                })
-                .collect();
+            let items = items.into_iter().map(|(k, d)| view(k, d)).collect();
             HttpResponse::Ok().json(DeadLetterPage { items, next })
         }
         Err(resp) => resp,

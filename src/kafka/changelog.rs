@@ -238,6 +238,9 @@ impl Changelog {
         tpl.add_partition_offset(topic, partition as i32, Offset::Offset(from))?;
         consumer.assign(&tpl)?;
         let (mut applied, mut last) = (0u64, from - 1);
+        // A contact's tombstone: an erasure. Its earlier records were just written here too,
+        // so the store is compacted afterwards (see `storage::erasures`).
+        let mut tombstones = false;
         let mut batch = WriteBatch::default();
         let mut before: HashMap<String, Vec<crate::machine::state::Timer>> = HashMap::new();
         let deadline = Instant::now() + Duration::from_secs(300);
@@ -277,7 +280,10 @@ impl Changelog {
                 }
                 match m.payload() {
                     Some(v) => tables::put_contact_raw(&self.store, &mut batch, &id, v),
-                    None => tables::delete_contact(&self.store, &mut batch, &id),
+                    None => {
+                        tables::delete_contact(&self.store, &mut batch, &id);
+                        tombstones = true;
+                    }
                 }
             } else {
                 let cf = self.store.cf(name);
@@ -291,6 +297,9 @@ impl Changelog {
                 self.apply(partition, &mut batch, last).map_err(store_err)?;
             }
             self.metrics.kafka_restore_records.inc();
+        }
+        if tombstones {
+            crate::storage::erasures::owe_compaction(&self.store, &mut batch);
         }
         self.apply(partition, &mut batch, last).map_err(store_err)?;
         self.rebuild_timers(partition, before).map_err(store_err)?;

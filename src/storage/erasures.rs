@@ -79,6 +79,11 @@ pub fn complete(s: &Store, b: &mut WriteBatch, p: &Pending) {
     b.put_cf(s.cf(CF_ERASURES), COMPACT_KEY, b"");
 }
 
+/// A compaction is owed (a restore wrote records of an erased contact before its tombstone).
+pub fn owe_compaction(s: &Store, b: &mut WriteBatch) {
+    b.put_cf(s.cf(CF_ERASURES), COMPACT_KEY, b"");
+}
+
 pub fn compaction_owed(s: &Store) -> Result<bool> {
     Ok(s.db.get_pinned_cf(s.cf(CF_ERASURES), COMPACT_KEY)?.is_some())
 }
