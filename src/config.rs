@@ -300,10 +300,17 @@ impl MailSettings {
                         .into(),
                 );
             }
-            if secret.len() < MIN_SECRET_BYTES {
+            // A secret from before a rotation may be as short as earlier releases allowed, so
+            // the links of mail already delivered keep working.
+            let min = if key == "mail.secret" {
+                MIN_SECRET_BYTES
+            } else {
+                MIN_PREVIOUS_SECRET_BYTES
+            };
+            if secret.len() < min {
                 return bad(
                     key,
-                    format!("must be at least {MIN_SECRET_BYTES} bytes (e.g. `openssl rand -base64 48`)"),
+                    format!("must be at least {min} bytes (e.g. `openssl rand -base64 48`)"),
                 );
             }
         }
@@ -336,6 +343,9 @@ impl MailSettings {
 
 /// The shortest link secret accepted.
 pub const MIN_SECRET_BYTES: usize = 32;
+
+/// The shortest secret accepted in `mail.previous_secrets`: what earlier releases required.
+pub const MIN_PREVIOUS_SECRET_BYTES: usize = 16;
 
 /// The secret that `config/default.toml` used to ship: refused, since links signed with it can
 /// be forged by anyone.

@@ -273,7 +273,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 // A running engine holds the store: hand the file to it over HTTP instead.
                 Err(e) if e.downcast_ref::<dripline::runtime::StoreInUse>().is_some() => {
                     let base = format!("http://{}", settings.http.listen);
-                    let key = settings.http.write_keys.first().cloned().or_else(|| {
+                    let configured = settings.http.write_keys.iter().find(|k| !k.trim().is_empty());
+                    let key = configured.map(|k| k.trim().to_owned()).or_else(|| {
                         dripline::auth::read_stored(&settings.engine.data_dir, dripline::auth::WRITE_KEY_FILE)
                     });
                     let r = dripline::sources::ndjson::ingest_file_http(&base, key.as_deref(), &file, 1000)

@@ -397,6 +397,33 @@ fn w11_nps_promoters_detractors_and_passives() {
     );
 }
 
+/// A trait sent again in another JSON form is no change: `nps_score` is declared a number, so
+/// 3, 3.0 and "3" are one value and the apology goes once; a real change runs it again.
+#[test]
+fn w11_the_same_score_in_another_json_form_is_no_change() {
+    let mut sim = sim();
+    let t0 = t(T0);
+    person(&mut sim, t0, "bob", json!({}));
+    sim.identify(t0 + HOUR, "bob", json!({"nps_score": 3}));
+    sim.identify(t0 + 2 * HOUR, "bob", json!({"nps_score": 3.0}));
+    sim.identify(t0 + 3 * HOUR, "bob", json!({"nps_score": "3"}));
+    sim.identify(t0 + 4 * HOUR, "bob", json!({"nps_score": " 3 "}));
+    let apologies = |sim: &Sim| {
+        sends(sim, "nps_followup")
+            .into_iter()
+            .filter(|m| m.1 == "bob@example.org")
+            .count()
+    };
+    assert_eq!(apologies(&sim), 1);
+    sim.identify(t0 + 90 * DAY, "bob", json!({"nps_score": 2}));
+    assert_eq!(apologies(&sim), 2, "a new score is a change");
+    // An undeclared trait compares as conditions do: a number and its string are equal.
+    sim.identify(t0 + 91 * DAY, "bob", json!({"plan_level": 2}));
+    sim.identify(t0 + 92 * DAY, "bob", json!({"plan_level": "2"}));
+    let plan = sim.contacts["bob"].traits.get("plan_level").cloned();
+    assert_eq!(plan, Some(dripline::value::Value::Int(2)), "kept as first set");
+}
+
 #[test]
 fn w12_adoption_check_after_14_days_on_counters_and_success_metric() {
     let mut sim = sim();

@@ -148,6 +148,12 @@ impl Admin {
     pub fn erase(&self, id: &str) -> anyhow::Result<bool> {
         match self {
             Admin::Local(e) => {
+                if e.changelog.is_some() {
+                    bail!(
+                        "in Kafka mode a contact is erased by the instance that owns its partition: \
+                         run this while the instances run (it goes through the admin API)"
+                    );
+                }
                 if crate::storage::tables::get_contact(&e.store, id)?.is_none() {
                     return Ok(false);
                 }
@@ -172,6 +178,7 @@ impl Admin {
                     .map(str::parse::<DeadKey>)
                     .transpose()
                     .map_err(anyhow::Error::msg)?;
+                let limit = limit.clamp(1, 1000);
                 let items = dead_letters::page(&e.store, after, limit)?;
                 let next = (items.len() == limit)
                     .then(|| items.last().map(|(k, _)| k.to_string()))

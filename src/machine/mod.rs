@@ -170,9 +170,16 @@ impl Cx<'_> {
     }
 
     /// Whether setting `key` to `value` leaves the traits as they are (a null unsets).
+    /// Whether setting `key` to `value` changes nothing, as the trait's declared type sees it:
+    /// a `number` trait compares numerically (3, 3.0 and "3" are one value); any other trait
+    /// compares as conditions do ([`Value::loose_eq`]). So a value sent again in another JSON
+    /// form is no change, and fires no `trait_changed` trigger.
     fn trait_unchanged(&self, key: &str, value: &Value) -> bool {
         match self.st.traits.get(key) {
-            Some(old) => old == value,
+            Some(old) => match (self.reg.traits.get(key), old.as_f64(), value.as_f64()) {
+                (Some(crate::workflow::TraitType::Number), Some(a), Some(b)) => a == b,
+                _ => old.loose_eq(value),
+            },
             None => value.is_null(),
         }
     }

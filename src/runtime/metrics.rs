@@ -12,6 +12,7 @@ pub struct Metrics {
     pub http_unauthorized: IntCounterVec,
     pub feedback_events: IntCounterVec,
     pub contacts_erased: IntCounter,
+    pub ledger_commit: Histogram,
     pub ready: IntGauge,
     pub partition_failures: IntCounterVec,
     pub inputs_processed: IntCounter,
@@ -90,8 +91,8 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         "dripline_feedback_events_total",
-                        "Delivery, engagement and unsubscribe events appended, by event name (from the mailer, \
-                         tracking links and the admin feedback endpoint)"
+                        "Delivery, engagement and unsubscribe events received for the log (before the messageId \
+                         dedup), by event name: from the mailer, tracking links and the admin feedback endpoint"
                     ),
                     &["event"]
                 )
@@ -99,6 +100,16 @@ impl Metrics {
             ),
             contacts_erased: reg!(
                 IntCounter::new("dripline_contacts_erased_total", "Contacts erased (GDPR) by their partition").unwrap()
+            ),
+            ledger_commit: reg!(
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "dripline_mail_ledger_commit_seconds",
+                        "Group commits of accepted messages to the sent ledger (fsynced)"
+                    )
+                    .buckets(latency_buckets())
+                )
+                .unwrap()
             ),
             ready: reg!(IntGauge::new("dripline_ready", "1 while /readyz answers ready, else 0").unwrap()),
             partition_failures: reg!(

@@ -233,7 +233,14 @@ impl Engine {
     /// changes (so a crash between the two repeats events, dropped as duplicates, and loses
     /// none). Runs on the mailer actor's arbiter when the transport is SMTP.
     pub async fn send_mail(&self, limit: usize) -> anyhow::Result<crate::sinks::mailer::Round> {
-        let mut round = self.mailer.dispatch(limit).await?;
+        let durable = |events: &[serde_json::Value]| -> anyhow::Result<()> {
+            let report = self.ingest_values(events, None, chrono::Utc::now().timestamp_millis())?;
+            if let Some(err) = report.errors.first() {
+                tracing::error!("delivery event refused: {}", err.reason);
+            }
+            Ok(())
+        };
+        let mut round = self.mailer.dispatch(limit, &durable).await?;
         let feedback = std::mem::take(&mut round.feedback);
         if !feedback.is_empty() {
             let report = self.ingest_values(&feedback, None, chrono::Utc::now().timestamp_millis())?;
@@ -485,7 +492,11 @@ impl Engine {
         }
         let n = done.len();
         // Only now, compacted, are they complete (what an erase call waits for).
-        self.erased.lock().expect("erased lock").append(&mut done);
+        let mut erased = self.erased.lock().expect("erased lock");
+        erased.append(&mut done);
+        // Only a waiting erase call takes its entry; keep the list bounded without one.
+        let excess = erased.len().saturating_sub(1024);
+        erased.drain(..excess);
         Ok(n)
     }
 

@@ -166,6 +166,14 @@ impl Contacts {
         Ok(r)
     }
 
+    /// Whether the contact has a state (in memory or in the store).
+    fn exists(&self, store: &Store, contact: &str) -> Result<bool> {
+        Ok(self.cache.contains(contact)
+            || self.spilled.contains_key(contact)
+            || self.unwritten.iter().any(|(_, m)| m.contains_key(contact))
+            || tables::get_contact(store, contact)?.is_some())
+    }
+
     /// Forgets a contact entirely (it was erased): nothing of it is written by the next commit.
     fn remove(&mut self, contact: &str) {
         self.cache.pop(contact);
@@ -364,6 +372,16 @@ impl Partition {
                 n += 1;
                 continue;
             }
+            // News about mail to a contact that has no state (erased since it was sent) would
+            // bring the contact back: it is dropped.
+            if r.event.kind == crate::event::EventKind::Track
+                && crate::event::ENGINE_EVENTS.contains(&r.event.name.as_str())
+                && !self.contacts.exists(&self.store, &r.event.user_id)?
+            {
+                self.position = Some(r.offset);
+                n += 1;
+                continue;
+            }
             // The contact id is borrowed from the input, not copied out of the event.
             let input = Input::Event(r.event);
             let Input::Event(event) = &input else {
@@ -383,6 +401,11 @@ impl Partition {
     /// re-imported. The log and the dead letters are scrubbed by the engine afterwards (an
     /// [`erasures`] entry, committed with the rest).
     fn erase(&mut self, contact: &str, offset: u64, at: Ts) -> Result<()> {
+        // What is staged is written first, so the outbox holds every mail decided for the
+        // contact; then the erasure is one batch of its own (state, waiting mail, the erasure
+        // entry and the position past the erase record), so the mailer never sees half of it
+        // and a restart never handles the record again.
+        self.commit()?;
         let st = self
             .contacts
             .with_slot(&self.store, contact, self.written, |st| st.clone())?;
@@ -402,8 +425,6 @@ impl Partition {
                 suppressed_addresses::put(&self.store, &mut self.batch, a, "erased contact had opted out", at);
             }
         }
-        // The mail decided for it: what is staged is written first, so the outbox holds it all.
-        self.commit()?;
         for (id, entry) in tables::outbox_page(&self.store, usize::MAX)? {
             if entry.contact == contact {
                 tables::delete_outbox(&self.store, &mut self.batch, tables::OutboxKey::of(id, &entry));
@@ -419,6 +440,8 @@ impl Partition {
                 addresses,
             },
         );
+        self.position = Some(offset);
+        self.commit()?;
         self.metrics.contacts_erased.inc();
         Ok(())
     }

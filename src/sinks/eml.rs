@@ -1,5 +1,7 @@
 //! Builds the RFC 5322 message for a send (with lettre) and writes it as an `.eml` file named
-//! by its deterministic send id, so writing the same send twice leaves one file.
+//! by its deterministic send id. A file is never overwritten: should the same send ever be
+//! written twice, the second is `<send id>.2.eml`, so a repeat is as visible as a second copy
+//! at an SMTP server.
 
 use crate::machine::SendId;
 use crate::workflow::{MailKind, Rendered};
@@ -72,12 +74,46 @@ pub fn build(cmd: Mail, from: &Mailbox, domain: &str, date: std::time::SystemTim
     Ok(b.multipart(body)?)
 }
 
-/// Writes `<dir>/<send id>.eml` atomically (temp file, then rename).
+/// Writes `<dir>/<send id>.eml` atomically (a temporary file, then a link that never replaces
+/// a file); a repeat gets `<send id>.2.eml`, `.3.eml`, ….
 pub fn write(dir: &Path, id: SendId, formatted: &[u8]) -> Result<PathBuf, EmlError> {
     std::fs::create_dir_all(dir).map_err(|e| EmlError::Io(dir.into(), e))?;
-    let path = dir.join(format!("{id}.eml"));
     let tmp = dir.join(format!(".{id}.tmp"));
     std::fs::write(&tmp, formatted).map_err(|e| EmlError::Io(tmp.clone(), e))?;
-    std::fs::rename(&tmp, &path).map_err(|e| EmlError::Io(path.clone(), e))?;
+    let mut n = 1;
+    let path = loop {
+        let path = match n {
+            1 => dir.join(format!("{id}.eml")),
+            _ => dir.join(format!("{id}.{n}.eml")),
+        };
+        match std::fs::hard_link(&tmp, &path) {
+            Ok(()) => break path,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => n += 1,
+            Err(e) => return Err(EmlError::Io(path, e)),
+        }
+    };
+    std::fs::remove_file(&tmp).map_err(|e| EmlError::Io(tmp.clone(), e))?;
+    if n > 1 {
+        tracing::warn!("send {id} written again, as {}", path.display());
+    }
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_repeat_is_a_second_file_never_an_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let id = crate::machine::SendId(7);
+        let first = super::write(tmp.path(), id, b"one").unwrap();
+        let second = super::write(tmp.path(), id, b"two").unwrap();
+        assert_ne!(first, second);
+        assert_eq!(std::fs::read(&first).unwrap(), b"one");
+        assert_eq!(std::fs::read(&second).unwrap(), b"two");
+        let names: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "no temporary file left: {names:?}");
+    }
 }

@@ -612,11 +612,12 @@ fn rebuild_window(s: &Store, next: &[u64], cap: usize) -> Result<Window> {
 /// come out the same in a replay).
 pub const ERASED_EVENT: &str = "dripline.erased";
 
-/// Replaces every record of `contact` in `partition` up to `up_to` (inclusive) with an
-/// [`ERASED_EVENT`] control record of the same stamp, in place: offsets, positions and the
-/// partition's clock are unchanged, and a replay of the log never sees the contact again.
-/// Returns how many records were replaced. New appends never rewrite a chunk, so this runs
-/// beside them.
+/// Replaces every record of `contact` in `partition` up to `up_to` (inclusive), and any later
+/// one that is the engine's news about mail sent to it (`Email Delivered`, …: the contact was
+/// not there to take it), with an [`ERASED_EVENT`] control record of the same stamp, in place:
+/// offsets, positions and the partition's clock are unchanged, and a replay of the log never
+/// sees the contact again. Returns how many records were replaced. New appends never rewrite a
+/// chunk, so this runs beside them.
 pub fn scrub(s: &Store, partition: u16, contact: &str, up_to: u64) -> Result<usize> {
     let (db, cf) = s.log_db()?;
     let mut it = db.raw_iterator_cf(cf);
@@ -627,21 +628,23 @@ pub fn scrub(s: &Store, partition: u16, contact: &str, up_to: u64) -> Result<usi
         let Some((p, first)) = partition_and_offset(k) else {
             break;
         };
-        if p != partition || first > up_to {
+        if p != partition {
             break;
         }
         let recs = records(first, v);
-        let hits: Vec<bool> = recs
-            .iter()
-            .map(|(offset, r)| {
-                *offset <= up_to
-                    && r.as_ref()
-                        .ok()
-                        .and_then(|b| b.get(9..))
-                        .and_then(|b| postcard::take_from_bytes::<(EventKind, &str)>(b).ok())
-                        .is_some_and(|((_, user), _)| user == contact)
-            })
-            .collect();
+        let hits: Vec<bool> =
+            recs.iter()
+                .map(|(offset, r)| {
+                    // postcard writes fields in order: kind, user id, message id, timestamp, name.
+                    let head =
+                        r.as_ref().ok().and_then(|b| b.get(9..)).and_then(|b| {
+                            postcard::take_from_bytes::<(EventKind, &str, &str, Option<Ts>, &str)>(b).ok()
+                        });
+                    head.is_some_and(|((_, user, _, _, name), _)| {
+                        user == contact && (*offset <= up_to || crate::event::ENGINE_EVENTS.contains(&name))
+                    })
+                })
+                .collect();
         if hits.contains(&true) {
             let mut buf = vec![CHUNK_FORMAT];
             buf.extend_from_slice(&(recs.len() as u32).to_be_bytes());

@@ -9,8 +9,18 @@
 //! - 5xx: a bounce: out of the outbox, the contact suppressed at once, an `Email Bounced` event;
 //! - no answer (server down): untouched, the pool backs off and tries again later.
 //!
-//! The caller appends the round's events durably before [`Mailer::commit`] writes its batch, so
-//! a crash in between repeats events (dropped as duplicates by their messageId), never loses them.
+//! A message the transport accepted is made durable before another message is handed over:
+//! whenever a delivery slot frees, every answer in by then is settled, their `Email Delivered`
+//! events are appended through the caller's [`Durable`] and their ledger entries and outbox
+//! deletes are written with one fsync (a group commit over the connections). So after a crash at
+//! any moment at most the messages in flight then, `2 × mail.smtp.connections`, can be handed
+//! over again; with SMTP it cannot be zero, since the server may accept a message the instant
+//! before the crash and the ledger cannot be written first (it would then record mail never
+//! sent). A send id already in the ledger is never handed to a transport.
+//!
+//! The other outcomes' changes are written at the end of the round by [`Mailer::commit`], after
+//! the caller appended the round's remaining events, so a crash in between repeats events
+//! (dropped as duplicates by their messageId), never loses them.
 
 pub mod limits;
 pub mod retry;
@@ -42,6 +52,8 @@ pub enum MailerError {
     Store(#[from] StoreError),
     #[error("mail configuration: {0}")]
     Config(String),
+    #[error("delivery events: {0}")]
+    Durable(String),
 }
 
 /// Longest pause after the transport stopped answering.
@@ -89,7 +101,15 @@ pub struct Round {
     pub feedback: Vec<serde_json::Value>,
     pub(crate) batches: BTreeMap<u16, WriteBatch>,
     pub(crate) quota: Option<tables::QuotaCount>,
+    /// Accepted since the last group commit: their ledger entries and outbox deletes, and their
+    /// `Email Delivered` events.
+    pub(crate) accepted: BTreeMap<u16, WriteBatch>,
+    pub(crate) accepted_events: Vec<serde_json::Value>,
 }
+
+/// Appends events durably (the engine's log): what the mailer calls before it writes a group
+/// of ledger entries, so an event is never lost to a crash in between.
+pub type Durable<'a> = &'a (dyn Fn(&[serde_json::Value]) -> anyhow::Result<()> + Sync);
 
 impl Round {
     fn batch(&mut self, partition: u16) -> &mut WriteBatch {
@@ -186,8 +206,30 @@ impl Mailer {
         self.settings.rate.per_second * self.hook.get().map_or(1.0, |h| h.share())
     }
 
+    /// Makes the messages accepted since the last call durable: their events through
+    /// `durable`, then their ledger entries and outbox deletes with one fsync (per partition's
+    /// changelog in Kafka mode).
+    fn group_commit(&self, round: &mut Round, durable: Durable) -> Result<(), MailerError> {
+        if round.accepted.is_empty() {
+            return Ok(());
+        }
+        let events = std::mem::take(&mut round.accepted_events);
+        if !events.is_empty() {
+            durable(&events).map_err(|e| MailerError::Durable(format!("{e:#}")))?;
+        }
+        let started = Instant::now();
+        for (p, mut batch) in std::mem::take(&mut round.accepted) {
+            if let Some(h) = self.hook.get() {
+                h.publish(p, &mut batch)?;
+            }
+            self.store.write(batch, true)?;
+        }
+        self.metrics.ledger_commit.observe(started.elapsed().as_secs_f64());
+        Ok(())
+    }
+
     /// Decides a round of up to `limit` outbox entries: what goes, what waits, what is refused.
-    pub async fn dispatch(&self, limit: usize) -> Result<Round, MailerError> {
+    pub async fn dispatch(&self, limit: usize, durable: Durable<'_>) -> Result<Round, MailerError> {
         let mut round = Round::default();
         let now = wall();
         {
@@ -279,10 +321,21 @@ impl Mailer {
             let started = Instant::now();
             let answer = self.transport.deliver(id, envelope, message);
             in_flight.push(async move { (id, e, domain, answer.await, started.elapsed()) });
-            while in_flight.len() >= self.transport.concurrency() {
-                if let Some(done) = in_flight.next().await {
+            let concurrency = self.transport.concurrency();
+            if in_flight.len() >= concurrency {
+                // Full: wait for half the slots to free (the other half keep their connections
+                // busy meanwhile), settle every answer in by then and make the accepted ones
+                // durable, in one group commit, before any of them takes a next message.
+                while in_flight.len() > concurrency / 2 {
+                    let Some(done) = in_flight.next().await else {
+                        break;
+                    };
                     self.settle(&mut round, &mut limits, done, wall());
                 }
+                while let Some(Some(done)) = futures::FutureExt::now_or_never(in_flight.next()) {
+                    self.settle(&mut round, &mut limits, done, wall());
+                }
+                self.group_commit(&mut round, durable)?;
             }
             if self.walk.lock().expect("walk lock").paused_until > now {
                 break;
@@ -291,6 +344,7 @@ impl Mailer {
         while let Some(done) = in_flight.next().await {
             self.settle(&mut round, &mut limits, done, wall());
         }
+        self.group_commit(&mut round, durable)?;
         limits.tidy();
         round.quota = Some(limits.count);
         Ok(round)
@@ -348,12 +402,14 @@ impl Mailer {
         match outcome {
             Outcome::Accepted => {
                 self.metrics.sends.with_label_values(&[&e.workflow, "accepted"]).inc();
-                let batch = round.batch(e.partition);
+                // Per partition for the changelog; without one, one batch (one fsync) for all.
+                let group = if self.hook.get().is_some() { e.partition } else { 0 };
+                let batch = round.accepted.entry(group).or_default();
                 tables::mark_sent(&self.store, batch, id, now);
                 tables::delete_outbox(&self.store, batch, OutboxKey::of(id, &e));
                 if events {
                     let ev = feedback_event(&e.contact, id, FeedbackKind::Delivered, Some(&e.workflow), None);
-                    round.feedback.push(ev);
+                    round.accepted_events.push(ev);
                 }
                 round.handled += 1;
                 round.delivered += 1;
