@@ -235,6 +235,8 @@ pub fn run(settings: &Settings, opts: Options) -> anyhow::Result<Report> {
     }
     engine.store.write(b, false)?;
     engine.store.finish_bulk()?;
+    // The outbox was trimmed to what the source never sent: counted again as it is.
+    crate::storage::outbox_counts::recount(&engine.store)?;
     // Erase records in the log erased their contacts again: complete those erasures here, so
     // the rebuilt store holds nothing of them either.
     engine.complete_erasures()?;

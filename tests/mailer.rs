@@ -10,9 +10,12 @@ use dripline::storage::tables::{self, MailContent, OutboxEntry};
 use dripline::workflow::MailKind;
 use std::path::Path;
 
+/// An outbox entry added as a partition would, counted.
 fn put(engine: &Engine, id: u128, e: &OutboxEntry) {
+    use dripline::storage::outbox_counts;
     let mut b = rocksdb::WriteBatch::default();
     tables::put_outbox(&engine.store, &mut b, SendId(id), e);
+    outbox_counts::add(&engine.store, &mut b, outbox_counts::ADDED, e.partition, 1).unwrap();
     engine.store.write(b, true).unwrap();
 }
 

@@ -16,8 +16,8 @@ use crate::config::KafkaSettings;
 use crate::runtime::metrics::Metrics;
 use crate::runtime::partition::CommitHook;
 use crate::storage::{
-    CF_CONTACTS, CF_COUNTERS, CF_DEAD, CF_OUTBOX, CF_POSITIONS, CF_SENT, CF_SUPPRESSED_ADDRESSES, CF_SUPPRESSIONS,
-    CF_TIMERS, CF_WORKFLOW_STATES, Result, Store, StoreError,
+    CF_CONTACTS, CF_COUNTERS, CF_DEAD, CF_OUTBOX, CF_OUTBOX_COUNTS, CF_POSITIONS, CF_SENT, CF_SUPPRESSED_ADDRESSES,
+    CF_SUPPRESSIONS, CF_TIMERS, CF_WORKFLOW_STATES, Result, Store, StoreError,
 };
 use crate::storage::{tables, timers};
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -30,10 +30,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The tables a partition's state is made of (the log and workflow versions are not).
-const MIRRORED: [&str; 10] = [
+const MIRRORED: [&str; 11] = [
     CF_CONTACTS,
     CF_TIMERS,
     CF_OUTBOX,
+    CF_OUTBOX_COUNTS,
     CF_SENT,
     CF_POSITIONS,
     CF_COUNTERS,

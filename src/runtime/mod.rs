@@ -153,6 +153,10 @@ impl Engine {
                 other => other.into(),
             })?,
         );
+        if !crate::storage::outbox_counts::kept(&store)? {
+            // A store written before the counts were kept: counted once, here.
+            crate::storage::outbox_counts::recount(&store)?;
+        }
         let history = tables::workflow_versions(&store)?;
         let reg = Registry::load_dir(&settings.workflows.dir, &history, settings.policy()?)
             .map_err(|errs| anyhow::anyhow!("invalid workflows:\n{errs}"))?;

@@ -9,7 +9,7 @@ use crate::machine::{ContactState, Effect, Input, Metric, handle};
 use crate::storage::StoreError;
 use crate::storage::tables::{self, MailContent, OutboxEntry};
 use crate::storage::timers::{TimerKey, TimerQueue};
-use crate::storage::{Result, Store, erasures, log, suppressed_addresses, workflow_states};
+use crate::storage::{Result, Store, erasures, log, outbox_counts, suppressed_addresses, workflow_states};
 use crate::time::Ts;
 use crate::workflow::{Registry, StepIdx};
 use rocksdb::WriteBatch;
@@ -91,6 +91,10 @@ pub struct Partition {
     failure: Option<String>,
     /// The workflows paused at this partition's position in the log (no new entrants).
     paused: Vec<Arc<str>>,
+    /// Outbox entries added since the last commit (less those removed by an erasure), and the
+    /// partition's count of them as staged (kept here: a staged commit may not be written yet).
+    outbox_added: i64,
+    outbox_total: i64,
 }
 
 /// A contact's state in the cache. The id is shared by the cache key and the dirty list, so
@@ -233,8 +237,11 @@ impl Partition {
     ) -> Result<Self> {
         let pos = tables::get_position(&store, id)?;
         let paused = workflow_states::paused(&store, id)?;
+        let outbox_total = outbox_counts::get(&store, outbox_counts::ADDED, id)?;
         Ok(Partition {
             paused,
+            outbox_added: 0,
+            outbox_total,
             id,
             timers: TimerQueue::new(id, TIMER_PAGE),
             store,
@@ -428,6 +435,7 @@ impl Partition {
         for (id, entry) in tables::outbox_page(&self.store, usize::MAX)? {
             if entry.contact == contact {
                 tables::delete_outbox(&self.store, &mut self.batch, tables::OutboxKey::of(id, &entry));
+                self.outbox_added -= 1;
             }
         }
         erasures::put(
@@ -554,6 +562,7 @@ impl Partition {
                         not_before: 0,
                     };
                     tables::put_outbox(&self.store, &mut self.batch, cmd.id, &entry);
+                    self.outbox_added += 1;
                     self.unreported.decided(&cmd.workflow);
                 }
                 Effect::Webhook(w) => {
@@ -639,6 +648,16 @@ impl Partition {
             };
             tables::put_counter(&self.store, &mut self.batch, &key, stored + delta);
             self.counter_values.insert(key, stored + delta);
+        }
+        if self.outbox_added != 0 {
+            self.outbox_total += std::mem::take(&mut self.outbox_added);
+            outbox_counts::put(
+                &self.store,
+                &mut self.batch,
+                outbox_counts::ADDED,
+                self.id,
+                self.outbox_total,
+            );
         }
         if self.position.is_some() || self.last_time != Ts::MIN {
             let pos = tables::Position {

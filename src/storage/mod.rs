@@ -13,6 +13,7 @@ pub mod dead_letters;
 pub mod digest;
 pub mod erasures;
 pub mod log;
+pub mod outbox_counts;
 pub mod suppressed_addresses;
 pub mod tables;
 pub mod timers;
@@ -38,9 +39,10 @@ pub const CF_SUPPRESSIONS: &str = "suppressions";
 pub const CF_SUPPRESSED_ADDRESSES: &str = "suppressed_addresses";
 pub const CF_WORKFLOW_STATES: &str = "workflow_states";
 pub const CF_ERASURES: &str = "erasures";
+pub const CF_OUTBOX_COUNTS: &str = "outbox_counts";
 
 /// The state tables. The log's column family lives in its own database, [`LOG_DIR`].
-const ALL: [&str; 12] = [
+const ALL: [&str; 13] = [
     CF_CONTACTS,
     CF_TIMERS,
     CF_OUTBOX,
@@ -53,6 +55,7 @@ const ALL: [&str; 12] = [
     CF_SUPPRESSED_ADDRESSES,
     CF_WORKFLOW_STATES,
     CF_ERASURES,
+    CF_OUTBOX_COUNTS,
 ];
 
 #[derive(Debug, thiserror::Error)]

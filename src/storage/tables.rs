@@ -378,12 +378,6 @@ pub fn delete_outbox(s: &Store, b: &mut WriteBatch, key: OutboxKey) {
     b.delete_cf(s.cf(CF_OUTBOX), key.bytes());
 }
 
-pub fn outbox_len(s: &Store) -> Result<u64> {
-    Ok(s.db
-        .property_int_value_cf(s.cf(CF_OUTBOX), "rocksdb.estimate-num-keys")?
-        .unwrap_or(0))
-}
-
 // ---- suppressions: contact id → mail it must not get, effective at once --------------------
 
 /// Written by an unsubscribe or a bounce the moment it happens, so mail already waiting in the

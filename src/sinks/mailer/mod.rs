@@ -34,7 +34,7 @@ use crate::machine::{FeedbackKind, SendId};
 use crate::runtime::metrics::Metrics;
 use crate::runtime::partition::CommitHook;
 use crate::storage::tables::{self, OutboxEntry, OutboxKey, Suppression};
-use crate::storage::{Store, StoreError};
+use crate::storage::{Store, StoreError, outbox_counts};
 use crate::time::{SECOND, Ts};
 use crate::workflow::{MailKind, Registry, Rendered};
 use futures::StreamExt;
@@ -105,6 +105,10 @@ pub struct Round {
     /// `Email Delivered` events.
     pub(crate) accepted: BTreeMap<u16, WriteBatch>,
     pub(crate) accepted_events: Vec<serde_json::Value>,
+    /// Outbox entries removed, by partition: in `batches`, and in `accepted` (until its next
+    /// group commit).
+    pub(crate) removed: BTreeMap<u16, i64>,
+    pub(crate) accepted_removed: BTreeMap<u16, i64>,
 }
 
 /// Appends events durably (the engine's log): what the mailer calls before it writes a group
@@ -114,6 +118,12 @@ pub type Durable<'a> = &'a (dyn Fn(&[serde_json::Value]) -> anyhow::Result<()> +
 impl Round {
     fn batch(&mut self, partition: u16) -> &mut WriteBatch {
         self.batches.entry(partition).or_default()
+    }
+
+    /// Deletes an outbox entry in `partition`'s batch, counted.
+    fn remove(&mut self, store: &Store, partition: u16, key: OutboxKey) {
+        tables::delete_outbox(store, self.batch(partition), key);
+        *self.removed.entry(partition).or_default() += 1;
     }
 
     fn wait_at_most(&mut self, d: Duration) {
@@ -218,7 +228,13 @@ impl Mailer {
             durable(&events).map_err(|e| MailerError::Durable(format!("{e:#}")))?;
         }
         let started = Instant::now();
-        for (p, mut batch) in std::mem::take(&mut round.accepted) {
+        let mut accepted = std::mem::take(&mut round.accepted);
+        for (p, n) in std::mem::take(&mut round.accepted_removed) {
+            let group = if self.hook.get().is_some() { p } else { 0 };
+            let batch = accepted.entry(group).or_default();
+            outbox_counts::add(&self.store, batch, outbox_counts::REMOVED, p, n)?;
+        }
+        for (p, mut batch) in accepted {
             if let Some(h) = self.hook.get() {
                 h.publish(p, &mut batch)?;
             }
@@ -270,7 +286,7 @@ impl Mailer {
         for (id, e) in page {
             if tables::is_sent(&self.store, id)? {
                 // Accepted before a crash that came between the ledger and the delete.
-                tables::delete_outbox(&self.store, round.batch(e.partition), OutboxKey::of(id, &e));
+                round.remove(&self.store, e.partition, OutboxKey::of(id, &e));
                 round.handled += 1;
                 continue;
             }
@@ -279,7 +295,7 @@ impl Mailer {
                 continue;
             }
             if self.suppressed(&e)? {
-                tables::delete_outbox(&self.store, round.batch(e.partition), OutboxKey::of(id, &e));
+                round.remove(&self.store, e.partition, OutboxKey::of(id, &e));
                 self.metrics.sends.with_label_values(&[&e.workflow, "suppressed"]).inc();
                 round.handled += 1;
                 continue;
@@ -352,7 +368,10 @@ impl Mailer {
 
     /// Writes a round's outbox, ledger and suppression changes (per partition, through the
     /// changelog in Kafka mode) and the quota counts.
-    pub fn commit(&self, round: Round) -> Result<(), MailerError> {
+    pub fn commit(&self, mut round: Round) -> Result<(), MailerError> {
+        for (p, n) in std::mem::take(&mut round.removed) {
+            outbox_counts::add(&self.store, round.batch(p), outbox_counts::REMOVED, p, n)?;
+        }
         for (p, mut batch) in round.batches {
             if let Some(h) = self.hook.get() {
                 h.publish(p, &mut batch)?;
@@ -365,7 +384,9 @@ impl Mailer {
             tables::put_quota(&self.store, &mut b, &q);
             self.store.write(b, false)?;
         }
-        self.metrics.outbox_depth.set(tables::outbox_len(&self.store)? as i64);
+        let hook = self.hook.get();
+        let depth = outbox_counts::depth(&self.store, |p| hook.is_none_or(|h| h.owns(p)))?;
+        self.metrics.outbox_depth.set(depth);
         Ok(())
     }
 
@@ -407,6 +428,7 @@ impl Mailer {
                 let batch = round.accepted.entry(group).or_default();
                 tables::mark_sent(&self.store, batch, id, now);
                 tables::delete_outbox(&self.store, batch, OutboxKey::of(id, &e));
+                *round.accepted_removed.entry(e.partition).or_default() += 1;
                 if events {
                     let ev = feedback_event(&e.contact, id, FeedbackKind::Delivered, Some(&e.workflow), None);
                     round.accepted_events.push(ev);
@@ -492,9 +514,8 @@ impl Mailer {
     /// Moves the outbox entry under `key` to the dead letters (with `payload`), in
     /// `partition`'s batch.
     fn dead_letter(&self, round: &mut Round, partition: u16, key: OutboxKey, reason: &str, payload: &[u8], now: Ts) {
-        let batch = round.batch(partition);
-        crate::storage::dead_letters::put(&self.store, batch, now, "mailer", reason, payload);
-        tables::delete_outbox(&self.store, batch, key);
+        crate::storage::dead_letters::put(&self.store, round.batch(partition), now, "mailer", reason, payload);
+        round.remove(&self.store, partition, key);
         round.handled += 1;
     }
 
