@@ -599,6 +599,49 @@ fn w18_free_trial_pricing_three_days_before_end_unless_subscribed() {
     assert_eq!(sim.count("free_trial", "until_3_days_left", Metric::Converted), 1);
 }
 
+/// A time zone that arrives after the date: the pending birthday timer and a pending
+/// `wait_until … at` move to the same local time in the new zone; relative waits do not.
+#[test]
+fn a_late_time_zone_moves_date_triggers_and_wait_until_waits_to_local_time() {
+    let mut sim = sim();
+    let t0 = t(T0);
+    person(&mut sim, t0, "ann", json!({"birthday": "1990-05-14"}));
+    sim.track(
+        t0,
+        "ann",
+        "Event Registered",
+        json!({"event_name": "Growth Summit", "event_date": "2026-03-20"}),
+    );
+    // The zone comes a day later, in another identify.
+    sim.identify(t0 + DAY, "ann", json!({"timezone": "Asia/Tokyo"}));
+    assert!(sim.check_timers().is_ok());
+    sim.advance_to(t("2026-06-01T00:00:00Z"));
+    // 10:00 in Tokyo (UTC+9) = 01:00 UTC; the reminder the day before at 09:00 = 00:00 UTC.
+    assert_eq!(
+        sends(&sim, "birthday"),
+        vec![s(t("2026-05-07T01:00:00Z"), "ann@example.org", "birthday_offer")]
+    );
+    let reminder = sends(&sim, "event_registration")
+        .into_iter()
+        .find(|m| m.2 == "event_reminder")
+        .unwrap();
+    assert_eq!(reminder.0, t("2026-03-19T00:00:00Z"));
+    // Moving again, to a zone behind UTC: the next birthday follows.
+    sim.identify(
+        t("2026-06-02T00:00:00Z"),
+        "ann",
+        json!({"timezone": "America/New_York"}),
+    );
+    sim.advance_to(t("2027-06-01T00:00:00Z"));
+    // 10:00 in New York (UTC-4 in May) = 14:00 UTC.
+    assert_eq!(sends(&sim, "birthday").last().unwrap().0, t("2027-05-07T14:00:00Z"));
+    assert_eq!(
+        sim.contacts["ann"].timers.len(),
+        1,
+        "one birthday timer, moved, never two"
+    );
+}
+
 #[test]
 fn w19_birthday_seven_days_before_at_ten_local_every_year() {
     let mut sim = sim();

@@ -303,7 +303,17 @@ impl Cx<'_> {
             self.st.last_activity = Some(self.now);
             self.ensure_inactivity_timers();
         }
+        // The zone before the event, if it may change it (local-time timers move with it).
+        let zone_before = ev
+            .traits
+            .contains_key("timezone")
+            .then(|| self.st.traits.get("timezone").cloned());
         let changed = self.set_traits(&ev.traits, ev.traits.len() > BULK_TRAITS);
+        if let Some(before) = zone_before
+            && changed.contains(&"timezone")
+        {
+            self.zone_moved(before.as_ref());
+        }
         if ev.kind == EventKind::Track {
             self.special_event(ev);
         }
@@ -440,6 +450,52 @@ impl Cx<'_> {
         };
         if due > self.now && due != i64::MAX {
             self.schedule(due, purpose);
+        }
+    }
+
+    /// The contact's `timezone` changed from `before`: every pending timer set in local time
+    /// (date triggers, `wait_until` waits) moves to the same local date and time in the new
+    /// zone, so a birthday mail at 10:00 goes at 10:00 where the contact now is. Timers of
+    /// workflows with a zone of their own, and relative waits, stay.
+    fn zone_moved(&mut self, before: Option<&Value>) {
+        let zone = |v: Option<&Value>, wf: &Workflow, default| {
+            v.and_then(Value::as_str)
+                .and_then(|s| s.parse::<chrono_tz::Tz>().ok())
+                .or(wf.timezone)
+                .unwrap_or(default)
+        };
+        let default = self.reg.policy.default_timezone;
+        for t in self.st.timers.clone() {
+            let wf = match &t.purpose {
+                Purpose::Date(w, _) => self.reg.latest_of(w).cloned(),
+                Purpose::Enrollment(eid) => self
+                    .st
+                    .enrollments
+                    .iter()
+                    .find(|e| e.id == *eid && e.timer == Some(t.id))
+                    .and_then(|e| self.reg.get(&e.workflow, e.version).map(|wf| (wf, e.step)))
+                    .filter(|(wf, step)| matches!(wf.steps[*step as usize].kind, StepKind::WaitUntil { .. }))
+                    .map(|(wf, _)| wf.clone()),
+                Purpose::Inactivity(_) => None,
+            };
+            let Some(wf) = wf else {
+                continue;
+            };
+            let (old, new) = (zone(before, &wf, default), self.tz(&wf));
+            if old == new {
+                continue;
+            }
+            let due = calendar::from_local(new, calendar::to_local(old, t.due)).max(self.now);
+            if due == t.due {
+                continue;
+            }
+            self.cancel(t.id);
+            let id = self.schedule(due, t.purpose.clone());
+            if let Purpose::Enrollment(eid) = t.purpose
+                && let Some(e) = self.st.enrollments.iter_mut().find(|e| e.id == eid)
+            {
+                e.timer = Some(id);
+            }
         }
     }
 
