@@ -68,6 +68,11 @@ enum Command {
         /// Fire timers up to this RFC 3339 time at the end (default: where the source stopped).
         #[arg(long)]
         until: Option<String>,
+        /// A data directory whose workflow versions (and when each was deployed) to replay with,
+        /// so contacts enter the versions they entered then (default: the source store's, with
+        /// --from-data).
+        #[arg(long, conflicts_with = "workflows")]
+        versions_from: Option<PathBuf>,
     },
     /// List, pause and resume workflows (through the running engine if one holds the store).
     Workflows {
@@ -431,6 +436,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             workflows,
             send_unsent,
             until,
+            versions_from,
         } => {
             let rfc3339 = |flag: &str, t: &str| {
                 dripline::time::parse_rfc3339(t).ok_or_else(|| anyhow::anyhow!("{flag} {t}: not RFC 3339"))
@@ -457,6 +463,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     into,
                     workflows,
                     send_unsent,
+                    versions_from,
                     until,
                     progress: true,
                 },

@@ -50,6 +50,9 @@ pub struct Options {
     /// Changed workflow definitions: a what-if run.
     pub workflows: Option<PathBuf>,
     pub send_unsent: bool,
+    /// A data directory whose workflow versions to replay with (default: the source's, for
+    /// `--from-data`; none for NDJSON and Kafka sources).
+    pub versions_from: Option<PathBuf>,
     /// Fire timers up to this time at the end (default: the source partitions' own clocks, or
     /// the last stamp of an NDJSON source).
     pub until: Option<Ts>,
@@ -108,6 +111,24 @@ pub fn run(settings: &Settings, opts: Options) -> anyhow::Result<Report> {
     // A rebuild has no reader waiting on its commits: larger checkpoints, fewer batches.
     target.engine.checkpoint_inputs = target.engine.checkpoint_inputs.max(1 << 17);
     target.engine.checkpoint_interval = "10s".into();
+    // The workflow versions the source ran, with when each was deployed: the rebuilt store
+    // enters each contact into the version it entered then, with the same send ids. (A what-if
+    // run puts the changed files in force from the start instead.)
+    if !what_if {
+        let history = match (&opts.source, &opts.versions_from) {
+            (_, Some(dir)) | (Source::Data(dir), None) => {
+                let src = Store::open_read_only(dir)
+                    .with_context(|| format!("reading the workflow versions of {}", dir.display()))?;
+                tables::workflow_versions(&src)?
+            }
+            _ => Vec::new(),
+        };
+        if !history.is_empty() {
+            std::fs::create_dir_all(&into)?;
+            let fresh = Store::open_partitioned(&into, target.engine.partitions)?;
+            tables::put_workflow_versions(&fresh, &history)?;
+        }
+    }
     let engine = Engine::open(&target)?;
     engine.store.start_bulk();
     let parts = engine.partitions.len();

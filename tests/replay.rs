@@ -25,6 +25,7 @@ fn opts(source: Source, into: Option<PathBuf>) -> Options {
         into,
         workflows: None,
         send_unsent: false,
+        versions_from: None,
         until: None,
         progress: false,
     }

@@ -25,11 +25,13 @@ fn contacts_inside_finish_on_their_version_and_new_entrants_take_the_newest() {
     sim.track(t0, "old", "Joined", json!({}));
 
     // The file changes while `old` waits.
+    // Deployed after `old` joined, before `new` does.
     let r2 = Registry::build(
         None,
         vec![("promo.yaml".into(), V2.into())],
         &history,
         Policy::default(),
+        t0 + DAY / 4,
     )
     .unwrap();
     assert_eq!(r2.latest()[0].version, 2);
@@ -59,6 +61,7 @@ fn contacts_inside_finish_on_their_version_and_new_entrants_take_the_newest() {
         vec![("promo.yaml".into(), V2.into())],
         sim.reg.stored_versions(),
         Policy::default(),
+        t0 + 10 * DAY,
     )
     .unwrap();
     assert_eq!(r3.latest()[0].version, 2);
@@ -125,4 +128,181 @@ fn mail_decided_on_an_old_version_renders_from_it_after_the_file_changed_and_a_r
     assert_eq!(files.len(), 1);
     let eml = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
     assert!(eml.contains("Subject: Old offer for Ann"), "{eml}");
+}
+
+/// Mail sent at once, then a long wait and a second mail: contacts stay inside for the test.
+const LIVE_V1: &str = "id: promo\ntriggers: [{ event: Joined }]\nentry: always\nsteps:\n  - id: hello\n    send: hello\n  - id: wait\n    wait: 30d\n  - id: later\n    send: hello\ntemplates:\n  hello: { subject: Old offer, text: old }\n";
+const LIVE_V2: &str = "id: promo\ntriggers: [{ event: Joined }]\nentry: always\nsteps:\n  - id: hello\n    send: hello\n  - id: wait\n    wait: 20d\n  - id: later\n    send: hello\ntemplates:\n  hello: { subject: New offer, text: new }\n";
+
+struct Run(std::process::Child, u16);
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn run(workflows: &std::path::Path, data: &std::path::Path, mail: &std::path::Path) -> Run {
+    let port = common::free_port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dripline"));
+    common::engine_env(&mut cmd);
+    let child = cmd
+        .arg("run")
+        .env("DRIPLINE__WORKFLOWS__DIR", workflows)
+        .env("DRIPLINE__ENGINE__DATA_DIR", data)
+        .env("DRIPLINE__MAIL__OUTBOX_DIR", mail)
+        .env("DRIPLINE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("DRIPLINE__POLICY__QUIET_HOURS", "")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_for(std::time::Duration::from_secs(20), || {
+        common::http(port, "GET", "/readyz", "").is_ok_and(|(s, _)| s == 200)
+    });
+    Run(child, port)
+}
+
+impl Run {
+    fn stop(mut self) {
+        std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(self.0.wait().unwrap().success());
+    }
+}
+
+fn mails(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok()).collect())
+        .unwrap_or_default()
+}
+
+fn joined(port: u16, who: &str) {
+    let batch = json!({"batch": [
+        {"type": "identify", "userId": who, "messageId": format!("i-{who}"), "traits": {"email": format!("{who}@example.org")}},
+        {"type": "track", "userId": who, "messageId": format!("j-{who}"), "event": "Joined"},
+    ]});
+    assert_eq!(
+        common::http(port, "POST", "/v1/batch", &batch.to_string()).unwrap().0,
+        200
+    );
+}
+
+fn digest(data: &std::path::Path) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dripline"))
+        .args(["state", "digest", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().next().unwrap().to_owned()
+}
+
+/// Run v1, edit to v2, restart, more contacts; the store rebuilt from its log with
+/// `--send-unsent` enters each contact into the version it entered live, so its digest equals
+/// the source's and running it hands nothing to the transport.
+#[test]
+fn a_store_rebuilt_after_a_workflow_edit_runs_every_contact_on_its_version_and_sends_nothing_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wf, data, mail) = (tmp.path().join("wf"), tmp.path().join("data"), tmp.path().join("mail"));
+    std::fs::create_dir_all(&wf).unwrap();
+    std::fs::write(wf.join("promo.yaml"), LIVE_V1).unwrap();
+    let live = run(&wf, &data, &mail);
+    for who in ["ann", "ben"] {
+        joined(live.1, who);
+    }
+    common::wait_for(std::time::Duration::from_secs(10), || mails(&mail).len() == 2);
+    live.stop();
+    std::fs::write(wf.join("promo.yaml"), LIVE_V2).unwrap();
+    let live = run(&wf, &data, &mail);
+    for who in ["cid", "dee"] {
+        joined(live.1, who);
+    }
+    common::wait_for(std::time::Duration::from_secs(10), || mails(&mail).len() == 4);
+    live.stop();
+    let old = mails(&mail).iter().filter(|m| m.contains("Subject: Old offer")).count();
+    assert_eq!(old, 2, "ann and ben on v1, cid and dee on v2");
+
+    let rebuilt = tmp.path().join("rebuilt");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dripline"))
+        .args(["replay", "--from-data"])
+        .arg(&data)
+        .arg("--into")
+        .arg(&rebuilt)
+        .arg("--send-unsent")
+        .env("DRIPLINE__WORKFLOWS__DIR", &wf)
+        .env("DRIPLINE__POLICY__QUIET_HOURS", "")
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        report.contains("would send 4, of which 4 were already sent"),
+        "{report}"
+    );
+    assert_eq!(digest(&rebuilt), digest(&data));
+    let store = dripline::storage::Store::open_read_only(&rebuilt).unwrap();
+    for (who, version) in [("ann", 1), ("ben", 1), ("cid", 2), ("dee", 2)] {
+        let st = dripline::storage::tables::get_contact(&store, who).unwrap().unwrap();
+        assert_eq!(st.enrollments[0].version, version, "{who}");
+    }
+    drop(store);
+
+    // The rebuilt store, run: nothing is handed to the transport.
+    let again = tmp.path().join("mail-again");
+    let rerun = run(&wf, &rebuilt, &again);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    rerun.stop();
+    assert_eq!(mails(&again).len(), 0, "nothing sent twice");
+}
+
+/// The digest covers the version history: two stores that differ only in which version a
+/// contact entered (the same events, the edit deployed before or after them) differ, and two
+/// built alike are equal.
+#[test]
+fn the_digest_tells_apart_stores_that_differ_only_in_the_version_a_contact_is_on() {
+    use dripline::storage::tables;
+    let t0 = parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
+    let build = |dir: &std::path::Path, deployed: i64| {
+        let wf = dir.join("wf");
+        std::fs::create_dir_all(&wf).unwrap();
+        std::fs::write(wf.join("promo.yaml"), V2).unwrap();
+        let mut s = common::settings(dir);
+        s.workflows.dir = wf;
+        let store = dripline::storage::Store::open_partitioned(&s.engine.data_dir, s.engine.partitions).unwrap();
+        let v1 = Registry::from_sources(None, &[("promo.yaml", V1)], Policy::default()).unwrap();
+        let v2 = Registry::build(
+            None,
+            vec![("promo.yaml".into(), V2.into())],
+            v1.stored_versions(),
+            Policy::default(),
+            deployed,
+        )
+        .unwrap();
+        tables::put_workflow_versions(&store, v2.stored_versions()).unwrap();
+        drop(store);
+        let engine = dripline::runtime::Engine::open(&s).unwrap();
+        let events = [
+            json!({"type": "identify", "userId": "ann", "messageId": "i", "traits": {"email": "ann@example.org"}}),
+            json!({"type": "track", "userId": "ann", "messageId": "j", "event": "Joined"}),
+        ];
+        engine.ingest_values(&events, None, t0).unwrap();
+        engine.pump(t0).unwrap();
+        let version = engine.contact("ann").unwrap().unwrap().enrollments[0].version;
+        let d = dripline::storage::digest::digest(&engine.store, s.engine.partitions).unwrap();
+        (version, d.total)
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let (before, a) = build(&tmp.path().join("a"), t0 - DAY);
+    let (after, b) = build(&tmp.path().join("b"), t0 + DAY);
+    let (again, c) = build(&tmp.path().join("c"), t0 + DAY);
+    assert_eq!(
+        (before, after, again),
+        (2, 1, 1),
+        "the edit deployed before or after she joined"
+    );
+    assert_ne!(a, b);
+    assert_eq!(b, c);
 }

@@ -169,7 +169,6 @@ impl Cx<'_> {
         }
     }
 
-    /// Whether setting `key` to `value` leaves the traits as they are (a null unsets).
     /// Whether setting `key` to `value` changes nothing, as the trait's declared type sees it:
     /// a `number` trait compares numerically (3, 3.0 and "3" are one value); any other trait
     /// compares as conditions do ([`Value::loose_eq`]). So a value sent again in another JSON
@@ -350,7 +349,9 @@ impl Cx<'_> {
             }
             if let Some(dates) = self.reg.index.date.get(k) {
                 for (wf, ti) in dates {
-                    self.schedule_date(wf, *ti);
+                    if self.reg.is_in_force(wf, self.now) {
+                        self.schedule_date(wf, *ti);
+                    }
                 }
             }
         }
@@ -409,6 +410,9 @@ impl Cx<'_> {
     fn ensure_inactivity_timers(&mut self) {
         let reg = self.reg;
         for (wf, ms) in &reg.index.inactivity {
+            if !reg.is_in_force(wf, self.now) {
+                continue;
+            }
             let has = self
                 .st
                 .timers
@@ -454,9 +458,10 @@ impl Cx<'_> {
     }
 
     /// The contact's `timezone` changed from `before`: every pending timer set in local time
-    /// (date triggers, `wait_until` waits) moves to the same local date and time in the new
-    /// zone, so a birthday mail at 10:00 goes at 10:00 where the contact now is. Timers of
-    /// workflows with a zone of their own, and relative waits, stay.
+    /// moves, so a birthday mail at 10:00 goes at 10:00 where the contact now is. A date
+    /// trigger and a `wait_until … at` without a date move to the same local date and time in
+    /// the new zone; a `wait_until` on a date is computed again in the new zone (an instant with
+    /// its own offset stays where it is). Relative waits stay.
     fn zone_moved(&mut self, before: Option<&Value>) {
         let zone = |v: Option<&Value>, wf: &Workflow, default| {
             v.and_then(Value::as_str)
@@ -467,14 +472,19 @@ impl Cx<'_> {
         let default = self.reg.policy.default_timezone;
         for t in self.st.timers.clone() {
             let wf = match &t.purpose {
-                Purpose::Date(w, _) => self.reg.latest_of(w).cloned(),
+                Purpose::Date(w, _) => self.reg.in_force(w, self.now).cloned(),
                 Purpose::Enrollment(eid) => self
                     .st
                     .enrollments
                     .iter()
                     .find(|e| e.id == *eid && e.timer == Some(t.id))
                     .and_then(|e| self.reg.get(&e.workflow, e.version).map(|wf| (wf, e.step)))
-                    .filter(|(wf, step)| matches!(wf.steps[*step as usize].kind, StepKind::WaitUntil { .. }))
+                    .filter(|(wf, step)| {
+                        matches!(
+                            wf.steps[*step as usize].kind,
+                            StepKind::WaitUntil { date: Some(_), .. } | StepKind::WaitUntil { at: Some(_), .. }
+                        )
+                    })
                     .map(|(wf, _)| wf.clone()),
                 Purpose::Inactivity(_) => None,
             };
@@ -485,7 +495,27 @@ impl Cx<'_> {
             if old == new {
                 continue;
             }
-            let due = calendar::from_local(new, calendar::to_local(old, t.due)).max(self.now);
+            // A wait on a date: computed again, as when the wait began, in the new zone.
+            let on_date = match &t.purpose {
+                Purpose::Enrollment(eid) => self.st.enrollments.iter().find(|e| e.id == *eid).and_then(|e| {
+                    match &wf.steps[e.step as usize].kind {
+                        StepKind::WaitUntil {
+                            date: Some(date),
+                            offset,
+                            at,
+                            ..
+                        } => Some(self.wait_until_target(e, &wf, Some(date), *offset, *at)),
+                        _ => None,
+                    }
+                }),
+                _ => None,
+            };
+            let due = match on_date {
+                Some(Some(target)) => target,
+                Some(None) => continue,
+                None => calendar::from_local(new, calendar::to_local(old, t.due)),
+            }
+            .max(self.now);
             if due == t.due {
                 continue;
             }
@@ -532,7 +562,7 @@ impl Cx<'_> {
                     .index
                     .inactivity
                     .iter()
-                    .find(|(w, _)| same_id(&w.id, &wf_id))
+                    .find(|(w, _)| same_id(&w.id, &wf_id) && self.reg.is_in_force(w, self.now))
                     .cloned();
                 if let Some((wf, ms)) = found {
                     let last = self.st.last_activity.unwrap_or(self.now);
@@ -546,7 +576,7 @@ impl Cx<'_> {
                 }
             }
             Purpose::Date(wf_id, ti) => {
-                let Some(wf) = self.reg.latest_of(&wf_id).cloned() else {
+                let Some(wf) = self.reg.in_force(&wf_id, self.now).cloned() else {
                     return;
                 };
                 let Some(Trigger::Date(spec)) = wf.triggers.get(ti as usize) else {
@@ -661,7 +691,7 @@ impl Cx<'_> {
     fn enroll_by_api(&mut self, workflow: &str, properties: &Map) {
         let reg = self.reg;
         if let Some(wf) = reg
-            .latest_of(workflow)
+            .in_force(workflow, self.now)
             .filter(|wf| wf.triggers.iter().any(|t| matches!(t, crate::workflow::Trigger::Api)))
         {
             self.try_enroll(wf.clone(), properties);
@@ -669,6 +699,11 @@ impl Cx<'_> {
     }
 
     fn try_enroll(&mut self, wf: Arc<Workflow>, event: &Map) {
+        // The index holds every version: new entrants take the one in force at this input's
+        // time, so a replay enters each contact into the version it entered live.
+        if !self.reg.is_in_force(&wf, self.now) {
+            return;
+        }
         if self.st.enrollments.iter().any(|e| same_id(&e.workflow, &wf.id)) {
             return;
         }

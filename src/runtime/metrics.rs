@@ -173,7 +173,7 @@ impl Metrics {
             ),
             timers_pending: reg!(IntGauge::new("dripline_timers_pending", "Durable timers stored (estimate)").unwrap()),
             outbox_depth: reg!(
-                IntGauge::new("dripline_outbox_depth", "Messages waiting for a transport (estimate)").unwrap()
+                IntGauge::new("dripline_outbox_depth", "Messages waiting for a transport (exact)").unwrap()
             ),
             sends_decided: reg!(
                 IntCounterVec::new(

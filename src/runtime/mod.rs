@@ -158,7 +158,10 @@ impl Engine {
             crate::storage::outbox_counts::recount(&store)?;
         }
         let history = tables::workflow_versions(&store)?;
-        let reg = Registry::load_dir(&settings.workflows.dir, &history, settings.policy()?)
+        // A changed file is a new version, in force for inputs from now on (the wall clock of
+        // this start, recorded with it, so a replay switches at the same point).
+        let now = chrono::Utc::now().timestamp_millis();
+        let reg = Registry::load_dir_at(&settings.workflows.dir, &history, settings.policy()?, now)
             .map_err(|errs| anyhow::anyhow!("invalid workflows:\n{errs}"))?;
         tables::put_workflow_versions(&store, reg.stored_versions())?;
         let reg = Arc::new(reg);
@@ -476,7 +479,9 @@ impl Engine {
     pub fn complete_erasures(&self) -> anyhow::Result<usize> {
         let pending = crate::storage::erasures::pending(&self.store)?;
         for p in &pending {
-            let replaced = crate::storage::log::scrub(&self.store, p.partition, &p.contact, p.offset)?;
+            // Later news about its mail goes too, unless the id is someone's again already.
+            let reused = tables::get_contact(&self.store, &p.contact)?.is_some();
+            let replaced = crate::storage::log::scrub(&self.store, p.partition, &p.contact, p.offset, !reused)?;
             let mut needles: Vec<&str> = vec![&p.contact];
             needles.extend(p.addresses.iter().map(String::as_str));
             let dead = dead_letters::scrub(&self.store, &needles)?;

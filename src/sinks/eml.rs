@@ -79,6 +79,13 @@ pub fn build(cmd: Mail, from: &Mailbox, domain: &str, date: std::time::SystemTim
 pub fn write(dir: &Path, id: SendId, formatted: &[u8]) -> Result<PathBuf, EmlError> {
     std::fs::create_dir_all(dir).map_err(|e| EmlError::Io(dir.into(), e))?;
     let tmp = dir.join(format!(".{id}.tmp"));
+    // A crash between the link and the removal below leaves the temporary name linked to the
+    // message: unlinked first, so writing it never rewrites that file.
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(EmlError::Io(tmp.clone(), e)),
+    }
     std::fs::write(&tmp, formatted).map_err(|e| EmlError::Io(tmp.clone(), e))?;
     let mut n = 1;
     let path = loop {

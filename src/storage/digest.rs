@@ -6,7 +6,8 @@
 //! pending timers (due, contact, id). Contacts and timers are assigned to digest partitions by
 //! contact id, whatever partition stored them, and the timer sum does not depend on order: a
 //! store laid out by Kafka's partitioner and one laid out by dripline's digest alike. The total
-//! hashes the partition digests in partition order.
+//! hashes the workflow versions the store runs (id, version, source, when deployed), then the
+//! partition digests in partition order.
 
 use super::log::partition_of;
 use super::{CF_TIMERS, Result, Store, tables, timers};
@@ -66,6 +67,14 @@ pub fn digest(s: &Store, partitions: u16) -> Result<Digest> {
         h.update(&sum.to_le_bytes());
     }
     let mut total = Xxh3::new();
+    // What the store runs: every workflow version, its source and when it took effect. Two
+    // stores that would enter a contact into different versions differ here.
+    for v in tables::workflow_versions(s)? {
+        frame(&mut total, v.id.as_bytes());
+        total.update(&v.version.to_le_bytes());
+        frame(&mut total, v.source.as_bytes());
+        total.update(&v.deployed_at.to_le_bytes());
+    }
     let parts: Vec<PartitionDigest> = hashers
         .iter()
         .zip(counts)

@@ -618,7 +618,8 @@ pub const ERASED_EVENT: &str = "dripline.erased";
 /// offsets, positions and the partition's clock are unchanged, and a replay of the log never
 /// sees the contact again. Returns how many records were replaced. New appends never rewrite a
 /// chunk, so this runs beside them.
-pub fn scrub(s: &Store, partition: u16, contact: &str, up_to: u64) -> Result<usize> {
+/// `later_feedback: false` (someone uses the id again already) leaves the later records alone.
+pub fn scrub(s: &Store, partition: u16, contact: &str, up_to: u64, later_feedback: bool) -> Result<usize> {
     let (db, cf) = s.log_db()?;
     let mut it = db.raw_iterator_cf(cf);
     it.seek(key(partition, 0));
@@ -641,7 +642,8 @@ pub fn scrub(s: &Store, partition: u16, contact: &str, up_to: u64) -> Result<usi
                             postcard::take_from_bytes::<(EventKind, &str, &str, Option<Ts>, &str)>(b).ok()
                         });
                     head.is_some_and(|((_, user, _, _, name), _)| {
-                        user == contact && (*offset <= up_to || crate::event::ENGINE_EVENTS.contains(&name))
+                        user == contact
+                            && (*offset <= up_to || (later_feedback && crate::event::ENGINE_EVENTS.contains(&name)))
                     })
                 })
                 .collect();

@@ -415,6 +415,7 @@ pub fn compile_workflow(
             steps,
             source_hash: xxhash_rust::xxh3::xxh3_64(source.as_bytes()),
             source,
+            deployed_at: crate::time::Ts::MIN,
         })
     } else {
         Err(cx.errors)

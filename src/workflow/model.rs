@@ -26,6 +26,9 @@ pub struct Workflow {
     /// Hash of the source text: a changed file makes a new version.
     pub source_hash: u64,
     pub source: Arc<str>,
+    /// From this input time on, new entrants take this version (until a later one's):
+    /// `Ts::MIN` for versions in force from the start. See [`crate::workflow::Registry::in_force`].
+    pub deployed_at: crate::time::Ts,
 }
 
 impl Workflow {

@@ -4,6 +4,7 @@
 use super::compile::{CondUse, LoadError, LoadErrors, Scope, compile_cond_in_scope, compile_workflow};
 use super::model::*;
 use super::raw::{RawDirectory, RawWorkflow};
+use crate::time::Ts;
 use crate::value::Map;
 use rustc_hash::FxHashMap;
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,14 @@ pub struct StoredVersion {
     pub version: u32,
     pub file: String,
     pub source: String,
+    /// The input time from which new entrants took this version (see
+    /// [`Registry::in_force`]); absent in stores written before: in force from the start.
+    #[serde(default = "from_the_start")]
+    pub deployed_at: Ts,
+}
+
+fn from_the_start() -> Ts {
+    Ts::MIN
 }
 
 /// What a contact-data change can affect: indexes condition triggers by their inputs.
@@ -124,6 +133,13 @@ impl Registry {
     /// lists). `history` holds versions stored earlier; an unchanged file keeps its version, a
     /// changed one becomes the next version.
     pub fn load_dir(dir: &Path, history: &[StoredVersion], policy: Policy) -> Result<Registry, LoadErrors> {
+        Self::load_dir_at(dir, history, policy, Ts::MIN)
+    }
+
+    /// [`Registry::load_dir`], with the versions new in it deployed at `now`: from that input
+    /// time on new entrants take them, while earlier inputs (a backlog, a replay) take the
+    /// version that was in force at theirs.
+    pub fn load_dir_at(dir: &Path, history: &[StoredVersion], policy: Policy, now: Ts) -> Result<Registry, LoadErrors> {
         let io_err = |file: &Path, e: std::io::Error| {
             LoadErrors(vec![LoadError {
                 file: file.display().to_string(),
@@ -148,7 +164,7 @@ impl Registry {
                 sources.push((name, src));
             }
         }
-        Self::build(directory, sources, history, policy)
+        Self::build(directory, sources, history, policy, now)
     }
 
     /// Builds from in-memory sources (tests, benchmarks).
@@ -162,6 +178,7 @@ impl Registry {
             sources.iter().map(|(f, s)| (f.to_string(), s.to_string())).collect(),
             &[],
             policy,
+            Ts::MIN,
         )
     }
 
@@ -170,6 +187,7 @@ impl Registry {
         sources: Vec<(String, String)>,
         history: &[StoredVersion],
         policy: Policy,
+        now: Ts,
     ) -> Result<Registry, LoadErrors> {
         let mut errors = vec![];
         let raw_dir: RawDirectory = match &directory {
@@ -217,7 +235,7 @@ impl Registry {
         let mut raws = vec![];
         for h in history {
             match parse_yaml::<RawWorkflow>(&h.file, &h.source) {
-                Ok(raw) => raws.push((h.file.clone(), h.source.clone(), raw, Some(h.version))),
+                Ok(raw) => raws.push((h.file.clone(), h.source.clone(), raw, Some((h.version, h.deployed_at)))),
                 Err(e) => errors.push(e),
             }
         }
@@ -249,15 +267,17 @@ impl Registry {
         for (file, src, raw, stored_version) in raws {
             let per_id = versions.entry(raw.id.as_str().into()).or_default();
             let hash = xxhash_rust::xxh3::xxh3_64(src.as_bytes());
-            let version = match stored_version {
+            let (version, deployed_at) = match stored_version {
                 Some(v) => v,
                 None => match per_id.values().next_back() {
                     Some(last) if last.source_hash == hash => {
                         latest.insert(last.id.clone(), last.clone());
                         continue;
                     }
-                    Some(last) => last.version + 1,
-                    None => 1,
+                    // A new version of a running workflow, or a new workflow, is in force from
+                    // now on; the first versions of a new store from the start.
+                    Some(last) => (last.version + 1, now),
+                    None => (1, if history.is_empty() { Ts::MIN } else { now }),
                 },
             };
             let mut scope = Scope {
@@ -266,7 +286,8 @@ impl Registry {
                 counters: &mut counters,
             };
             match compile_workflow(&file, &raw, version, src.as_str().into(), &mut scope) {
-                Ok(wf) => {
+                Ok(mut wf) => {
+                    wf.deployed_at = deployed_at;
                     let before = errors.len();
                     add_templates(&mut templates, &file, &raw, &wf, &mut errors);
                     if errors.len() > before {
@@ -278,6 +299,7 @@ impl Registry {
                         version,
                         file: file.clone(),
                         source: src.clone(),
+                        deployed_at,
                     });
                     per_id.insert(version, wf.clone());
                     if stored_version.is_none() {
@@ -291,7 +313,13 @@ impl Registry {
             return Err(LoadErrors(errors));
         }
         let latest: Vec<Arc<Workflow>> = latest.into_values().collect();
-        let index = build_index(&latest, &lists, &counters);
+        // Every version of the workflows that have a file: inputs enter the one in force at
+        // their time, and contacts inside older ones wait for their events.
+        let indexed: Vec<Arc<Workflow>> = latest
+            .iter()
+            .flat_map(|wf| versions.get(&wf.id).into_iter().flat_map(|v| v.values().cloned()))
+            .collect();
+        let index = build_index(&indexed, &lists, &counters);
         Ok(Registry {
             versions,
             latest,
@@ -320,6 +348,22 @@ impl Registry {
             .get(id)
             .map(|v| v.keys().copied().collect())
             .unwrap_or_default()
+    }
+
+    /// The version of workflow `id` new entrants take at input time `t`: the newest deployed at
+    /// or before `t`. `None` when the workflow has no file, or none of its versions was deployed
+    /// by then (it came later).
+    pub fn in_force(&self, id: &str, t: Ts) -> Option<&Arc<Workflow>> {
+        let latest = self.latest_of(id)?;
+        if latest.deployed_at <= t {
+            return Some(latest);
+        }
+        self.versions.get(id)?.values().rev().find(|w| w.deployed_at <= t)
+    }
+
+    /// Whether `wf` is the version new entrants take at `t` (index entries hold every version).
+    pub fn is_in_force(&self, wf: &Workflow, t: Ts) -> bool {
+        self.in_force(&wf.id, t).is_some_and(|w| w.version == wf.version)
     }
 
     pub fn latest_of(&self, id: &str) -> Option<&Arc<Workflow>> {

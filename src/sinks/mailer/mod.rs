@@ -10,7 +10,7 @@
 //! - no answer (server down): untouched, the pool backs off and tries again later.
 //!
 //! A message the transport accepted is made durable before another message is handed over:
-//! whenever a delivery slot frees, every answer in by then is settled, their `Email Delivered`
+//! once half the delivery slots have freed, every answer in by then is settled, their `Email Delivered`
 //! events are appended through the caller's [`Durable`] and their ledger entries and outbox
 //! deletes are written with one fsync (a group commit over the connections). So after a crash at
 //! any moment at most the messages in flight then, `2 × mail.smtp.connections`, can be handed
