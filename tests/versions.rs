@@ -306,3 +306,54 @@ fn the_digest_tells_apart_stores_that_differ_only_in_the_version_a_contact_is_on
     assert_ne!(a, b);
     assert_eq!(b, c);
 }
+
+/// `replay --ndjson` with `--versions-from`: the events, at their `receivedAt`, enter the
+/// version in force then, per the history of the data directory named.
+#[test]
+fn an_ndjson_replay_takes_the_version_history_from_a_data_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (wf, data, mail) = (tmp.path().join("wf"), tmp.path().join("data"), tmp.path().join("mail"));
+    std::fs::create_dir_all(&wf).unwrap();
+    std::fs::write(wf.join("promo.yaml"), LIVE_V1).unwrap();
+    run(&wf, &data, &mail).stop();
+    std::fs::write(wf.join("promo.yaml"), LIVE_V2).unwrap();
+    run(&wf, &data, &mail).stop();
+    let deployed = {
+        let store = dripline::storage::Store::open_read_only(&data).unwrap();
+        let versions = dripline::storage::tables::workflow_versions(&store).unwrap();
+        versions.iter().find(|v| v.version == 2).unwrap().deployed_at
+    };
+    let at = |t: i64| dripline::time::format_rfc3339(t);
+    let lines: Vec<String> = [("ann", deployed - DAY), ("cid", deployed + 1000)]
+        .iter()
+        .flat_map(|(who, t)| {
+            [
+                json!({"type": "identify", "userId": who, "messageId": format!("i-{who}"), "receivedAt": at(*t),
+                    "traits": {"email": format!("{who}@example.org")}}),
+                json!({"type": "track", "userId": who, "messageId": format!("j-{who}"), "event": "Joined", "receivedAt": at(*t)}),
+            ]
+        })
+        .map(|v| v.to_string())
+        .collect();
+    let file = tmp.path().join("events.ndjson");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let rebuilt = tmp.path().join("rebuilt");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_dripline"))
+        .arg("replay")
+        .arg("--ndjson")
+        .arg(&file)
+        .arg("--versions-from")
+        .arg(&data)
+        .arg("--into")
+        .arg(&rebuilt)
+        .env("DRIPLINE__WORKFLOWS__DIR", &wf)
+        .env("DRIPLINE__POLICY__QUIET_HOURS", "")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let store = dripline::storage::Store::open_read_only(&rebuilt).unwrap();
+    for (who, version) in [("ann", 1), ("cid", 2)] {
+        let st = dripline::storage::tables::get_contact(&store, who).unwrap().unwrap();
+        assert_eq!(st.enrollments[0].version, version, "{who}");
+    }
+}
