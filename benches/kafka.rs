@@ -116,12 +116,12 @@ fn main() {
     s.kafka.events_topic = "events".into();
     s.kafka.changelog_topic = "changelog".into();
     s.kafka.dead_letter_topic = "dead".into();
-    let engine = Arc::new(dripline::runtime::Engine::open(&s).expect("engine"));
-    let changelog = engine.changelog.clone().expect("kafka mode");
+    let engine = Arc::new(dripline::kafka::open_engine(&s).expect("engine"));
+    let consumer = engine.take_consumer().expect("kafka mode");
     let stop = Arc::new(AtomicBool::new(false));
     let member = {
-        let (e, st, stop) = (engine.clone(), s.clone(), stop.clone());
-        std::thread::spawn(move || dripline::kafka::consumer::run(e, &st, changelog, stop))
+        let (e, stop) = (engine.clone(), stop.clone());
+        std::thread::spawn(move || consumer(e, stop))
     };
     let counted = |e: &dripline::runtime::Engine| {
         e.metrics.inputs_processed.get() - e.metrics.timers_fired.get()

@@ -20,6 +20,8 @@ bash scripts/check-docs.sh
 # The production kit: promtool on the Prometheus config and rules (with their unit tests), the
 # compose file against the Compose Specification's schema, the Grafana dashboard.
 bash scripts/check-ops.sh
+# The architecture: no import cycle among the crate's top-level modules.
+python3 scripts/check-imports.py
 cargo clippy --release --all-targets -- -D warnings
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --release --no-fail-fast

@@ -7,12 +7,14 @@
 
 pub mod admin;
 pub mod auth;
+pub mod calendar;
 pub mod config;
 pub mod demo;
 pub mod event;
 pub mod kafka;
 pub mod links;
 pub mod machine;
+pub mod metrics;
 pub mod replay;
 pub mod runtime;
 pub mod sinks;

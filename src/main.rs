@@ -205,7 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run => {
             settings.check_for_run()?;
-            let engine = std::sync::Arc::new(dripline::runtime::Engine::open(&settings)?);
+            let engine = std::sync::Arc::new(dripline::kafka::open_engine(&settings)?);
             let http = &settings.http;
             if settings.kafka.enabled() {
                 eprintln!(
@@ -260,7 +260,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let workers = settings.engine.workers;
             let served = actix_web::rt::System::new().block_on(async move {
                 let running = dripline::runtime::actors::start(engine.clone(), workers);
-                let served = dripline::sources::http::serve(engine).await;
+                let served = dripline::sources::http::serve(engine, dripline::admin::routes).await;
                 // Intake has stopped: partitions finish and commit, the mailer settles.
                 running.stop().await;
                 served
@@ -270,7 +270,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ingest { file } => {
-            let (r, via) = match dripline::runtime::Engine::open(&settings) {
+            let (r, via) = match dripline::kafka::open_engine(&settings) {
                 Ok(engine) => (
                     dripline::sources::ndjson::ingest_file(&engine, &file, 1000)?,
                     String::new(),

@@ -177,7 +177,7 @@ fn check(reg: &Arc<Registry>, events: &[(usize, i64, Ev)]) -> Result<(), TestCas
             .and_then(|s| s.parse().ok())
             .unwrap_or(chrono_tz::UTC);
         prop_assert!(
-            dripline::machine::calendar::quiet_until(tz, m.at, QUIET).is_none(),
+            dripline::calendar::quiet_until(tz, m.at, QUIET).is_none(),
             "marketing mail in quiet hours"
         );
     }

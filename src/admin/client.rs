@@ -23,7 +23,7 @@ pub enum Admin {
 impl Admin {
     /// The running engine's API if one holds the store, else the store itself.
     pub fn connect(settings: &Settings) -> anyhow::Result<Admin> {
-        match Engine::open(settings) {
+        match crate::kafka::open_engine(settings) {
             Ok(engine) => Ok(Admin::Local(Box::new(engine))),
             Err(e) if e.downcast_ref::<StoreInUse>().is_some() => {
                 let token = settings

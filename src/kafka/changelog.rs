@@ -13,8 +13,8 @@
 
 use super::{KafkaError, client_config, producer_config};
 use crate::config::KafkaSettings;
-use crate::runtime::metrics::Metrics;
-use crate::runtime::partition::CommitHook;
+use crate::metrics::Metrics;
+use crate::storage::hook::CommitHook;
 use crate::storage::{
     CF_CONTACTS, CF_COUNTERS, CF_DEAD, CF_OUTBOX, CF_OUTBOX_COUNTS, CF_POSITIONS, CF_SENT, CF_SUPPRESSED_ADDRESSES,
     CF_SUPPRESSIONS, CF_TIMERS, CF_WORKFLOW_STATES, Result, Store, StoreError,

@@ -12,7 +12,8 @@ use super::{KafkaError, client_config, producer_config};
 use crate::config::Settings;
 use crate::event::Event;
 use crate::runtime::Engine;
-use crate::runtime::partition::{CommitHook, Partition};
+use crate::runtime::partition::Partition;
+use crate::storage::hook::CommitHook;
 use crate::storage::log::{LogRecord, Window, id_hash};
 use crate::time::Ts;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
@@ -278,7 +279,7 @@ fn dead_letter(
     m: &rdkafka::message::OwnedMessage,
     reason: &str,
     label: &str,
-    metrics: &crate::runtime::metrics::Metrics,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<(), KafkaError> {
     let partition = m.partition().to_string();
     let offset = m.offset().to_string();

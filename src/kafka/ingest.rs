@@ -31,7 +31,7 @@ impl KafkaIngest {
     }
 
     /// Produces each (event, raw JSON) and waits for every acknowledgement.
-    pub fn produce(&self, events: &[(&Event, &[u8])], received: i64) -> Result<(), KafkaError> {
+    pub fn produce_all(&self, events: &[(&Event, &[u8])], received: i64) -> Result<(), KafkaError> {
         let pending: Vec<_> = events
             .iter()
             .map(|(ev, raw)| {
@@ -52,5 +52,15 @@ impl KafkaIngest {
             delivery.map_err(|(e, _)| e)?;
         }
         Ok(())
+    }
+}
+
+impl crate::runtime::Producer for KafkaIngest {
+    fn produce(&self, events: &[(&Event, &[u8])], received: i64) -> anyhow::Result<()> {
+        Ok(self.produce_all(events, received)?)
+    }
+
+    fn partitions(&self) -> usize {
+        self.partitions
     }
 }

@@ -78,3 +78,30 @@ pub fn partition_count<C: rdkafka::client::ClientContext>(
     }
     Ok(t.partitions().len())
 }
+
+/// Opens the engine for these settings: on Kafka when `kafka.brokers` is set (the events topic's
+/// producer, the changelog as the commit hook, and the consumer-group member plugged in; the
+/// topics checked first), else on the embedded log.
+pub fn open_engine(settings: &crate::config::Settings) -> anyhow::Result<crate::runtime::Engine> {
+    use crate::runtime::{Cluster, Engine};
+    if !settings.kafka.enabled() {
+        return Engine::open(settings);
+    }
+    let build = |store: &std::sync::Arc<crate::storage::Store>,
+                 metrics: &std::sync::Arc<crate::metrics::Metrics>|
+     -> anyhow::Result<Cluster> {
+        let k = &settings.kafka;
+        let producer = ingest::KafkaIngest::new(k)?;
+        let n = producer.partitions();
+        let changelog = changelog::Changelog::new(k, store.clone(), metrics.clone(), n)?;
+        changelog.check_topics(n)?;
+        let changelog = std::sync::Arc::new(changelog);
+        let (hook, theirs) = (changelog.clone(), settings.clone());
+        Ok(Cluster {
+            producer: Box::new(producer),
+            hook,
+            consumer: Box::new(move |engine, stop| consumer::run(engine, &theirs, changelog, stop)),
+        })
+    };
+    Engine::open_with(settings, Some(&build))
+}

@@ -3,7 +3,6 @@
 //! No I/O, no clock, no randomness: the same inputs at the same times always give the same
 //! state and effects, which is what makes replay, tests and what-if runs exact.
 
-pub mod calendar;
 pub mod effect;
 mod eval;
 pub mod input;
@@ -14,6 +13,7 @@ pub use effect::{Effect, Metric, SendCommand, StepCount, WebhookCommand};
 pub use input::{Feedback, FeedbackKind, Input};
 pub use state::{ContactState, Enrollment, SendId};
 
+use crate::calendar;
 use crate::event::{Event, EventKind};
 use crate::time::Ts;
 use crate::value::{Map, Value};

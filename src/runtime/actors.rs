@@ -228,14 +228,13 @@ pub fn start(engine: Arc<Engine>, workers: usize) -> Running {
             })
         })
         .collect();
-    let kafka = engine.changelog.clone().map(|changelog| {
+    let kafka = engine.take_consumer().map(|consumer| {
         let stop = Arc::new(AtomicBool::new(false));
         let (e, s) = (engine.clone(), stop.clone());
         let handle = std::thread::Builder::new()
             .name("kafka-consumer".into())
             .spawn(move || {
-                let settings = e.settings.clone();
-                if let Err(err) = crate::kafka::consumer::run(e, &settings, changelog, s) {
+                if let Err(err) = consumer(e, s) {
                     tracing::error!("kafka consumer stopped: {err:#}");
                     // Without its consumer this instance can only do harm: stop the process and
                     // let the group hand its partitions to the others.

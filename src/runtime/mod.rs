@@ -2,19 +2,19 @@
 //! see [`actors`]), the outbox mailer, all over one RocksDB store.
 
 pub mod actors;
-pub mod metrics;
 pub mod partition;
 
 use crate::config::Settings;
 use crate::event::{Event, EventKind};
 use crate::machine::ContactState;
+use crate::metrics::Metrics;
 use crate::sinks::mailer::Mailer;
+use crate::storage::hook::CommitHook;
 use crate::storage::log::{Appended, EmbeddedLog};
 use crate::storage::{Store, dead_letters, tables};
 use crate::time::Ts;
 use crate::workflow::Registry;
 use anyhow::Context;
-use metrics::Metrics;
 use partition::Partition;
 use rocksdb::WriteBatch;
 use std::sync::{Arc, Mutex};
@@ -27,10 +27,12 @@ pub struct Engine {
     pub metrics: Arc<Metrics>,
     pub partitions: Vec<Mutex<Partition>>,
     pub mailer: Mailer,
-    /// Kafka mode: the changelog (partitions are then hosted by the consumer-group member, not
-    /// in `partitions`) and the producer HTTP ingest writes to.
-    pub changelog: Option<Arc<crate::kafka::changelog::Changelog>>,
-    pub kafka_ingest: Option<crate::kafka::ingest::KafkaIngest>,
+    /// Kafka mode (see [`Cluster`]): the changelog's hook (partitions are then hosted by the
+    /// consumer-group member, not in `partitions`) and the producer HTTP ingest writes to.
+    pub changelog: Option<Arc<dyn CommitHook>>,
+    pub kafka_ingest: Option<Box<dyn Producer>>,
+    /// The consumer-group member, until the actors start it.
+    consumer: Mutex<Option<Consumer>>,
     /// Seals unsubscribe and tracking links.
     pub links: Arc<crate::links::Links>,
     /// Write keys, admin tokens and link secrets in force.
@@ -43,6 +45,29 @@ pub struct Engine {
     /// that a scrape reads the lag without waiting for a busy partition's lock.
     handled: Vec<std::sync::atomic::AtomicU64>,
 }
+
+/// Where events go instead of the embedded log when the engine runs on a cluster.
+pub trait Producer: Send + Sync {
+    /// Appends each (event, raw JSON) durably (the broker's acknowledgement).
+    fn produce(&self, events: &[(&Event, &[u8])], received: Ts) -> anyhow::Result<()>;
+    /// The events topic's partition count.
+    fn partitions(&self) -> usize;
+}
+
+/// The consumer-group member: runs on a thread of its own, driving the partitions it is
+/// assigned, until the flag is set.
+pub type Consumer = Box<dyn FnOnce(Arc<Engine>, Arc<std::sync::atomic::AtomicBool>) -> anyhow::Result<()> + Send>;
+
+/// What a cluster (Kafka, see `crate::kafka::open_engine`) plugs into the engine, built once
+/// the store and the metrics exist. The engine never imports the cluster's code.
+pub struct Cluster {
+    pub producer: Box<dyn Producer>,
+    pub hook: Arc<dyn CommitHook>,
+    pub consumer: Consumer,
+}
+
+/// Builds the [`Cluster`] over the engine's store and metrics.
+pub type ClusterFactory<'a> = &'a dyn Fn(&Arc<Store>, &Arc<Metrics>) -> anyhow::Result<Cluster>;
 
 /// What `/readyz` answers: ready once the actors run, until shutdown begins; in Kafka mode
 /// also not while a rebalance is handing partitions over (restores included).
@@ -137,8 +162,18 @@ pub struct Round {
 
 impl Engine {
     /// Opens the store and the log, loads the workflows (keeping earlier versions that stored
-    /// state may still be inside) and the partition processors.
+    /// state may still be inside) and the partition processors, on the embedded log. Kafka mode
+    /// opens through `crate::kafka::open_engine`.
     pub fn open(settings: &Settings) -> anyhow::Result<Engine> {
+        anyhow::ensure!(
+            !settings.kafka.enabled(),
+            "kafka.brokers is set: the engine opens on Kafka through dripline::kafka::open_engine"
+        );
+        Self::open_with(settings, None)
+    }
+
+    /// [`Engine::open`] with a cluster plugged in.
+    pub fn open_with(settings: &Settings, cluster: Option<ClusterFactory>) -> anyhow::Result<Engine> {
         let e = &settings.engine;
         crate::tune_allocators();
         std::fs::create_dir_all(&e.data_dir).with_context(|| format!("creating {}", e.data_dir.display()))?;
@@ -167,15 +202,12 @@ impl Engine {
         let reg = Arc::new(reg);
         let metrics = Arc::new(Metrics::new());
         metrics.init_workflows(reg.latest().iter().map(|w| &*w.id));
-        let (changelog, kafka_ingest) = if settings.kafka.enabled() {
-            let k = &settings.kafka;
-            let ingest = crate::kafka::ingest::KafkaIngest::new(k)?;
-            let n = ingest.partitions();
-            let changelog = crate::kafka::changelog::Changelog::new(k, store.clone(), metrics.clone(), n)?;
-            changelog.check_topics(n)?;
-            (Some(Arc::new(changelog)), Some(ingest))
-        } else {
-            (None, None)
+        let (changelog, kafka_ingest, consumer) = match cluster {
+            Some(build) => {
+                let c = build(&store, &metrics)?;
+                (Some(c.hook), Some(c.producer), Some(c.consumer))
+            }
+            None => (None, None, None),
         };
         let keys = Arc::new(crate::auth::Keys::load(settings)?);
         dead_letters::set_payload_cap(settings.dead_letters.max_payload_bytes);
@@ -221,6 +253,7 @@ impl Engine {
             settings: settings.clone(),
             changelog,
             kafka_ingest,
+            consumer: Mutex::new(consumer),
             store,
             log,
             reg,
@@ -408,6 +441,11 @@ impl Engine {
         self.ingest_raw(&slices, kind_hint, received, Origin::Engine)
     }
 
+    /// The consumer-group member to start (once), in Kafka mode.
+    pub fn take_consumer(&self) -> Option<Consumer> {
+        self.consumer.lock().expect("consumer lock").take()
+    }
+
     /// The number of log partitions (embedded log or the events topic).
     pub fn log_partitions(&self) -> u16 {
         match &self.kafka_ingest {
@@ -446,7 +484,6 @@ impl Engine {
 
     /// Partitions (hosted here) that have `workflow` paused, and how many are hosted here.
     pub fn paused_in(&self, workflow: &str) -> anyhow::Result<(usize, usize)> {
-        use partition::CommitHook as _;
         let pausing = crate::storage::workflow_states::partitions_pausing(&self.store, workflow)?;
         let hosted = match &self.changelog {
             Some(c) => (0..self.log_partitions()).filter(|p| c.owns(*p)).collect::<Vec<_>>(),

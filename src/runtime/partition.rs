@@ -4,9 +4,10 @@
 //! its due time as input time; when the log is idle, timers fire on the wall clock. Everything an
 //! input changes is staged in one `WriteBatch` with the consumed position and committed together.
 
-use super::metrics::Metrics;
 use crate::machine::{ContactState, Effect, Input, Metric, handle};
+use crate::metrics::Metrics;
 use crate::storage::StoreError;
+use crate::storage::hook::CommitHook;
 use crate::storage::tables::{self, MailContent, OutboxEntry};
 use crate::storage::timers::{TimerKey, TimerQueue};
 use crate::storage::{Result, Store, erasures, log, outbox_counts, suppressed_addresses, workflow_states};
@@ -215,16 +216,6 @@ impl Default for Checkpoint {
             interval: std::time::Duration::ZERO,
         }
     }
-}
-
-/// Sees every batch a partition (or the mailer, for a partition's sends) commits, before it is
-/// written locally: the Kafka changelog. May add local-only entries (its own checkpoint) to it.
-pub trait CommitHook: Send + Sync {
-    fn publish(&self, partition: u16, batch: &mut WriteBatch) -> Result<()>;
-    /// Whether this instance owns the partition now (the mailer sends only for those).
-    fn owns(&self, partition: u16) -> bool;
-    /// The fraction of all partitions this instance owns (its share of the send rate).
-    fn share(&self) -> f64;
 }
 
 impl Partition {

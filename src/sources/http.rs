@@ -169,7 +169,7 @@ async fn guard(
     Ok(next.call(req).await?.map_into_boxed_body())
 }
 
-/// The private routes: ingest, metrics, probes and the admin API.
+/// The private routes: ingest, metrics and probes (the admin API is added by the caller).
 fn private_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/track", web::post().to(track))
         .route("/v1/identify", web::post().to(identify))
@@ -177,13 +177,13 @@ fn private_routes(cfg: &mut web::ServiceConfig) {
         .route("/v1/batch", web::post().to(batch))
         .route("/metrics", web::get().to(metrics))
         .route("/healthz", web::get().to(healthz))
-        .route("/readyz", web::get().to(readyz))
-        .configure(crate::admin::routes);
+        .route("/readyz", web::get().to(readyz));
 }
 
 /// Serves both listeners until SIGTERM or SIGINT, then stops intake at once (see the module
-/// doc) and returns when the listeners have stopped.
-pub async fn serve(engine: Arc<Engine>) -> std::io::Result<()> {
+/// doc) and returns when the listeners have stopped. `admin` adds the admin API's routes to the
+/// private listener (`crate::admin::routes`; a parameter, so the sources never import it).
+pub async fn serve(engine: Arc<Engine>, admin: fn(&mut web::ServiceConfig)) -> std::io::Result<()> {
     let http = engine.settings.http.clone();
     let data = web::Data::new(engine.clone());
     let same = http.listen == http.public_listen;
@@ -195,6 +195,7 @@ pub async fn serve(engine: Arc<Engine>) -> std::io::Result<()> {
             .app_data(web::JsonConfig::default().limit(MAX_BODY))
             .wrap(from_fn(guard))
             .configure(private_routes)
+            .configure(admin)
             .configure(|c| {
                 if same {
                     super::recipient::routes(c)

@@ -12,6 +12,7 @@
 pub mod dead_letters;
 pub mod digest;
 pub mod erasures;
+pub mod hook;
 pub mod log;
 pub mod outbox_counts;
 pub mod suppressed_addresses;

@@ -754,7 +754,7 @@ fn value_fits(ty: TraitType, v: &Value) -> bool {
         TraitType::Email => v.as_str().is_some_and(|s| s.contains('@')),
         TraitType::Date | TraitType::DateTime => v
             .as_str()
-            .is_some_and(|s| crate::machine::calendar::parse_date_value(s).is_some()),
+            .is_some_and(|s| crate::calendar::parse_date_value(s).is_some()),
         TraitType::String => matches!(v, Value::Str(_)),
     }
 }
