@@ -1,5 +1,6 @@
 //! Settings, layered with the `config` crate: `config/default.toml` (compiled in), then an
-//! optional `--config FILE`, then `DRIPLINE__SECTION__KEY` environment variables.
+//! optional `--config FILE`, then `DRIPLINE__SECTION__KEY` environment variables. Relative paths
+//! a config file sets resolve against that file's directory.
 
 use crate::workflow::{FrequencyCap, Policy, duration};
 use serde::Deserialize;
@@ -366,7 +367,7 @@ impl Settings {
         if let Some(f) = file {
             b = b.add_source(config::File::from(f).required(true));
         }
-        let settings: Settings = b
+        let mut settings: Settings = b
             .add_source(
                 LIST_KEYS.iter().fold(
                     config::Environment::with_prefix("DRIPLINE")
@@ -379,6 +380,9 @@ impl Settings {
             )
             .build()?
             .try_deserialize()?;
+        if let Some(f) = file {
+            settings.relative_to(f)?;
+        }
         settings.policy()?;
         settings.mail.validate()?;
         let e = &settings.engine;
@@ -417,6 +421,29 @@ impl Settings {
                 reason: e.to_string(),
             })?;
         Ok(settings)
+    }
+
+    /// Paths that a config file sets relatively resolve against the file's directory, not the
+    /// working directory (a path from the defaults or the environment is left as it is).
+    fn relative_to(&mut self, file: &std::path::Path) -> Result<(), ConfigError> {
+        let own = config::Config::builder()
+            .add_source(config::File::from(file).required(true))
+            .build()?;
+        let base = file.parent().unwrap_or(std::path::Path::new(""));
+        let paths: [(&str, &mut PathBuf); 5] = [
+            ("workflows.dir", &mut self.workflows.dir),
+            ("engine.data_dir", &mut self.engine.data_dir),
+            ("mail.outbox_dir", &mut self.mail.outbox_dir),
+            ("mail.dkim.private_key_file", &mut self.mail.dkim.private_key_file),
+            ("mail.smtp.ca_file", &mut self.mail.smtp.ca_file),
+        ];
+        for (key, path) in paths {
+            let from_file = own.get_string(key).ok().map(PathBuf::from);
+            if from_file.as_ref() == Some(&*path) && path.is_relative() && !path.as_os_str().is_empty() {
+                *path = base.join(&*path);
+            }
+        }
+        Ok(())
     }
 
     /// What `dripline run` needs beyond [`Settings::load`]: in Kafka mode a configured link

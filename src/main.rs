@@ -89,6 +89,9 @@ enum Command {
         #[command(subcommand)]
         action: StateCmd,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) to standard output,
+    /// e.g. `dripline completions bash > /etc/bash_completion.d/dripline`.
+    Completions { shell: clap_complete::Shell },
     /// Run a sample clickstream through the workflows on a simulated clock and write the emails.
     Demo {
         #[arg(long, default_value = "examples/clickstream.ndjson")]
@@ -102,7 +105,11 @@ enum Command {
 enum StateCmd {
     /// A stable digest of all contact state and pending timers, overall and per partition
     /// (works while the engine runs).
-    Digest,
+    Digest {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -179,6 +186,11 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    if let Command::Completions { shell } = cli.command {
+        use clap::CommandFactory;
+        clap_complete::generate(shell, &mut Cli::command(), "dripline", &mut std::io::stdout());
+        return Ok(ExitCode::SUCCESS);
+    }
     let mut settings = Settings::load(cli.config.as_deref())?;
     if let Some(dir) = cli.data_dir {
         settings.engine.data_dir = dir;
@@ -472,12 +484,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::State {
-            action: StateCmd::Digest,
+            action: StateCmd::Digest { json },
         } => {
             let dir = settings.engine.data_dir.clone();
             let store =
                 dripline::storage::Store::open_read_only(&dir).with_context(|| format!("opening {}", dir.display()))?;
             let d = dripline::storage::digest::digest(&store, settings.engine.partitions)?;
+            if json {
+                let parts: Vec<_> = d
+                    .partitions
+                    .iter()
+                    .map(|p| serde_json::json!({"digest": format!("{:032x}", p.digest), "contacts": p.contacts, "timers": p.timers}))
+                    .collect();
+                let v = serde_json::json!({"digest": format!("{:032x}", d.total), "contacts": d.contacts(), "partitions": parts});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(ExitCode::SUCCESS);
+            }
             println!("{:032x}  {} contacts", d.total, d.contacts());
             for (p, pd) in d.partitions.iter().enumerate() {
                 println!(
@@ -487,6 +509,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Completions { .. } => unreachable!("answered above"),
         Command::Demo { events, out } => {
             let report = dripline::demo::run(&settings, &events, &out).context("demo")?;
             println!(

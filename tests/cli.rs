@@ -110,3 +110,90 @@ fn demo_writes_one_eml_per_email_with_deterministic_message_ids() {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].reason, "missing or empty `messageId`");
 }
+
+/// Shell completions come from the command definitions; `bash -n` accepts the script, and it
+/// names the subcommands.
+#[test]
+fn completions_for_bash_are_a_valid_script_naming_the_commands() {
+    let out = dripline().args(["completions", "bash"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let script = String::from_utf8(out.stdout).unwrap();
+    for word in ["dead-letters", "workflows", "replay", "--data-dir"] {
+        assert!(script.contains(word), "{word}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dripline.bash");
+    std::fs::write(&file, &script).unwrap();
+    let check = Command::new("bash").arg("-n").arg(&file).output().unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+}
+
+/// `state digest --json` gives the same digest as the text form.
+#[test]
+fn the_state_digest_as_json_matches_the_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = dripline()
+        .args(["demo", "--out"])
+        .arg(dir.path())
+        .env("DRIPLINE__ENGINE__DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let data = dir.path().join("data");
+    let text = dripline()
+        .args(["state", "digest", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
+    let text = String::from_utf8(text.stdout).unwrap();
+    let json = dripline()
+        .args(["state", "digest", "--json", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let total = v["digest"].as_str().unwrap();
+    assert!(text.starts_with(total), "{text} vs {total}");
+    assert!(v["contacts"].as_u64().unwrap() > 0);
+}
+
+/// Relative paths in a `--config` file resolve against the file's directory, whatever the
+/// working directory; the environment still wins.
+#[test]
+fn paths_in_a_config_file_are_relative_to_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    std::fs::write(
+        conf.join("dripline.toml"),
+        "[workflows]\ndir = \"flows\"\n[engine]\ndata_dir = \"state\"\n",
+    )
+    .unwrap();
+    std::fs::create_dir_all(conf.join("flows")).unwrap();
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/workflows/16_welcome_series.yaml"),
+        conf.join("flows/welcome.yaml"),
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_dripline"))
+        .current_dir(dir.path())
+        .args(["validate", "--config", "conf/dripline.toml"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("conf/flows: 1 workflows valid"), "{stdout}");
+    let out = Command::new(env!("CARGO_BIN_EXE_dripline"))
+        .current_dir(dir.path())
+        .args(["ingest", "--config", "conf/dripline.toml"])
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/clickstream.ndjson"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        conf.join("state").join("event-log").exists(),
+        "the data directory beside the file"
+    );
+}

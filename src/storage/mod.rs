@@ -263,6 +263,9 @@ impl Store {
         if by_id && !existing.has(CF_CONTACTS) {
             cfs.retain(|c| c.name() != CF_CONTACTS);
         }
+        // Tables newer than the store (a version that adds them has not opened it for writing
+        // yet) cannot be opened read-only: they are left out, and their reads are not needed.
+        cfs.retain(|c| c.name() == CF_CONTACTS || existing.has(c.name()));
         let db = DB::open_cf_descriptors_read_only(&opts, dir, cfs, false)?;
         let contacts = match by_id {
             true => ContactLayout::ById,
@@ -466,6 +469,40 @@ fn copy_table(
 
 #[cfg(test)]
 mod tests {
+    /// A store written before the newest tables existed opens read-only (those tables left
+    /// out), and a read-write open adds them.
+    #[test]
+    fn a_store_without_the_newest_tables_opens_read_only_and_gains_them_read_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let newest = [
+            CF_SUPPRESSED_ADDRESSES,
+            CF_WORKFLOW_STATES,
+            CF_ERASURES,
+            CF_OUTBOX_COUNTS,
+        ];
+        {
+            let mut opts = Options::default();
+            opts.create_if_missing(true);
+            opts.create_missing_column_families(true);
+            let older: Vec<&str> = ALL.iter().copied().filter(|n| !newest.contains(n)).collect();
+            let db = DB::open_cf(&opts, tmp.path(), older).unwrap();
+            db.put_cf(
+                db.cf_handle(CF_POSITIONS).unwrap(),
+                CONTACT_PARTITIONS_KEY,
+                8u16.to_be_bytes(),
+            )
+            .unwrap();
+        }
+        let ro = Store::open_read_only(tmp.path()).unwrap();
+        assert!(tables::get_contact(&ro, "ann").unwrap().is_none());
+        assert!(ro.db.cf_handle(CF_OUTBOX_COUNTS).is_none());
+        drop(ro);
+        let rw = Store::open(tmp.path()).unwrap();
+        for n in newest {
+            assert!(rw.db.cf_handle(n).is_some(), "{n}");
+        }
+    }
+
     use super::*;
 
     /// `contact show`'s read-only open reads the tables with the options they were written
