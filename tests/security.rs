@@ -123,6 +123,21 @@ fn link(mail: &str, kind: &str) -> String {
     rest[..end].to_owned()
 }
 
+/// `dripline replay --from-data DATA --into INTO` over the test's workflows, which must succeed.
+fn replay_from_data(dir: &Path, data: &Path, into: &Path) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dripline"))
+        .args(["replay", "--from-data"])
+        .arg(data)
+        .arg("--into")
+        .arg(into)
+        .env("DRIPLINE__WORKFLOWS__DIR", dir.join("workflows"))
+        .env("DRIPLINE__POLICY__QUIET_HOURS", "")
+        .env("DRIPLINE__POLICY__FREQUENCY_CAP__ENABLED", "false")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -844,17 +859,7 @@ fn a_paused_workflow_takes_no_new_entrants_and_a_replay_pauses_at_the_same_point
         String::from_utf8_lossy(&out.stdout).lines().next().unwrap().to_owned()
     };
     let rebuilt = tmp.path().join("rebuilt");
-    let out = Command::new(env!("CARGO_BIN_EXE_dripline"))
-        .args(["replay", "--from-data"])
-        .arg(tmp.path().join("data"))
-        .arg("--into")
-        .arg(&rebuilt)
-        .env("DRIPLINE__WORKFLOWS__DIR", tmp.path().join("workflows"))
-        .env("DRIPLINE__POLICY__QUIET_HOURS", "")
-        .env("DRIPLINE__POLICY__FREQUENCY_CAP__ENABLED", "false")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    replay_from_data(tmp.path(), &tmp.path().join("data"), &rebuilt);
     assert_eq!(digest(&rebuilt), digest(&tmp.path().join("data")));
     let store = dripline::storage::Store::open_read_only(&rebuilt).unwrap();
     let bob = dripline::storage::tables::get_contact(&store, "bob").unwrap().unwrap();
@@ -929,17 +934,7 @@ fn an_erased_contact_leaves_no_byte_in_the_data_directory_and_stays_unmailed() {
 
     // A replay of the log does not bring her back, and builds the same state.
     let rebuilt = tmp.path().join("rebuilt");
-    let out = Command::new(env!("CARGO_BIN_EXE_dripline"))
-        .args(["replay", "--from-data"])
-        .arg(&data)
-        .arg("--into")
-        .arg(&rebuilt)
-        .env("DRIPLINE__WORKFLOWS__DIR", tmp.path().join("workflows"))
-        .env("DRIPLINE__POLICY__QUIET_HOURS", "")
-        .env("DRIPLINE__POLICY__FREQUENCY_CAP__ENABLED", "false")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    replay_from_data(tmp.path(), &data, &rebuilt);
     let store = dripline::storage::Store::open_read_only(&rebuilt).unwrap();
     assert!(dripline::storage::tables::get_contact(&store, ID).unwrap().is_none());
     assert!(dripline::storage::tables::get_contact(&store, "bob").unwrap().is_some());
