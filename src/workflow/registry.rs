@@ -91,6 +91,8 @@ pub struct Index {
 pub struct Registry {
     versions: FxHashMap<Arc<str>, BTreeMap<u32, Arc<Workflow>>>,
     latest: Vec<Arc<Workflow>>,
+    /// The ids of `latest`: the workflows that have a file.
+    current: rustc_hash::FxHashSet<Arc<str>>,
     pub index: Index,
     pub lists: BTreeMap<String, Cond>,
     pub traits: BTreeMap<String, TraitType>,
@@ -321,6 +323,7 @@ impl Registry {
             .collect();
         let index = build_index(&indexed, &lists, &counters);
         Ok(Registry {
+            current: latest.iter().map(|w| w.id.clone()).collect(),
             versions,
             latest,
             index,
@@ -354,11 +357,16 @@ impl Registry {
     /// or before `t`. `None` when the workflow has no file, or none of its versions was deployed
     /// by then (it came later).
     pub fn in_force(&self, id: &str, t: Ts) -> Option<&Arc<Workflow>> {
-        let latest = self.latest_of(id)?;
-        if latest.deployed_at <= t {
-            return Some(latest);
+        // Looked up on every enrolment: a hash look-up, not a scan of the workflows.
+        let versions = self.versions.get(id)?;
+        let newest = versions.values().next_back()?;
+        if !self.current.contains(id) {
+            return None;
         }
-        self.versions.get(id)?.values().rev().find(|w| w.deployed_at <= t)
+        if newest.deployed_at <= t {
+            return Some(newest);
+        }
+        versions.values().rev().find(|w| w.deployed_at <= t)
     }
 
     /// Whether `wf` is the version new entrants take at `t` (index entries hold every version).
