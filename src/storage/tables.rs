@@ -374,6 +374,11 @@ pub fn outbox_ids(s: &Store) -> Result<Vec<SendId>> {
     Ok(outbox_keys(s)?.into_iter().map(|k| k.id).collect())
 }
 
+/// Whether the outbox holds an entry under `key`.
+pub fn outbox_has(s: &Store, key: OutboxKey) -> Result<bool> {
+    Ok(s.db.get_pinned_cf(s.cf(CF_OUTBOX), key.bytes())?.is_some())
+}
+
 pub fn delete_outbox(s: &Store, b: &mut WriteBatch, key: OutboxKey) {
     b.delete_cf(s.cf(CF_OUTBOX), key.bytes());
 }

@@ -123,7 +123,10 @@ impl Round {
     /// Deletes an outbox entry in `partition`'s batch, counted.
     fn remove(&mut self, store: &Store, partition: u16, key: OutboxKey) {
         tables::delete_outbox(store, self.batch(partition), key);
-        *self.removed.entry(partition).or_default() += 1;
+        // An entry an erasure took meanwhile was counted out by its partition.
+        if tables::outbox_has(store, key).unwrap_or(true) {
+            *self.removed.entry(partition).or_default() += 1;
+        }
     }
 
     fn wait_at_most(&mut self, d: Duration) {
@@ -428,7 +431,10 @@ impl Mailer {
                 let batch = round.accepted.entry(group).or_default();
                 tables::mark_sent(&self.store, batch, id, now);
                 tables::delete_outbox(&self.store, batch, OutboxKey::of(id, &e));
-                *round.accepted_removed.entry(e.partition).or_default() += 1;
+                // An entry an erasure took meanwhile was counted out by its partition.
+                if tables::outbox_has(&self.store, OutboxKey::of(id, &e)).unwrap_or(true) {
+                    *round.accepted_removed.entry(e.partition).or_default() += 1;
+                }
                 if events {
                     let ev = feedback_event(&e.contact, id, FeedbackKind::Delivered, Some(&e.workflow), None);
                     round.accepted_events.push(ev);
