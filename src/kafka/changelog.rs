@@ -15,10 +15,7 @@ use super::{KafkaError, client_config, producer_config};
 use crate::config::KafkaSettings;
 use crate::metrics::Metrics;
 use crate::storage::hook::CommitHook;
-use crate::storage::{
-    CF_CONTACTS, CF_COUNTERS, CF_DEAD, CF_OUTBOX, CF_OUTBOX_COUNTS, CF_POSITIONS, CF_SENT, CF_SUPPRESSED_ADDRESSES,
-    CF_SUPPRESSIONS, CF_TIMERS, CF_WORKFLOW_STATES, Result, Store, StoreError,
-};
+use crate::storage::{CF_CONTACTS, CF_POSITIONS, CF_TIMERS, Result, Store, StoreError};
 use crate::storage::{tables, timers};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -28,21 +25,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
-
-/// The tables a partition's state is made of (the log and workflow versions are not).
-const MIRRORED: [&str; 11] = [
-    CF_CONTACTS,
-    CF_TIMERS,
-    CF_OUTBOX,
-    CF_OUTBOX_COUNTS,
-    CF_SENT,
-    CF_POSITIONS,
-    CF_COUNTERS,
-    CF_DEAD,
-    CF_SUPPRESSIONS,
-    CF_SUPPRESSED_ADDRESSES,
-    CF_WORKFLOW_STATES,
-];
 
 pub struct Changelog {
     producer: FutureProducer,
@@ -76,7 +58,7 @@ fn table_of(name: &[u8]) -> Option<&'static str> {
     if name == CONTACTS_RECORD.as_bytes() {
         return Some(CF_CONTACTS);
     }
-    MIRRORED.into_iter().find(|n| *n != CF_CONTACTS && n.as_bytes() == name)
+    crate::storage::mirrored().find(|n| *n != CF_CONTACTS && n.as_bytes() == name)
 }
 
 /// Collects a batch's writes to the mirrored tables.
@@ -123,13 +105,13 @@ fn last_per_key(out: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Vec<(Vec<u8>, Option<Ve
 /// batch with one put per table reveals them through the iterator.
 fn table_ids(store: &Store) -> HashMap<u32, &'static str> {
     let mut probe = WriteBatch::default();
-    for name in MIRRORED {
+    for name in crate::storage::mirrored() {
         probe.put_cf(store.cf(name), name.as_bytes(), []);
     }
     struct Ids(HashMap<u32, &'static str>);
     impl WriteBatchIteratorCf for Ids {
         fn put_cf(&mut self, cf: u32, key: &[u8], _: &[u8]) {
-            if let Some(name) = MIRRORED.iter().find(|n| n.as_bytes() == key) {
+            if let Some(name) = crate::storage::mirrored().find(|n| n.as_bytes() == key) {
                 self.0.insert(cf, name);
             }
         }
@@ -444,6 +426,7 @@ impl CommitHook for Changelog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::CF_OUTBOX;
 
     /// A contact's record is named `contacts` and keyed by its id alone, whatever partition the
     /// store keys it under: the form changelogs had before, which any store restores its own way.

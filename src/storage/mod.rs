@@ -42,22 +42,45 @@ pub const CF_WORKFLOW_STATES: &str = "workflow_states";
 pub const CF_ERASURES: &str = "erasures";
 pub const CF_OUTBOX_COUNTS: &str = "outbox_counts";
 
-/// The state tables. The log's column family lives in its own database, [`LOG_DIR`].
-const ALL: [&str; 13] = [
-    CF_CONTACTS,
-    CF_TIMERS,
-    CF_OUTBOX,
-    CF_SENT,
-    CF_POSITIONS,
-    CF_COUNTERS,
-    CF_WORKFLOWS,
-    CF_DEAD,
-    CF_SUPPRESSIONS,
-    CF_SUPPRESSED_ADDRESSES,
-    CF_WORKFLOW_STATES,
-    CF_ERASURES,
-    CF_OUTBOX_COUNTS,
+/// A state table: its column family, and whether it is part of a partition's state (what the
+/// Kafka changelog mirrors and a restore brings back).
+pub struct Table {
+    pub name: &'static str,
+    pub partition_state: bool,
+}
+
+const fn table(name: &'static str, partition_state: bool) -> Table {
+    Table { name, partition_state }
+}
+
+/// Every state table, once: the store opens them all, the changelog mirrors those that are part
+/// of a partition's state. The log's column family lives in its own database, [`LOG_DIR`].
+pub const TABLES: [Table; 13] = [
+    table(CF_CONTACTS, true),
+    table(CF_TIMERS, true),
+    table(CF_OUTBOX, true),
+    table(CF_OUTBOX_COUNTS, true),
+    table(CF_SENT, true),
+    table(CF_POSITIONS, true),
+    table(CF_COUNTERS, true),
+    table(CF_DEAD, true),
+    table(CF_SUPPRESSIONS, true),
+    table(CF_SUPPRESSED_ADDRESSES, true),
+    table(CF_WORKFLOW_STATES, true),
+    // Per instance: the workflow versions it loaded, the erasures it has still to complete.
+    table(CF_WORKFLOWS, false),
+    table(CF_ERASURES, false),
 ];
+
+/// The names of every state table.
+fn all() -> impl Iterator<Item = &'static str> {
+    TABLES.iter().map(|t| t.name)
+}
+
+/// The tables the Kafka changelog mirrors.
+pub fn mirrored() -> impl Iterator<Item = &'static str> {
+    TABLES.iter().filter(|t| t.partition_state).map(|t| t.name)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -186,13 +209,13 @@ fn options(existing: &Existing) -> (Options, Vec<ColumnFamilyDescriptor>, Option
     // deleted once replaced. A MANIFEST is a few KiB here, written once per flush or
     // compaction.
     opts.set_max_manifest_file_size(1);
-    let cfs = ALL.iter().map(|n| match *n {
+    let cfs = all().map(|n| match n {
         // Contacts too, in a skiplist memtable like every table. A hashed memtable (by whole
         // key, in earlier versions) made each insert touch one bucket, but its flush had to sort
         // every key into a new skiplist on the flush thread: 11 % of the pipelined engine's
         // CPU. Inserting in order as it goes costs the processing thread less than that.
-        CF_CONTACTS | CF_SENT | CF_COUNTERS | CF_SUPPRESSIONS => ColumnFamilyDescriptor::new(*n, point()),
-        _ => ColumnFamilyDescriptor::new(*n, Options::default()),
+        CF_CONTACTS | CF_SENT | CF_COUNTERS | CF_SUPPRESSIONS => ColumnFamilyDescriptor::new(n, point()),
+        _ => ColumnFamilyDescriptor::new(n, Options::default()),
     });
     let mut cfs: Vec<_> = cfs.collect();
     // The contacts of an earlier layout, with the options they were written with, if present.
@@ -350,7 +373,7 @@ impl Store {
         let mut opts = rocksdb::CompactOptions::default();
         opts.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
         opts.set_exclusive_manual_compaction(false);
-        let mut main: Vec<&ColumnFamily> = ALL.iter().map(|n| self.cf(n)).collect();
+        let mut main: Vec<&ColumnFamily> = all().map(|n| self.cf(n)).collect();
         if let Some(old) = self.db.cf_handle(CF_CONTACTS_BY_ID) {
             main.push(old);
         }
@@ -378,7 +401,7 @@ impl Store {
     /// Leaves bulk mode with everything written durably (memtables flushed to SST files).
     pub fn finish_bulk(&self) -> Result<()> {
         self.bulk.store(false, std::sync::atomic::Ordering::Relaxed);
-        let cfs: Vec<&ColumnFamily> = ALL.iter().map(|n| self.cf(n)).collect();
+        let cfs: Vec<&ColumnFamily> = all().map(|n| self.cf(n)).collect();
         self.db.flush_cfs_opt(&cfs, &rocksdb::FlushOptions::default())?;
         let (db, cf) = self.log_db()?;
         db.flush_cf(cf)?;
@@ -484,7 +507,7 @@ mod tests {
             let mut opts = Options::default();
             opts.create_if_missing(true);
             opts.create_missing_column_families(true);
-            let older: Vec<&str> = ALL.iter().copied().filter(|n| !newest.contains(n)).collect();
+            let older: Vec<&str> = all().filter(|n| !newest.contains(n)).collect();
             let db = DB::open_cf(&opts, tmp.path(), older).unwrap();
             db.put_cf(
                 db.cf_handle(CF_POSITIONS).unwrap(),
@@ -635,7 +658,9 @@ mod tests {
                 o
             };
             // The tables of that time: `contacts`, and no partitioned one.
-            let names = ALL.map(|n| if n == CF_CONTACTS { CF_CONTACTS_BY_ID } else { n });
+            let names: Vec<&str> = all()
+                .map(|n| if n == CF_CONTACTS { CF_CONTACTS_BY_ID } else { n })
+                .collect();
             let cfs = names.iter().map(|n| match *n {
                 CF_CONTACTS_BY_ID => ColumnFamilyDescriptor::new(*n, hashed()),
                 _ => ColumnFamilyDescriptor::new(*n, Options::default()),
