@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Checks the documentation: README.md stays short (under 300 lines), no tracked file refers to
-# development sessions or periods ("session 12", "before period 3"), and every relative Markdown
+# numbered development sessions or work periods, and every relative Markdown
 # link in README.md, CHANGELOG.md and docs/ points to a file that exists. Prints each problem and
 # exits non-zero if there is one.
 set -euo pipefail

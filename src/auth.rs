@@ -100,36 +100,9 @@ impl Keys {
         })
     }
 
-    /// Keys for in-process use that never reach a network (tests, the demo): generated in
-    /// memory, nothing written.
-    pub fn ephemeral(settings: &Settings) -> Keys {
-        let mut link_secrets = vec![match &settings.mail.secret {
-            s if s.is_empty() => random_key(),
-            s => s.clone(),
-        }];
-        link_secrets.extend(settings.mail.previous_secrets.iter().cloned());
-        Keys {
-            write: Some(vec![random_key()]),
-            admin: vec![random_key()],
-            metrics: Vec::new(),
-            link_secrets,
-            generated: Vec::new(),
-        }
-    }
-
     /// Whether ingest needs a key.
     pub fn ingest_is_open(&self) -> bool {
         self.write.is_none()
-    }
-
-    /// A write key to send to a running engine with (the first configured or the stored one).
-    pub fn write_key(&self) -> Option<&str> {
-        self.write.as_ref().and_then(|k| k.first()).map(String::as_str)
-    }
-
-    /// An admin token to call a running engine with.
-    pub fn admin_token(&self) -> &str {
-        &self.admin[0]
     }
 
     /// Whether an `Authorization` header value grants `access`.

@@ -49,22 +49,18 @@ struct Setup {
 
 impl Setup {
     fn start(&self) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_dripline"));
-        common::engine_env(&mut cmd);
+        let (mut cmd, _) = common::run_command(
+            Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/workflows")),
+            &self.dir.join("data"),
+            &self.dir.join("mail"),
+            self.port,
+        );
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(self.dir.join("run.log"))
             .unwrap();
         let child = cmd
-            .arg("run")
-            .env(
-                "DRIPLINE__WORKFLOWS__DIR",
-                concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"),
-            )
-            .env("DRIPLINE__ENGINE__DATA_DIR", self.dir.join("data"))
-            .env("DRIPLINE__HTTP__LISTEN", format!("127.0.0.1:{}", self.port))
-            .env("DRIPLINE__POLICY__QUIET_HOURS", "")
             .env("DRIPLINE__POLICY__FREQUENCY_CAP__ENABLED", "false")
             .env("DRIPLINE__MAIL__TRANSPORT", "smtp")
             .env("DRIPLINE__MAIL__SMTP__HOST", "127.0.0.1")

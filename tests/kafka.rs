@@ -157,22 +157,12 @@ struct Instance {
 fn start(broker: &Broker, group: &str, dir: &Path) -> Instance {
     std::fs::create_dir_all(dir).unwrap();
     let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dripline"));
-    common::engine_env(&mut cmd);
+    let (mut cmd, _) = common::run_command(&shipped(), &dir.join("data"), &dir.join("mail"), port);
     let child = cmd
-        .arg("run")
         .env(
             "DRIPLINE__MAIL__SECRET",
             "kafka-test-link-secret-shared-by-every-instance",
         )
-        .env(
-            "DRIPLINE__WORKFLOWS__DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"),
-        )
-        .env("DRIPLINE__ENGINE__DATA_DIR", dir.join("data"))
-        .env("DRIPLINE__MAIL__OUTBOX_DIR", dir.join("mail"))
-        .env("DRIPLINE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("DRIPLINE__POLICY__QUIET_HOURS", "")
         .env("DRIPLINE__KAFKA__BROKERS", broker.addr())
         .env("DRIPLINE__KAFKA__GROUP_ID", group)
         .env("DRIPLINE__KAFKA__EVENTS_TOPIC", broker.name("events"))
@@ -342,20 +332,8 @@ fn store_digest(dir: &Path) -> dripline::storage::digest::Digest {
 /// `/metrics` of an engine on the embedded log after the sample clickstream.
 fn embedded_scrape(dir: &Path) -> String {
     let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dripline"));
-    common::engine_env(&mut cmd);
-    let mut child = cmd
-        .arg("run")
-        .env(
-            "DRIPLINE__WORKFLOWS__DIR",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/workflows"),
-        )
-        .env("DRIPLINE__ENGINE__DATA_DIR", dir.join("data"))
-        .env("DRIPLINE__MAIL__OUTBOX_DIR", dir.join("mail"))
-        .env("DRIPLINE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut cmd, _) = common::run_command(&shipped(), &dir.join("data"), &dir.join("mail"), port);
+    let mut child = cmd.stderr(std::process::Stdio::null()).spawn().unwrap();
     wait_for(Duration::from_secs(20), || {
         http(port, "GET", "/readyz", "").is_ok_and(|(s, _)| s == 200)
     });
@@ -727,4 +705,8 @@ fn an_erased_contact_is_gone_from_every_instance_and_from_a_replay_of_the_topic(
     drop(store);
     let left = common::files_containing(&rebuilt, &[ID, EMAIL]);
     assert!(left.is_empty(), "left in the rebuilt store: {left:?}");
+}
+
+fn shipped() -> PathBuf {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/workflows").into()
 }

@@ -15,15 +15,8 @@ struct Engine {
 }
 
 fn start(dir: &Path, workflows: &Path, port: u16) -> Engine {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dripline"));
-    common::engine_env(&mut cmd);
+    let (mut cmd, _) = common::run_command(workflows, &dir.join("data"), &dir.join("mail"), port);
     let child = cmd
-        .arg("run")
-        .env("DRIPLINE__WORKFLOWS__DIR", workflows)
-        .env("DRIPLINE__ENGINE__DATA_DIR", dir.join("data"))
-        .env("DRIPLINE__MAIL__OUTBOX_DIR", dir.join("mail"))
-        .env("DRIPLINE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("DRIPLINE__POLICY__QUIET_HOURS", "")
         .stderr(std::fs::File::create(dir.join(format!("run-{port}.log"))).unwrap())
         .spawn()
         .unwrap();

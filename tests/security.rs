@@ -67,15 +67,8 @@ fn workflows(dir: &Path) -> PathBuf {
 /// `dripline run` with the test keys (unless `env` overrides them) and its own ports.
 fn start(dir: &Path, env: &[(&str, &str)]) -> Run {
     let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dripline"));
-    let public = common::engine_env(&mut cmd);
-    cmd.arg("run")
-        .env("DRIPLINE__WORKFLOWS__DIR", workflows(dir))
-        .env("DRIPLINE__ENGINE__DATA_DIR", dir.join("data"))
-        .env("DRIPLINE__MAIL__OUTBOX_DIR", dir.join("mail"))
-        .env("DRIPLINE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("DRIPLINE__POLICY__QUIET_HOURS", "")
-        .env("DRIPLINE__POLICY__FREQUENCY_CAP__ENABLED", "false");
+    let (mut cmd, public) = common::run_command(&workflows(dir), &dir.join("data"), &dir.join("mail"), port);
+    cmd.env("DRIPLINE__POLICY__FREQUENCY_CAP__ENABLED", "false");
     for (k, v) in env {
         cmd.env(k, v);
     }

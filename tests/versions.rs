@@ -145,18 +145,8 @@ impl Drop for Run {
 
 fn run(workflows: &std::path::Path, data: &std::path::Path, mail: &std::path::Path) -> Run {
     let port = common::free_port();
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dripline"));
-    common::engine_env(&mut cmd);
-    let child = cmd
-        .arg("run")
-        .env("DRIPLINE__WORKFLOWS__DIR", workflows)
-        .env("DRIPLINE__ENGINE__DATA_DIR", data)
-        .env("DRIPLINE__MAIL__OUTBOX_DIR", mail)
-        .env("DRIPLINE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
-        .env("DRIPLINE__POLICY__QUIET_HOURS", "")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let (mut cmd, _) = common::run_command(workflows, data, mail, port);
+    let child = cmd.stderr(std::process::Stdio::null()).spawn().unwrap();
     common::wait_for(std::time::Duration::from_secs(20), || {
         common::http(port, "GET", "/readyz", "").is_ok_and(|(s, _)| s == 200)
     });

@@ -311,9 +311,8 @@ async fn export_contact(e: Data, id: web::Path<String>) -> HttpResponse {
 
 /// The mail waiting in the outbox for a contact.
 pub fn outbox_of(engine: &Engine, id: &str) -> anyhow::Result<Vec<serde_json::Value>> {
-    Ok(tables::outbox_page(&engine.store, usize::MAX)?
+    Ok(tables::outbox_of_contact(&engine.store, id)?
         .into_iter()
-        .filter(|(_, entry)| entry.contact == id)
         .map(|(sid, entry)| {
             serde_json::json!({
                 "send_id": sid.to_string(),

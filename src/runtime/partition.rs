@@ -423,11 +423,9 @@ impl Partition {
                 suppressed_addresses::put(&self.store, &mut self.batch, a, "erased contact had opted out", at);
             }
         }
-        for (id, entry) in tables::outbox_page(&self.store, usize::MAX)? {
-            if entry.contact == contact {
-                tables::delete_outbox(&self.store, &mut self.batch, tables::OutboxKey::of(id, &entry));
-                self.outbox_added -= 1;
-            }
+        for (id, entry) in tables::outbox_of_contact(&self.store, contact)? {
+            tables::delete_outbox(&self.store, &mut self.batch, tables::OutboxKey::of(id, &entry));
+            self.outbox_added -= 1;
         }
         erasures::put(
             &self.store,

@@ -66,13 +66,6 @@ pub fn pending(s: &Store) -> Result<Vec<Pending>> {
     Ok(out)
 }
 
-/// Whether `contact` of `partition` has an erasure still to complete.
-pub fn is_pending(s: &Store, partition: u16, contact: &str) -> Result<bool> {
-    Ok(s.db
-        .get_pinned_cf(s.cf(CF_ERASURES), key(partition, contact))?
-        .is_some())
-}
-
 /// The erasure done: its entry goes, and a compaction is owed.
 pub fn complete(s: &Store, b: &mut WriteBatch, p: &Pending) {
     b.delete_cf(s.cf(CF_ERASURES), key(p.partition, &p.contact));

@@ -374,6 +374,14 @@ pub fn outbox_ids(s: &Store) -> Result<Vec<SendId>> {
     Ok(outbox_keys(s)?.into_iter().map(|k| k.id).collect())
 }
 
+/// The outbox entries of one contact (a scan of the whole outbox: for erasure and export).
+pub fn outbox_of_contact(s: &Store, contact: &str) -> Result<Vec<(SendId, OutboxEntry)>> {
+    Ok(outbox_page(s, usize::MAX)?
+        .into_iter()
+        .filter(|(_, e)| e.contact == contact)
+        .collect())
+}
+
 /// Whether the outbox holds an entry under `key`.
 pub fn outbox_has(s: &Store, key: OutboxKey) -> Result<bool> {
     Ok(s.db.get_pinned_cf(s.cf(CF_OUTBOX), key.bytes())?.is_some())

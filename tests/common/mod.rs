@@ -50,20 +50,29 @@ pub fn entry(to: &str, subject: &str, kind: MailKind, html: &str) -> OutboxEntry
     OutboxEntry::composed("c1", to, kind, rendered, 1_700_000_000_000)
 }
 
-/// The write key the test engines are started with ([`engine_env`]).
+/// The write key the test engines are started with ([`run_command`]).
 pub const WRITE_KEY: &str = "test-write-key-0123456789";
 /// The admin token the test engines are started with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
-/// The environment of a test `dripline run`: its keys, and its public listener on a free port
-/// (returned) with the links pointing there.
-pub fn engine_env(cmd: &mut std::process::Command) -> u16 {
+/// A test `dripline run`: the test keys, `workflows`, state in `data`, `.eml` files in `mail`,
+/// the private listener on `port`, quiet hours off (results must not depend on the time of day),
+/// and the public listener on a free port, returned beside the command, with the links pointing
+/// there. Callers add what their test needs.
+pub fn run_command(workflows: &Path, data: &Path, mail: &Path, port: u16) -> (std::process::Command, u16) {
     let public = free_port();
-    cmd.env("DRIPLINE__HTTP__WRITE_KEYS", WRITE_KEY)
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_dripline"));
+    cmd.arg("run")
+        .env("DRIPLINE__WORKFLOWS__DIR", workflows)
+        .env("DRIPLINE__ENGINE__DATA_DIR", data)
+        .env("DRIPLINE__MAIL__OUTBOX_DIR", mail)
+        .env("DRIPLINE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
+        .env("DRIPLINE__POLICY__QUIET_HOURS", "")
+        .env("DRIPLINE__HTTP__WRITE_KEYS", WRITE_KEY)
         .env("DRIPLINE__ADMIN__TOKENS", ADMIN_TOKEN)
         .env("DRIPLINE__HTTP__PUBLIC_LISTEN", format!("127.0.0.1:{public}"))
         .env("DRIPLINE__MAIL__PUBLIC_URL", format!("http://127.0.0.1:{public}"));
-    public
+    (cmd, public)
 }
 
 /// The credential a test sends to `path`: the write key for ingest, the admin token for the
