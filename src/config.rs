@@ -40,9 +40,23 @@ pub struct KafkaSettings {
     pub dead_letter_topic: String,
     /// Timers fire on the wall clock only up to now minus this, while a partition is idle.
     pub idle_timer_grace: String,
+    /// How a contact id maps to its home partition (see `crate::kafka::partitioner`).
+    pub partitioner: Partitioner,
     /// Extra librdkafka properties for every client (`security.protocol`, `sasl.*`, …).
     #[serde(default)]
     pub client: std::collections::BTreeMap<String, String>,
+}
+
+/// A Kafka partitioner, as producers name it: a contact's records are processed on the partition
+/// it gives for the contact id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Partitioner {
+    /// The Java client's default (also Kafka Connect, Kafka Streams, franz-go, librdkafka's
+    /// `murmur2_random`).
+    Murmur2,
+    /// librdkafka's default, `consistent_random` (CRC-32).
+    Crc32,
 }
 
 impl KafkaSettings {

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub kafka_restore_seconds: Histogram,
     pub kafka_changelog_produce: Histogram,
     pub kafka_dead_letters: IntCounterVec,
+    pub kafka_rerouted: IntCounter,
+    pub kafka_changelog_foreign: IntCounter,
 }
 
 fn latency_buckets() -> Vec<f64> {
@@ -363,6 +365,20 @@ impl Metrics {
                         "Records sent to the dead-letter topic"
                     ),
                     &["reason"]
+                )
+                .unwrap()
+            ),
+            kafka_rerouted: reg!(
+                IntCounter::new(
+                    "dripline_kafka_rerouted_total",
+                    "Records found on another partition than their contact's home, forwarded there"
+                )
+                .unwrap()
+            ),
+            kafka_changelog_foreign: reg!(
+                IntCounter::new(
+                    "dripline_kafka_changelog_foreign_contacts_total",
+                    "Contact records a restore met on another partition than the contact's home"
                 )
                 .unwrap()
             ),

@@ -12,7 +12,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -116,13 +116,22 @@ impl Broker {
         self.topic(&format!("{group}.dead"), 1);
     }
 
+    /// Produces as users' pipelines do, with two partitioners mixed: the Java client's murmur2
+    /// (dripline's default, so these land home) for contacts whose id ends in an even digit,
+    /// librdkafka's default (CRC-32; most of these land away from home) for the others.
     fn produce(&self, records: &[(String, Vec<u8>, i64)]) {
-        let p: BaseProducer = ClientConfig::new()
-            .set("bootstrap.servers", self.addr())
-            .set("enable.idempotence", "true")
-            .create()
-            .unwrap();
+        let producer = |partitioner: &str| -> BaseProducer {
+            ClientConfig::new()
+                .set("bootstrap.servers", self.addr())
+                .set("enable.idempotence", "true")
+                .set("partitioner", partitioner)
+                .create()
+                .unwrap()
+        };
+        let (murmur2, crc32) = (producer("murmur2_random"), producer("consistent_random"));
         for (key, value, ts) in records {
+            let even = key.ends_with(['0', '2', '4', '6', '8']);
+            let p = if even { &murmur2 } else { &crc32 };
             let topic = self.name("events");
             let mut r = BaseRecord::to(&topic).key(key.as_bytes()).payload(value).timestamp(*ts);
             loop {
@@ -135,7 +144,52 @@ impl Broker {
                 }
             }
         }
-        p.flush(Duration::from_secs(30)).unwrap();
+        murmur2.flush(Duration::from_secs(30)).unwrap();
+        crc32.flush(Duration::from_secs(30)).unwrap();
+    }
+
+    /// The events topic read whole: the (partition, offset) of every original record away from
+    /// its contact's home, and the sources named by the forwarded copies.
+    fn away_from_home(&self) -> (BTreeSet<(u16, u64)>, BTreeSet<(u16, u64)>) {
+        use dripline::config::Partitioner;
+        let topic = self.name("events");
+        let (mut away, mut copied) = (BTreeSet::new(), BTreeSet::new());
+        for p in 0..PARTITIONS as i32 {
+            let c: BaseConsumer = ClientConfig::new()
+                .set("bootstrap.servers", self.addr())
+                .set("group.id", "inspect")
+                .create()
+                .unwrap();
+            let (_, high) = c.fetch_watermarks(&topic, p, Duration::from_secs(10)).unwrap();
+            let mut tpl = rdkafka::TopicPartitionList::new();
+            tpl.add_partition_offset(&topic, p, rdkafka::Offset::Beginning).unwrap();
+            c.assign(&tpl).unwrap();
+            let mut next = 0;
+            while next < high {
+                let m = c.poll(Duration::from_secs(10)).expect("a record").unwrap();
+                next = m.offset() + 1;
+                let header = |name: &str| {
+                    m.headers()
+                        .and_then(|h| h.iter().find(|x| x.key == name))
+                        .and_then(|x| std::str::from_utf8(x.value?).ok()?.parse::<u64>().ok())
+                };
+                if let (Some(sp), Some(so)) = (
+                    header("dripline.rerouted.partition"),
+                    header("dripline.rerouted.offset"),
+                ) {
+                    copied.insert((sp as u16, so));
+                    continue;
+                }
+                let Ok(ev) = dripline::event::Event::parse(m.payload().unwrap_or_default()) else {
+                    continue;
+                };
+                let home = dripline::kafka::partitioner::home(Partitioner::Murmur2, ev.user_id.as_bytes(), PARTITIONS);
+                if i32::from(home) != p {
+                    away.insert((p as u16, m.offset() as u64));
+                }
+            }
+        }
+        (away, copied)
     }
 }
 
@@ -520,6 +574,16 @@ fn handover(how: Handover) {
     });
     settle(&broker, "pair", &[&a, &b]);
     assert!(!a.sent().is_empty() && !b.sent().is_empty(), "both members sent mail");
+    // Every record produced away from its contact's home was forwarded there, once.
+    let (away, copied) = broker.away_from_home();
+    assert!(
+        away.len() > 100,
+        "the CRC-32 producer put records away from home: {}",
+        away.len()
+    );
+    assert_eq!(copied, away);
+    let rerouted = |i: &Instance| i.metric("dripline_kafka_rerouted_total");
+    assert_eq!(rerouted(&a) + rerouted(&b), away.len() as f64);
     // The global send rate is split by the share of partitions each owns.
     let rate = |i: &Instance| i.metric("dripline_mail_rate_limit_messages_per_second");
     assert_eq!(rate(&a) + rate(&b), 1000.0);
@@ -552,7 +616,29 @@ fn handover(how: Handover) {
     let single = start(&broker, "single", &tmp.join("single"));
     settle(&broker, "single", &[&single]);
     let single_dir = single.dir.clone();
-    single.stop();
+
+    // Whatever the handover did, each record away from home has a copy at home (`kill -9` may
+    // leave two: the new owner forwards again from the last commit), and the single instance,
+    // which reads the pair's copies too, forwarded each once and handled each once.
+    let (away, copied) = broker.away_from_home();
+    assert_eq!(copied, away);
+    assert_eq!(single.metric("dripline_kafka_rerouted_total"), away.len() as f64);
+    let orders = first
+        .iter()
+        .chain(&second)
+        .filter(|r| r.1.windows(15).any(|w| w == b"Order Completed"))
+        .count();
+    let confirmations = |dirs: &[&Path]| -> usize {
+        dirs.iter()
+            .map(|d| common::files_containing(&d.join("mail"), &["Subject: Order o"]).len())
+            .sum()
+    };
+    assert_eq!(
+        confirmations(&[&a_dir, &b_dir]),
+        orders,
+        "every order confirmed exactly once"
+    );
+    assert_eq!(confirmations(&[&single.dir]), orders);
 
     let mut pair = sent_ids(&a_dir);
     pair.extend(sent_ids(&b_dir));
@@ -565,6 +651,7 @@ fn handover(how: Handover) {
         sent_ids(&single_dir),
         "the pair sent exactly what one instance sends"
     );
+    single.stop();
     // The survivor holds every partition's state, restored from the changelog where it was
     // not its own, equal to the single instance's, contact for contact and timer for timer.
     let (survivor, alone) = (store_digest(&a_dir), store_digest(&single_dir));
@@ -709,4 +796,108 @@ fn an_erased_contact_is_gone_from_every_instance_and_from_a_replay_of_the_topic(
 
 fn shipped() -> PathBuf {
     concat!(env!("CARGO_MANIFEST_DIR"), "/workflows").into()
+}
+
+/// dripline's murmur2 partition of a key is the Java client's, as kafka-python (a port of the
+/// Java client's partitioner, from PyPI) computes it, for keys of every length and alphabet.
+#[test]
+fn home_partitions_equal_the_java_clients_as_kafka_python_computes_them() {
+    use dripline::config::Partitioner;
+    let keys: Vec<String> = (0..600)
+        .map(|i| match i % 4 {
+            0 => format!("user-{i}"),
+            1 => format!("{i}@example.org"),
+            2 => format!("联系人{i}-контакт"),
+            _ => "x".repeat(i % 37),
+        })
+        .collect();
+    let script = r#"
+import json, sys
+from kafka.partitioner.default import murmur2
+for key in json.load(sys.stdin):
+    h = murmur2(key.encode()) & 0x7fffffff
+    print(" ".join(str(h % n) for n in (1, 2, 3, 8, 12, 64, 1000)))
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    serde_json::to_writer(child.stdin.take().unwrap(), &keys).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kafka-python (scripts/setup-test.sh installs it)");
+    let lines: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), keys.len());
+    for (key, line) in keys.iter().zip(lines) {
+        let ours: Vec<String> = [1, 2, 3, 8, 12, 64, 1000]
+            .iter()
+            .map(|n| dripline::kafka::partitioner::partition(Partitioner::Murmur2, key.as_bytes(), *n).to_string())
+            .collect();
+        assert_eq!(ours.join(" "), line, "{key:?}");
+    }
+}
+
+/// A changelog written before records were routed home can hold one contact on two partitions.
+/// Restoring it, a record away from the contact's home is counted and never replaces a newer
+/// state, whichever of the two partitions is restored first; one that is the contact's only
+/// state is kept.
+#[test]
+fn a_contact_record_away_from_home_in_the_changelog_never_replaces_a_newer_state() {
+    use dripline::config::Partitioner;
+    use dripline::machine::ContactState;
+    let broker = Broker::start();
+    broker.topic("events", PARTITIONS);
+    broker.group_topics("split");
+    let home = |id: &str| dripline::kafka::partitioner::home(Partitioner::Murmur2, id.as_bytes(), PARTITIONS) as i32;
+    let find = |ok: &dyn Fn(i32) -> bool| (0..).map(|i| format!("u{i}")).find(|id| ok(home(id))).unwrap();
+    // Restored in partition order: `later`'s stray record comes after its home's, `earlier`'s before.
+    let (later, earlier, only) = (find(&|h| h < 7), find(&|h| h > 0), "stray".to_string());
+    let state = |email: &str, at: i64| {
+        let mut st = ContactState::default();
+        std::sync::Arc::make_mut(&mut st.traits).insert("email".into(), dripline::value::Value::from(email));
+        st.last_activity = Some(at);
+        st.encode()
+    };
+    let records = [
+        (home(&later), &later, state("new@example.org", 2_000)),
+        (home(&later) + 1, &later, state("old@example.org", 1_000)),
+        (home(&earlier), &earlier, state("new@example.org", 2_000)),
+        (home(&earlier) - 1, &earlier, state("old@example.org", 1_000)),
+        (
+            (home(&only) + 3) % PARTITIONS as i32,
+            &only,
+            state("only@example.org", 500),
+        ),
+    ];
+    let p: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", broker.addr())
+        .create()
+        .unwrap();
+    let topic = broker.name("split.changelog");
+    for (partition, id, value) in &records {
+        let key = format!("contacts\0{id}");
+        p.send(BaseRecord::to(&topic).partition(*partition).key(&key).payload(value))
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    p.flush(Duration::from_secs(30)).unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    let i = start(&broker, "split", &tmp.path().join("i"));
+    assert_eq!(i.metric("dripline_kafka_changelog_foreign_contacts_total"), 3.0);
+    let dir = i.dir.clone();
+    i.stop();
+    let store = Store::open_read_only(&dir.join("data")).unwrap();
+    let email = |id: &str| {
+        let st = dripline::storage::tables::get_contact(&store, id).unwrap().unwrap();
+        st.traits.get("email").and_then(|v| v.as_str()).map(String::from)
+    };
+    assert_eq!(email(&later).as_deref(), Some("new@example.org"));
+    assert_eq!(email(&earlier).as_deref(), Some("new@example.org"));
+    assert_eq!(email(&only).as_deref(), Some("only@example.org"));
 }

@@ -7,12 +7,18 @@
 //! = the table's value, or none (a tombstone) for a delete, so compaction keeps the latest of
 //! each key. Contacts are the exception: their records are named `contacts` and keyed by id
 //! alone, however the store keys them, so a restoring store keys them its own way (and a
-//! changelog written before contacts were keyed by partition reads the same). Each instance
+//! changelog written before contacts were keyed by partition reads the same). A contact's
+//! records are all on its home partition (see [`super::partitioner`]); one found on another
+//! partition (written before records were routed home) is counted, and restored only if its
+//! state is newer than the one the store holds ([`ContactState::last_change`], then the bytes),
+//! so a stale copy never replaces the state; the home partition's own records always apply (no
+//! other partition writes the contact any more). Each instance
 //! remembers, per partition, the last changelog offset its store holds (a local-only key in
 //! `positions`); restoring applies only what came after it.
 
 use super::{KafkaError, client_config, producer_config};
 use crate::config::KafkaSettings;
+use crate::machine::ContactState;
 use crate::metrics::Metrics;
 use crate::storage::hook::CommitHook;
 use crate::storage::{CF_CONTACTS, CF_POSITIONS, CF_TIMERS, Result, Store, StoreError};
@@ -263,6 +269,13 @@ impl Changelog {
                     before.insert(id.clone(), timers);
                 }
                 match m.payload() {
+                    Some(v) if !self.is_home(partition, &id) => {
+                        // Compared with the store's state, which must hold what came before.
+                        self.apply(partition, &mut batch, last - 1).map_err(store_err)?;
+                        if self.foreign_is_newer(partition, &id, v).map_err(store_err)? {
+                            tables::put_contact_raw(&self.store, &mut batch, &id, v);
+                        }
+                    }
                     Some(v) => tables::put_contact_raw(&self.store, &mut batch, &id, v),
                     None => {
                         tables::delete_contact(&self.store, &mut batch, &id);
@@ -298,6 +311,33 @@ impl Changelog {
             started.elapsed().as_secs_f64()
         );
         Ok(applied)
+    }
+
+    fn is_home(&self, partition: u16, contact: &str) -> bool {
+        super::partitioner::home(self.settings.partitioner, contact.as_bytes(), self.partitions()) == partition
+    }
+
+    /// A contact record met on another partition than the contact's home: reported, and
+    /// whether its state is the newer of it and the store's.
+    fn foreign_is_newer(&self, partition: u16, contact: &str, encoded: &[u8]) -> Result<bool> {
+        self.metrics.kafka_changelog_foreign.inc();
+        let theirs = ContactState::decode(encoded).map_err(|e| StoreError::Corrupt {
+            table: CF_CONTACTS,
+            reason: e.to_string(),
+        })?;
+        let newer = match tables::get_contact(&self.store, contact)? {
+            None => true,
+            Some(ours) => (theirs.last_change(), encoded) > (ours.last_change(), &ours.encode()[..]),
+        };
+        tracing::warn!(
+            "partition {partition}: contact {contact:?} has a record here but its home is another partition; {}",
+            if newer {
+                "restored (newer than the store's)"
+            } else {
+                "skipped (the store's is newer)"
+            }
+        );
+        Ok(newer)
     }
 
     /// The timers table of the restored contacts: their old entries out, those of their

@@ -6,8 +6,12 @@
 //!
 //! Input time is the record's timestamp, kept monotonic per partition. While a partition is
 //! idle its timers fire on the wall clock up to now minus `idle_timer_grace`.
+//!
+//! A record whose contact's home is another partition is forwarded there, not handled (see
+//! [`super::reroute`]).
 
 use super::changelog::Changelog;
+use super::reroute::{self, Forwarder, Marks};
 use super::{KafkaError, client_config, producer_config};
 use crate::config::Settings;
 use crate::event::Event;
@@ -34,6 +38,8 @@ struct Owned {
     revoked: Vec<u16>,
     after_own_rejoin: bool,
     windows: BTreeMap<u16, Window>,
+    /// Forwarded copies handled, per owned (home) partition.
+    marks: BTreeMap<u16, Marks>,
     /// Timestamp of the last record handled, per partition (lag in seconds).
     last_ts: BTreeMap<u16, Ts>,
     /// High watermarks from librdkafka's statistics (cheap, up to a second old), and when the
@@ -119,6 +125,11 @@ impl ConsumerContext for Ctx {
                             let next = part.next_offset();
                             owned.parts.insert(p, part);
                             owned.windows.insert(p, self.window(p, next));
+                            let marks = crate::storage::reroutes::of_home(&self.engine.store, p).unwrap_or_else(|e| {
+                                tracing::error!("partition {p}: forwarded copies handled not read: {e}");
+                                Default::default()
+                            });
+                            owned.marks.insert(p, Marks(marks));
                             self.changelog.set_owned(p, true);
                             let at = if next == 0 {
                                 Offset::Beginning
@@ -153,6 +164,7 @@ impl ConsumerContext for Ctx {
                         }
                     }
                     owned.windows.remove(&p);
+                    owned.marks.remove(&p);
                     owned.last_ts.remove(&p);
                     self.changelog.set_owned(p, false);
                     m.kafka_lag_records.with_label_values(&[&p.to_string()]).set(0);
@@ -204,6 +216,7 @@ pub fn run(
         revoked: vec![],
         after_own_rejoin: false,
         windows: BTreeMap::new(),
+        marks: BTreeMap::new(),
         last_ts: BTreeMap::new(),
         hi: BTreeMap::new(),
         asked: BTreeMap::new(),
@@ -233,6 +246,7 @@ pub fn run(
         consumer,
         owned: owned.clone(),
         dead: producer_config(k).create()?,
+        forwarder: Forwarder::new(k)?,
         engine,
         settings: k.clone(),
         grace,
@@ -255,6 +269,11 @@ pub fn run(
         // A failure (broker down: the changelog cannot be published) leaves the batch staged in
         // its partition; the next round publishes and commits it. Nothing is skipped.
         if let Err(e) = member.round() {
+            // Records polled and neither handled nor forwarded: stop, for the group to hand the
+            // partitions to a member that starts again from their last commit.
+            if e.is::<reroute::ForwardFailed>() {
+                return Err(e);
+            }
             tracing::warn!("consumer round failed, retrying: {e:#}");
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -320,6 +339,7 @@ struct Member {
     changelog: Arc<Changelog>,
     owned: Arc<Mutex<Owned>>,
     dead: FutureProducer,
+    forwarder: Forwarder,
     engine: Arc<Engine>,
     settings: crate::config::KafkaSettings,
     grace: i64,
@@ -401,12 +421,15 @@ impl Member {
         let Owned {
             parts,
             windows,
+            marks,
             last_ts,
             hi,
             asked,
             ..
         } = &mut *o;
         let mut dlq = Vec::new();
+        let mut forward = Vec::new();
+        let (partitioner, partitions) = (k.partitioner, self_changelog.partitions());
         let mut touched = Vec::new();
         for (p, part) in parts.iter_mut() {
             let records = by_part.remove(p).unwrap_or_default();
@@ -430,6 +453,7 @@ impl Member {
                 continue;
             }
             let window = windows.get_mut(p).expect("a window per owned partition");
+            let marks = marks.entry(*p).or_default();
             let mut inputs = Vec::with_capacity(records.len());
             let mut last_offset = 0;
             for m in &records {
@@ -438,6 +462,23 @@ impl Member {
                 last_ts.insert(*p, ts);
                 match m.payload().map(Event::parse) {
                     Some(Ok(ev)) => {
+                        let from = reroute::origin(m);
+                        if from.is_none() {
+                            let home = super::partitioner::home(partitioner, ev.user_id.as_bytes(), partitions);
+                            if home != *p {
+                                forward.push((home, m.clone()));
+                                continue;
+                            }
+                        }
+                        // A copy lands where it was sent (home, unless the members disagree on
+                        // the partitioner): never forwarded again.
+                        if let Some((source, offset)) = from {
+                            if !marks.admit(source, offset) {
+                                engine.metrics.events_rejected.with_label_values(&["duplicate"]).inc();
+                                continue;
+                            }
+                            crate::storage::reroutes::put(&engine.store, part.staged(), *p, source, offset);
+                        }
                         let h = id_hash(&ev.message_id);
                         if window.contains(h) {
                             engine.metrics.events_rejected.with_label_values(&["duplicate"]).inc();
@@ -457,6 +498,11 @@ impl Member {
             part.handle(inputs, wall)?;
             part.consumed_up_to(last_offset);
             touched.push(*p);
+        }
+        // Forwarded records are at home before the position that passes them is committed.
+        if !forward.is_empty() {
+            self.forwarder.forward(&forward)?;
+            engine.metrics.kafka_rerouted.inc_by(forward.len() as u64);
         }
         // Dead letters are in their topic before the position that passes them is committed:
         // the records are already handled in memory, so a failed produce is retried here (the

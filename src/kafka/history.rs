@@ -1,6 +1,12 @@
 //! Replay from Kafka: an events topic read from the beginning (or from a timestamp) up to the
 //! end it had when the replay started, all partitions merged in record-timestamp order, and the
 //! sent ledger as the changelog topic holds it (to report what was already sent).
+//!
+//! A record the consumer group forwarded to its contact's home partition (see
+//! [`super::reroute`]) is read once, as the group handled it: its first copy, at the copy's
+//! timestamp. An original away from home is read itself only where no copy can be relied on:
+//! at or after the offset the group last committed for its partition (`kafka.group_id`), since
+//! the group forwards a record before it commits past it; a copy of it met later is skipped.
 
 use super::{KafkaError, client_config};
 use crate::config::KafkaSettings;
@@ -44,6 +50,39 @@ fn before(a: &Head, b: &Head) -> bool {
 pub struct TopicHistory {
     merged: itertools::KMergeBy<Part, fn(&Head, &Head) -> bool>,
     total: u64,
+    partitioner: crate::config::Partitioner,
+    partitions: usize,
+    /// Per partition, the offset below which every record away from home has been forwarded.
+    forwarded_below: Vec<i64>,
+    /// The (source partition, offset) of every record away from home read so far.
+    read: std::collections::HashSet<(u16, u64)>,
+}
+
+/// The offsets the consumer group last committed on `topic` (0 where it committed none).
+fn committed(k: &KafkaSettings, topic: &str, n: usize) -> Vec<i64> {
+    let ask = || -> Result<Vec<i64>, KafkaError> {
+        let mut cfg = client_config(k);
+        cfg.set("group.id", &k.group_id).set("enable.auto.commit", "false");
+        let c: BaseConsumer = cfg.create()?;
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..n {
+            tpl.add_partition(topic, p as i32);
+        }
+        let found = c.committed_offsets(tpl, TIMEOUT)?;
+        Ok((0..n)
+            .map(|p| match found.find_partition(topic, p as i32).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => 0,
+            })
+            .collect())
+    };
+    ask().unwrap_or_else(|e| {
+        tracing::warn!(
+            "offsets of group {} not read ({e}): records away from home are read as originals",
+            k.group_id
+        );
+        vec![0; n]
+    })
 }
 
 fn consumer(k: &KafkaSettings, purpose: &str) -> Result<BaseConsumer, KafkaError> {
@@ -97,6 +136,10 @@ impl TopicHistory {
         Ok(TopicHistory {
             merged: itertools::kmerge_by(parts, before as fn(&Head, &Head) -> bool),
             total,
+            partitioner: k.partitioner,
+            partitions: n,
+            forwarded_below: committed(k, topic, n),
+            read: Default::default(),
         })
     }
 
@@ -138,18 +181,40 @@ impl Iterator for TopicHistory {
     type Item = Result<Record, KafkaError>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        let (p, m) = self.merged.next()?;
-        let m = match m {
-            Ok(m) => m,
-            Err(e) => return Some(Err(e)),
-        };
-        let t = m.timestamp().to_millis().unwrap_or(Ts::MIN);
-        let at = || format!("partition {p} offset {}", m.offset());
-        Some(Ok(match m.payload().map(Event::parse) {
-            Some(Ok(ev)) => Record::Event(t, ev),
-            Some(Err(e)) => Record::Bad(format!("{}: {e}", at())),
-            None => Record::Bad(format!("{}: empty record", at())),
-        }))
+        loop {
+            let (p, m) = match self.merged.next()? {
+                (p, Ok(m)) => (p, m),
+                (_, Err(e)) => return Some(Err(e)),
+            };
+            let parsed = m.payload().map(Event::parse);
+            if let Some(Ok(ev)) = &parsed
+                && !self.first_reading(p, &m, ev)
+            {
+                continue;
+            }
+            let t = m.timestamp().to_millis().unwrap_or(Ts::MIN);
+            let at = || format!("partition {p} offset {}", m.offset());
+            return Some(Ok(match parsed {
+                Some(Ok(ev)) => Record::Event(t, ev),
+                Some(Err(e)) => Record::Bad(format!("{}: {e}", at())),
+                None => Record::Bad(format!("{}: empty record", at())),
+            }));
+        }
+    }
+}
+
+impl TopicHistory {
+    /// Whether this record is read: not a repeat of a forwarded record already read, and not an
+    /// original whose copy the group has forwarded (see the module's notes).
+    fn first_reading(&mut self, p: usize, m: &OwnedMessage, ev: &Event) -> bool {
+        if let Some(source) = super::reroute::origin(m) {
+            return self.read.insert(source);
+        }
+        let home = super::partitioner::home(self.partitioner, ev.user_id.as_bytes(), self.partitions);
+        if usize::from(home) == p {
+            return true;
+        }
+        m.offset() >= self.forwarded_below[p] && self.read.insert((p as u16, m.offset() as u64))
     }
 }
 

@@ -1,9 +1,12 @@
 //! HTTP ingest with Kafka configured: valid events are produced to the events topic (key = the
-//! contact id, so a contact's events stay in order in one partition; value = the event as
-//! received) by an idempotent acks=all producer, and acknowledged once the broker has them.
+//! contact id; value = the event as received) by an idempotent acks=all producer, each to its
+//! contact's home partition set explicitly (see [`super::partitioner`]), so a contact's events
+//! stay in order in one partition whatever librdkafka's own partitioner is; acknowledged once the
+//! broker has them. Everything the engine emits (delivery results, engagement, enrolments,
+//! control records) comes this way too.
 
 use super::{KafkaError, producer_config};
-use crate::config::KafkaSettings;
+use crate::config::{KafkaSettings, Partitioner};
 use crate::event::Event;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
@@ -11,6 +14,7 @@ pub struct KafkaIngest {
     producer: FutureProducer,
     topic: String,
     partitions: usize,
+    partitioner: Partitioner,
 }
 
 impl KafkaIngest {
@@ -22,6 +26,7 @@ impl KafkaIngest {
             producer,
             topic: settings.events_topic.clone(),
             partitions,
+            partitioner: settings.partitioner,
         })
     }
 
@@ -35,14 +40,12 @@ impl KafkaIngest {
         let pending: Vec<_> = events
             .iter()
             .map(|(ev, raw)| {
-                let mut r = FutureRecord::to(&self.topic)
+                let home = super::partitioner::home(self.partitioner, ev.user_id.as_bytes(), self.partitions);
+                let r = FutureRecord::to(&self.topic)
                     .key(ev.user_id.as_bytes())
                     .payload(*raw)
-                    .timestamp(received);
-                // A control record goes to the partition it names.
-                if let Some(p) = crate::event::control_partition(ev.user_id.as_bytes()) {
-                    r = r.partition(i32::from(p));
-                }
+                    .timestamp(received)
+                    .partition(i32::from(home));
                 self.producer.send_result(r).map_err(|(e, _)| e)
             })
             .collect();

@@ -9,13 +9,17 @@
 //!   the restore of a partition whose local state is behind;
 //! - [`dedup`]: the messageId window of a partition, rebuilt from the topic on take-over;
 //! - [`history`]: an events topic and the changelog's sent ledger read back for replay;
-//! - [`ingest`]: HTTP ingest producing to the events topic.
+//! - [`ingest`]: HTTP ingest producing to the events topic;
+//! - [`partitioner`]: a contact's home partition, as the producers' partitioner gives it;
+//! - [`reroute`]: records found away from their contact's home partition, forwarded there.
 
 pub mod changelog;
 pub mod consumer;
 pub mod dedup;
 pub mod history;
 pub mod ingest;
+pub mod partitioner;
+pub mod reroute;
 
 use crate::config::KafkaSettings;
 use rdkafka::ClientConfig;

@@ -116,6 +116,21 @@ pub fn day_of(t: Ts) -> u32 {
 }
 
 impl ContactState {
+    /// The latest time the state records: its last activity, an enrollment's or a workflow's
+    /// last entry, a marketing send. Deterministic, for choosing between two states of one
+    /// contact (a changelog restore that meets the contact on two partitions).
+    pub fn last_change(&self) -> Ts {
+        let entered = self.enrollments.iter().map(|e| e.entered_at);
+        let history = self.history.iter().map(|h| h.last_entered);
+        self.last_activity
+            .into_iter()
+            .chain(entered)
+            .chain(history)
+            .chain(self.marketing_sends.iter().copied())
+            .max()
+            .unwrap_or(Ts::MIN)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         self.encode_into(&mut out);

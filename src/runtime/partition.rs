@@ -558,6 +558,10 @@ impl Partition {
                     self.metrics.webhooks_decided.with_label_values(&[&w.workflow]).inc();
                 }
                 Effect::Count(c) => {
+                    // Otherwise silent: the workflow's step counter is the only other trace.
+                    if c.metric == Metric::NoAddress {
+                        self.metrics.sends.with_label_values(&[&c.workflow, "no_address"]).inc();
+                    }
                     *self
                         .counter_deltas
                         .entry((c.workflow, c.version, c.step, c.metric))

@@ -15,6 +15,7 @@ pub mod erasures;
 pub mod hook;
 pub mod log;
 pub mod outbox_counts;
+pub mod reroutes;
 pub mod suppressed_addresses;
 pub mod tables;
 pub mod timers;
@@ -41,6 +42,7 @@ pub const CF_SUPPRESSED_ADDRESSES: &str = "suppressed_addresses";
 pub const CF_WORKFLOW_STATES: &str = "workflow_states";
 pub const CF_ERASURES: &str = "erasures";
 pub const CF_OUTBOX_COUNTS: &str = "outbox_counts";
+pub const CF_REROUTES: &str = "reroutes";
 
 /// A state table: its column family, and whether it is part of a partition's state (what the
 /// Kafka changelog mirrors and a restore brings back).
@@ -55,7 +57,7 @@ const fn table(name: &'static str, partition_state: bool) -> Table {
 
 /// Every state table, once: the store opens them all, the changelog mirrors those that are part
 /// of a partition's state. The log's column family lives in its own database, [`LOG_DIR`].
-pub const TABLES: [Table; 13] = [
+pub const TABLES: [Table; 14] = [
     table(CF_CONTACTS, true),
     table(CF_TIMERS, true),
     table(CF_OUTBOX, true),
@@ -67,6 +69,7 @@ pub const TABLES: [Table; 13] = [
     table(CF_SUPPRESSIONS, true),
     table(CF_SUPPRESSED_ADDRESSES, true),
     table(CF_WORKFLOW_STATES, true),
+    table(CF_REROUTES, true),
     // Per instance: the workflow versions it loaded, the erasures it has still to complete.
     table(CF_WORKFLOWS, false),
     table(CF_ERASURES, false),
