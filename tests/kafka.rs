@@ -20,6 +20,9 @@ use std::time::Duration;
 
 const PARTITIONS: usize = 8;
 
+/// Records by (partition, offset).
+type Places = BTreeSet<(u16, u64)>;
+
 fn tansu() -> PathBuf {
     let bin = std::env::var_os("DRIPLINE_TANSU")
         .map(PathBuf::from)
@@ -150,7 +153,7 @@ impl Broker {
 
     /// The events topic read whole: the (partition, offset) of every original record away from
     /// its contact's home, and the sources named by the forwarded copies.
-    fn away_from_home(&self) -> (BTreeSet<(u16, u64)>, BTreeSet<(u16, u64)>) {
+    fn away_from_home(&self) -> (Places, Places) {
         use dripline::config::Partitioner;
         let topic = self.name("events");
         let (mut away, mut copied) = (BTreeSet::new(), BTreeSet::new());

@@ -607,3 +607,40 @@ fn a_failed_partition_does_not_stop_the_others() {
         );
     }
 }
+
+/// A send skipped because the contact has no e-mail address is counted, by workflow, and in the
+/// step's counters; one to a contact with an address is not.
+#[test]
+fn a_send_to_a_contact_without_an_address_is_counted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = parse_rfc3339("2026-03-02T10:00:00Z").unwrap();
+    let engine = Engine::open(&settings(tmp.path())).unwrap();
+    let order = |user: &str, msg: &str| json!({"type": "track", "userId": user, "messageId": msg, "event": "Order Completed", "properties": {"order_id": msg}});
+    engine
+        .ingest_values(
+            &[
+                json!({"type": "identify", "userId": "ann", "messageId": "i1", "traits": {"email": "ann@example.org"}}),
+                order("ann", "o1"),
+                order("nobody", "o2"),
+                order("nobody", "o3"),
+            ],
+            None,
+            t0,
+        )
+        .unwrap();
+    engine.pump(t0).unwrap();
+    let no_address = engine
+        .metrics
+        .sends
+        .with_label_values(&["order_confirmation", "no_address"])
+        .get();
+    assert_eq!(no_address, 2);
+    assert_eq!(engine.drain_mail(100).unwrap(), 1, "ann's confirmation goes out");
+    let counted: i64 = dripline::storage::tables::counters(&engine.store)
+        .unwrap()
+        .iter()
+        .filter(|((wf, _, _, m), _)| wf == "order_confirmation" && *m == dripline::machine::Metric::NoAddress)
+        .map(|(_, v)| *v)
+        .sum();
+    assert_eq!(counted, 2);
+}
