@@ -120,8 +120,10 @@ impl Broker {
     }
 
     /// Produces as users' pipelines do, with two partitioners mixed: the Java client's murmur2
-    /// (dripline's default, so these land home) for contacts whose id ends in an even digit,
-    /// librdkafka's default (CRC-32; most of these land away from home) for the others.
+    /// (dripline's default, so these land home) for contacts `c0`–`c9`, `c20`–`c29`, …,
+    /// librdkafka's default (CRC-32; most of these land away from home) for the others. Each
+    /// producer's run is flushed before the other's starts, so every partition holds its
+    /// records in timestamp order, as one pipeline's would (a replay merges by timestamp).
     fn produce(&self, records: &[(String, Vec<u8>, i64)]) {
         let producer = |partitioner: &str| -> BaseProducer {
             ClientConfig::new()
@@ -132,8 +134,18 @@ impl Broker {
                 .unwrap()
         };
         let (murmur2, crc32) = (producer("murmur2_random"), producer("consistent_random"));
+        let mut last: Option<bool> = None;
         for (key, value, ts) in records {
-            let even = key.ends_with(['0', '2', '4', '6', '8']);
+            let n: usize = key
+                .trim_start_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .unwrap_or(1);
+            let even = n / 10 % 2 == 0;
+            if last.is_some_and(|l| l != even) {
+                let previous = if even { &crc32 } else { &murmur2 };
+                previous.flush(Duration::from_secs(30)).unwrap();
+            }
+            last = Some(even);
             let p = if even { &murmur2 } else { &crc32 };
             let topic = self.name("events");
             let mut r = BaseRecord::to(&topic).key(key.as_bytes()).payload(value).timestamp(*ts);
