@@ -7,10 +7,11 @@ set -euo pipefail
 apt_need prometheus openssl chromium chromium-driver
 # A real SMTP server for the tests (aiosmtpd), a real DKIM verifier (dkimpy), the browser
 # driver's client (selenium, pointed at Debian's chromedriver: nothing is downloaded), the
-# official Segment SDK, the reference OpenAPI validator and a reference of the Java client's
+# official Segment and RudderStack SDKs, the reference OpenAPI validator and a reference of the Java client's
 # partitioner (kafka-python).
 for mod in aiosmtpd:aiosmtpd dkim:dkimpy selenium:selenium segment.analytics:segment-analytics-python \
-  openapi_spec_validator:openapi-spec-validator kafka:kafka-python; do
+  openapi_spec_validator:openapi-spec-validator kafka:kafka-python \
+  rudderstack.analytics:rudder-sdk-python; do
   if ! python3 -c "import ${mod%%:*}" 2>/dev/null; then
     echo "setup: installing ${mod#*:} (pip)" >&2
     python3 -m pip install --quiet --disable-pip-version-check "${mod#*:}" 2>/dev/null \

@@ -143,12 +143,14 @@ fn metric(port: u16, line_start: &str) -> f64 {
         .sum()
 }
 
-/// Records in the embedded log of a stopped engine's store.
+/// Client records in the embedded log of a stopped engine's store (not the delivery results the
+/// engine may have appended meanwhile).
 fn log_records(data: &Path) -> usize {
     let store = dripline::storage::Store::open_read_only(data).unwrap();
     (0..8)
-        .map(|p| dripline::storage::log::read(&store, p, 0, 1_000_000).unwrap().len())
-        .sum()
+        .flat_map(|p| dripline::storage::log::read(&store, p, 0, 1_000_000).unwrap())
+        .filter(|r| !dripline::event::is_engine_event(&r.event.name))
+        .count()
 }
 
 fn newsletter(who: &str) -> String {
@@ -630,12 +632,41 @@ fn the_openapi_document_is_valid_and_complete() {
 fn the_segment_python_sdk_with_the_write_key_gets_its_events_processed() {
     let tmp = tempfile::tempdir().unwrap();
     let run = start(tmp.path(), &[]);
-    let sdk = |key: &str, who: &str| {
+    let sdk = |key: &str, who: &str| sdk_run("segment_sdk.py", run.port, &[key, who]);
+    sdk("wrong-key", "sdk-stranger");
+    sdk(WRITE_KEY, "sdk-user");
+    // With its gzip option, the request bodies are compressed.
+    let out = sdk_run("segment_sdk.py", run.port, &[WRITE_KEY, "sdk-gzip", "gzip"]);
+    assert!(out.contains("errors: []"), "{out}");
+    // RudderStack's SDK gzips by default and sends an identify's traits in `context.traits`.
+    let out = sdk_run("rudderstack_sdk.py", run.port, &[WRITE_KEY, "sdk-rudder"]);
+    assert!(out.contains("gzip: True; errors: []"), "{out}");
+    for who in ["sdk-user", "sdk-gzip", "sdk-rudder"] {
+        wait_for(Duration::from_secs(15), || {
+            !mails_to(tmp.path(), &format!("{who}@example.org")).is_empty()
+        });
+    }
+    let (status, contact) = http(run.port, "GET", "/admin/v1/contacts/sdk-user", "").unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(json(&contact)["traits"]["first_name"], "Sam", "{contact}");
+    let (_, contact) = http(run.port, "GET", "/admin/v1/contacts/sdk-rudder", "").unwrap();
+    assert_eq!(json(&contact)["traits"]["first_name"], "Rudi", "{contact}");
+    assert_eq!(
+        http(run.port, "GET", "/admin/v1/contacts/sdk-stranger", "").unwrap().0,
+        404
+    );
+    assert!(metric(run.port, "dripline_http_unauthorized_total{access=\"ingest\"}") >= 1.0);
+}
+
+/// Runs an SDK script of `tests/support` against the engine on `port`; its output.
+fn sdk_run(script: &str, port: u16, args: &[&str]) -> String {
+    {
         let out = Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/segment_sdk.py"))
-            .args([&format!("http://127.0.0.1:{}", run.port), key, who])
+            .arg(format!("{}/tests/support/{script}", env!("CARGO_MANIFEST_DIR")))
+            .arg(format!("http://127.0.0.1:{port}"))
+            .args(args)
             .output()
-            .expect("python3 with segment-analytics-python (scripts/setup.sh installs it)");
+            .expect("python3 with the SDKs (scripts/setup-test.sh installs them)");
         assert!(
             out.status.success(),
             "{}{}",
@@ -643,20 +674,7 @@ fn the_segment_python_sdk_with_the_write_key_gets_its_events_processed() {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    sdk("wrong-key", "sdk-stranger");
-    sdk(WRITE_KEY, "sdk-user");
-    wait_for(Duration::from_secs(15), || {
-        !mails_to(tmp.path(), "sdk-user@example.org").is_empty()
-    });
-    let (status, contact) = http(run.port, "GET", "/admin/v1/contacts/sdk-user", "").unwrap();
-    assert_eq!(status, 200);
-    assert_eq!(json(&contact)["traits"]["first_name"], "Sam", "{contact}");
-    assert_eq!(
-        http(run.port, "GET", "/admin/v1/contacts/sdk-stranger", "").unwrap().0,
-        404
-    );
-    assert!(metric(run.port, "dripline_http_unauthorized_total{access=\"ingest\"}") >= 1.0);
+    }
 }
 
 /// Clients posting continuously on kept-alive connections: after SIGTERM no request is
@@ -1052,4 +1070,41 @@ fn the_admin_commands_work_through_the_running_engine_and_on_a_stopped_store() {
     assert!(!out.status.success(), "erased: no contact");
     let left = files_containing(&data, &["ann@example.org"]);
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A compressed body is decoded; one that decodes past the body limit (8 MiB) is refused with
+/// 413, whatever its compressed size, and nothing of it is appended.
+#[test]
+fn gzip_bodies_are_decoded_within_the_body_limit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut run = start(tmp.path(), &[]);
+    let script = r#"
+import gzip, json, sys, urllib.request, urllib.error
+base, key = sys.argv[1:3]
+def post(body):
+    data = gzip.compress(body)
+    req = urllib.request.Request(base + "/v1/batch", data=data, method="POST", headers={
+        "Content-Type": "application/json", "Content-Encoding": "gzip", "Authorization": "Bearer " + key})
+    try:
+        with urllib.request.urlopen(req) as r:
+            return r.status, len(data)
+    except urllib.error.HTTPError as e:
+        return e.code, len(data)
+ok = json.dumps({"batch": [{"type": "track", "userId": "zip", "messageId": "z1", "event": "Ebook Downloaded"}]}).encode()
+bomb = b'{"batch": [' + b' ' * (9 * 1024 * 1024) + b']}'
+print(post(ok), post(bomb))
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script, &format!("http://127.0.0.1:{}", run.port), WRITE_KEY])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&out.stdout);
+    let (ok, bomb) = printed.trim().split_once(") (").expect("two answers");
+    assert!(ok.starts_with("(200,"), "{printed}");
+    assert!(bomb.starts_with("413,"), "{printed}");
+    let compressed: usize = bomb.trim_end_matches(')').split(", ").nth(1).unwrap().parse().unwrap();
+    assert!(compressed < 64 * 1024, "the bomb is small compressed: {compressed}");
+    let (status, _) = run.terminate();
+    assert!(status.success());
+    assert_eq!(log_records(&tmp.path().join("data")), 1);
 }

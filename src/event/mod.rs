@@ -182,7 +182,16 @@ impl Event {
             Some(_) => Err(EventError::WrongType(key, "an object")),
         };
         let properties = object("properties")?;
-        let traits = object("traits")?;
+        let mut traits = object("traits")?;
+        // RudderStack sends an identify's traits in `context.traits`; the top-level ones win.
+        if kind == EventKind::Identify
+            && let Some(serde_json::Value::Object(c)) = o.get("context")
+            && let Some(serde_json::Value::Object(t)) = c.get("traits")
+        {
+            for (k, v) in json_object_to_map(t) {
+                traits.entry(k).or_insert(v);
+            }
+        }
         let name = match kind {
             EventKind::Track => match o.get("event") {
                 Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),

@@ -113,6 +113,12 @@ impl<'a> MapRef<'a> {
     }
 
     /// Adds `key` unless it is there.
+    fn insert_missing_owned(&mut self, key: Cow<'a, str>, value: ValueRef<'a>) {
+        if let Err(at) = self.0.binary_search_by(|(k, _)| k.as_ref().cmp(&key)) {
+            self.0.insert(at, (key, value));
+        }
+    }
+
     fn insert_missing(&mut self, key: &'a str, value: ValueRef<'a>) {
         if let Err(at) = self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key)) {
             self.0.insert(at, (Cow::Borrowed(key), value));
@@ -166,6 +172,58 @@ struct Wire<'a> {
     name: Slot<'a>,
     properties: ObjSlot<'a>,
     traits: ObjSlot<'a>,
+    /// `context.traits`: where RudderStack's SDKs send an identify's traits.
+    context_traits: ObjSlot<'a>,
+}
+
+/// The `context` object, of which only `traits` is read (the rest is skipped unparsed).
+struct Context<'a>(ObjSlot<'a>);
+
+impl<'de> Deserialize<'de> for Context<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Context<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("the event's context")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Context<'de>, A::Error> {
+                let mut traits = ObjSlot::Absent;
+                while let Some(Key(key)) = m.next_key::<Key<'de>>()? {
+                    if key == "traits" {
+                        traits = m.next_value()?;
+                    } else {
+                        m.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Context(traits))
+            }
+            // Not an object: no traits from it (the context is informational).
+            fn visit_unit<E>(self) -> Result<Context<'de>, E> {
+                Ok(Context(ObjSlot::Absent))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Context<'de>, E> {
+                Ok(Context(ObjSlot::Absent))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Context<'de>, E> {
+                Ok(Context(ObjSlot::Absent))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Context<'de>, E> {
+                Ok(Context(ObjSlot::Absent))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Context<'de>, E> {
+                Ok(Context(ObjSlot::Absent))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Context<'de>, E> {
+                Ok(Context(ObjSlot::Absent))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut s: A) -> Result<Context<'de>, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Context(ObjSlot::Absent))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl<'a> Wire<'a> {
@@ -205,7 +263,16 @@ impl<'a> Wire<'a> {
             ObjSlot::Other => Err(EventError::WrongType(key, "an object")),
         };
         let mut properties = object(self.properties, "properties")?;
-        let traits = object(self.traits, "traits")?;
+        let mut traits = object(self.traits, "traits")?;
+        if kind == EventKind::Identify
+            && let ObjSlot::Map(context) = self.context_traits
+        {
+            // RudderStack sends an identify's traits in `context.traits`; the top-level ones,
+            // where the Segment spec puts them, win.
+            for (k, v) in context.0 {
+                traits.insert_missing_owned(k, v);
+            }
+        }
         let name = match kind {
             EventKind::Track => match self.event {
                 Slot::Str(s) if !s.is_empty() => s,
@@ -252,6 +319,7 @@ impl<'de> Deserialize<'de> for Wire<'de> {
                         "name" => w.name = m.next_value()?,
                         "properties" => w.properties = m.next_value()?,
                         "traits" => w.traits = m.next_value()?,
+                        "context" => w.context_traits = m.next_value::<Context>()?.0,
                         _ => {
                             m.next_value::<IgnoredAny>()?;
                         }
@@ -461,6 +529,23 @@ mod tests {
     }
 
     #[test]
+    fn an_identifys_context_traits_fill_in_the_top_level_ones() {
+        let json = r#"{"type":"identify","userId":"u","messageId":"m","context":{"traits":{"email":"c@d.e","plan":"free"}},"traits":{"plan":"pro"}}"#;
+        let ev = parse_ref(json.as_bytes(), None).unwrap().into_event();
+        assert_eq!(ev.traits.get("email").and_then(|v| v.as_str()), Some("c@d.e"));
+        assert_eq!(ev.traits.get("plan").and_then(|v| v.as_str()), Some("pro"));
+        let track =
+            r#"{"type":"track","userId":"u","messageId":"m","event":"x","context":{"traits":{"email":"c@d.e"}}}"#;
+        assert!(
+            parse_ref(track.as_bytes(), None)
+                .unwrap()
+                .into_event()
+                .traits
+                .is_empty()
+        );
+    }
+
+    #[test]
     fn a_borrowed_event_encodes_as_the_owned_one() {
         let cases = [
             r#"{"type":"track","userId":42,"messageId":"m","event":"x","properties":{"a":[1,2.5,"s",null,{"b":true}],"big":18446744073709551615,"neg":-7},"context":{"ip":"1.2.3.4"}}"#,
@@ -474,6 +559,12 @@ mod tests {
             // Keys out of order and repeated (the later value wins), also nested.
             r#"{"type":"track","userId":"u","messageId":"m","event":"x","properties":{"z":1,"a":{"y":1,"b":2,"y":3},"z":2,"m":null}}"#,
             r#"{"type":"track","userId":"u","messageId":"m","event":"x","properties":{"b":1,"a":2,"a":3},"traits":{}}"#,
+            // An identify's traits in `context.traits` (RudderStack), the top-level ones winning;
+            // a track's context traits are not the contact's.
+            r#"{"type":"identify","userId":"u","messageId":"m","context":{"ip":"1.2.3.4","traits":{"email":"c@d.e","plan":"free","z":{"a":1}}},"traits":{"plan":"pro"}}"#,
+            r#"{"type":"identify","userId":"u","messageId":"m","anonymousId":null,"context":{"traits":{"email":"c@d.e"}}}"#,
+            r#"{"type":"identify","userId":"u","messageId":"m","context":null}"#,
+            r#"{"type":"track","userId":"u","messageId":"m","event":"x","context":{"traits":{"email":"c@d.e"}}}"#,
         ];
         for c in cases {
             agrees_with_the_value_path(c).unwrap();

@@ -17,7 +17,7 @@
 
 use crate::auth::Access;
 use crate::event::EventKind;
-use crate::runtime::{Engine, Origin};
+use crate::runtime::{Engine, IngestReport, Origin};
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::middleware::{Next, from_fn};
@@ -65,16 +65,48 @@ pub async fn ingest(
     .await;
     match result {
         Ok(Ok(Ok(report))) if report.errors.is_empty() => HttpResponse::Ok().json(report),
-        Ok(Ok(Ok(report))) => HttpResponse::BadRequest().json(report),
+        Ok(Ok(Ok(report))) => {
+            let message = format!(
+                "{} of {} events refused (see errors); the others were accepted",
+                report.errors.len(),
+                report.errors.len() + report.accepted + report.duplicates
+            );
+            with_code(HttpResponse::BadRequest(), "invalid_events", &message, &report)
+        }
         Ok(Ok(Err(reason))) => bad_request(&reason),
-        Ok(Err(e)) => HttpResponse::ServiceUnavailable().json(serde_json::json!({"error": format!("{e:#}")})),
-        Err(e) => HttpResponse::InternalServerError().json(serde_json::json!({"error": e.to_string()})),
+        Ok(Err(e)) => error(HttpResponse::ServiceUnavailable(), "unavailable", &format!("{e:#}")),
+        Err(e) => error(HttpResponse::InternalServerError(), "internal", &e.to_string()),
     }
 }
 
+/// An answer in the Segment API's error shape, `{code, message}` (which the Segment and
+/// RudderStack SDKs read), with the report beside it. A 400 is not retried by the SDKs: the
+/// events it refused are in the dead letters, the others were kept.
+fn with_code(
+    mut answer: actix_web::HttpResponseBuilder,
+    code: &str,
+    message: &str,
+    report: &IngestReport,
+) -> HttpResponse {
+    let mut body = serde_json::to_value(report).expect("a report serializes");
+    body["code"] = code.into();
+    body["message"] = message.into();
+    answer.json(body)
+}
+
+fn error(mut answer: actix_web::HttpResponseBuilder, code: &str, message: &str) -> HttpResponse {
+    answer.json(serde_json::json!({"code": code, "message": message, "error": message}))
+}
+
 fn bad_request(reason: &str) -> HttpResponse {
-    HttpResponse::BadRequest()
-        .json(serde_json::json!({"accepted": 0, "duplicates": 0, "errors": [{"index": 0, "reason": reason}]}))
+    let report = IngestReport {
+        errors: vec![crate::runtime::IngestError {
+            index: 0,
+            reason: reason.into(),
+        }],
+        ..Default::default()
+    };
+    with_code(HttpResponse::BadRequest(), "invalid_request", reason, &report)
 }
 
 async fn track(e: Data, b: web::Bytes) -> HttpResponse {
@@ -135,7 +167,7 @@ async fn guard(
         let resp = HttpResponse::ServiceUnavailable()
             .force_close()
             .insert_header(("Retry-After", "1"))
-            .body("shutting down");
+            .json(serde_json::json!({"code": "unavailable", "message": "shutting down"}));
         return Ok(req.into_response(resp));
     }
     if let Some(access) = access_for(req.path()) {

@@ -1,7 +1,7 @@
 """Sends an identify and a track with the official Segment Python SDK (PyPI
 `segment-analytics-python`) at its default settings, to a dripline engine.
 
-Usage: segment_sdk.py BASE_URL WRITE_KEY USER_ID
+Usage: segment_sdk.py BASE_URL WRITE_KEY USER_ID [gzip]
 """
 import sys
 
@@ -11,6 +11,7 @@ base, key, user = sys.argv[1:4]
 errors = []
 analytics.write_key = key
 analytics.host = base
+analytics.gzip = sys.argv[4:5] == ["gzip"]
 analytics.on_error = lambda error, items: errors.append(str(error))
 analytics.identify(user, {"email": f"{user}@example.org", "first_name": "Sam"})
 analytics.track(user, "Newsletter Subscribed", {"source": "sdk"})
