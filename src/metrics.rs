@@ -59,6 +59,12 @@ fn latency_buckets() -> Vec<f64> {
 impl Metrics {
     pub fn new() -> Metrics {
         let registry = Registry::new();
+        // The process's own resident memory, CPU time, threads and file descriptors, under the
+        // Prometheus conventional `process_*` names (read from /proc at each scrape).
+        #[cfg(target_os = "linux")]
+        registry
+            .register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))
+            .expect("the process collector registers once");
         macro_rules! reg {
             ($m:expr) => {{
                 let m = $m;

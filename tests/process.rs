@@ -166,6 +166,10 @@ fn http_ingest_produces_emails_and_metrics() {
     };
     assert!(count("dripline_log_append_seconds_count") >= 7.0, "{metrics}");
     assert!(count("dripline_rocksdb_write_seconds_count") >= 1.0, "{metrics}");
+    // The process's own figures, under Prometheus's conventional names.
+    assert!(count("process_resident_memory_bytes") > 1e6, "{metrics}");
+    assert!(count("process_open_fds") > 0.0, "{metrics}");
+    assert!(count("process_start_time_seconds") > 1.7e9, "{metrics}");
     assert_eq!(http(e.port, "GET", "/readyz", "").unwrap().0, 200);
     e.stop();
 }
