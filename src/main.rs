@@ -74,6 +74,18 @@ enum Command {
         #[arg(long, conflicts_with = "workflows")]
         versions_from: Option<PathBuf>,
     },
+    /// A workflow's numbers, step by step: entered, waiting now, exited, converted, held out,
+    /// sent, skipped (suppressed, capped, no address), opened, clicked (through the running
+    /// engine if one holds the store).
+    Report {
+        workflow: String,
+        /// One version (default: all versions together).
+        #[arg(long)]
+        version: Option<u32>,
+        /// As JSON (what `GET /admin/v1/workflows/{id}/report` answers).
+        #[arg(long)]
+        json: bool,
+    },
     /// List, pause and resume workflows (through the running engine if one holds the store).
     Workflows {
         #[command(subcommand)]
@@ -338,6 +350,50 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("no contact `{id}`");
                 Ok(ExitCode::FAILURE)
             }
+        }
+        Command::Report {
+            workflow,
+            version,
+            json,
+        } => {
+            let admin = dripline::admin::client::Admin::connect(&settings)?;
+            let r = admin.report(&workflow, version)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                let which = r.version.map_or("all versions".to_owned(), |v| format!("version {v}"));
+                println!("{} ({}), {which}", r.workflow, r.name);
+                let head = [
+                    "entered", "waiting", "exited", "convert", "holdout", "sent", "suppr", "capped", "no_addr",
+                    "opened", "clicked",
+                ];
+                print!("{:<22} {:<10}", "step", "kind");
+                for h in head {
+                    print!(" {h:>8}");
+                }
+                println!();
+                for s in &r.steps {
+                    print!("{:<22} {:<10}", s.step, s.kind);
+                    let row = [
+                        s.entered,
+                        s.waiting,
+                        s.exited,
+                        s.converted,
+                        s.holdout,
+                        s.sent,
+                        s.suppressed,
+                        s.capped,
+                        s.no_address,
+                        s.opened,
+                        s.clicked,
+                    ];
+                    for n in row {
+                        print!(" {n:>8}");
+                    }
+                    println!();
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Workflows { action } => {
             let admin = dripline::admin::client::Admin::connect(&settings)?;

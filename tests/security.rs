@@ -516,6 +516,23 @@ fn enrolment_through_the_admin_api_starts_an_api_workflow_once_for_two_identical
         .unwrap();
     assert_eq!(concierge["api_enrollment"], true);
     assert_eq!(concierge["versions"][0]["sent"], 1, "{concierge}");
+    // The workflow's report: the same send, at its step.
+    let (status, report) = http(port, "GET", "/admin/v1/workflows/concierge/report", "").unwrap();
+    assert_eq!(status, 200, "{report}");
+    let report = json(&report);
+    let sent: i64 = report["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["sent"].as_i64().unwrap())
+        .sum();
+    assert_eq!(sent, 1, "{report}");
+    let (status, answer) = http(port, "GET", "/admin/v1/workflows/concierge/report?version=7", "").unwrap();
+    assert_eq!(
+        (status, json(&answer)["code"].as_str()),
+        (404, Some("not_found")),
+        "{answer}"
+    );
 }
 
 #[test]
@@ -600,6 +617,7 @@ fn the_openapi_document_is_valid_and_complete() {
     for path in [
         "/admin/v1/workflows",
         "/admin/v1/workflows/{id}/enroll",
+        "/admin/v1/workflows/{id}/report",
         "/admin/v1/contacts/{id}",
         "/admin/v1/contacts/{id}/export",
         "/admin/v1/dead-letters",

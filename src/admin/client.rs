@@ -101,6 +101,21 @@ impl Admin {
         }
     }
 
+    /// A workflow's per-step report (all versions, or one).
+    pub fn report(&self, workflow: &str, version: Option<u32>) -> anyhow::Result<super::report::Report> {
+        match self {
+            Admin::Local(e) => super::report::report(e, workflow, version)?.ok_or_else(|| match version {
+                Some(v) => anyhow::anyhow!("no version {v} of workflow `{workflow}`"),
+                None => anyhow::anyhow!("no workflow `{workflow}`"),
+            }),
+            Admin::Remote { .. } => {
+                let query = version.map(|v| format!("?version={v}")).unwrap_or_default();
+                let v = self.expect("GET", &format!("/workflows/{}/report{query}", encode(workflow)), None)?;
+                Ok(serde_json::from_value(v)?)
+            }
+        }
+    }
+
     pub fn set_paused(&self, workflow: &str, pause: bool) -> anyhow::Result<Value> {
         let state = if pause { "paused" } else { "active" };
         match self {

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
 
 pub mod client;
+pub mod report;
 
 /// An error answer: a stable code and a sentence for people.
 #[derive(Serialize, ToSchema)]
@@ -679,9 +680,9 @@ impl utoipa::Modify for BearerAuth {
 #[openapi(
     info(title = "dripline admin API", description = "Workflows, contacts, dead letters, suppressions and ESP feedback. \
         Every call needs `Authorization: Bearer <admin token>`."),
-    paths(list_workflows, pause, resume, enroll, get_contact, export_contact, erase_contact, list_dead_letters, retry_dead_letter,
+    paths(list_workflows, report::get_report, pause, resume, enroll, get_contact, export_contact, erase_contact, list_dead_letters, retry_dead_letter,
           delete_dead_letter, get_suppression, put_suppression, delete_suppression, feedback),
-    components(schemas(ApiError, PauseAnswer, WorkflowSummary, VersionSummary, EnrollRequest, EnrollAnswer, EraseAnswer, DeadLetterView,
+    components(schemas(ApiError, PauseAnswer, WorkflowSummary, VersionSummary, report::Report, report::StepReport, EnrollRequest, EnrollAnswer, EraseAnswer, DeadLetterView,
                        DeadLetterPage, AddressSuppression)),
     modifiers(&BearerAuth)
 )]
@@ -697,6 +698,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         web::scope("/admin/v1")
             .route("/openapi.json", web::get().to(openapi))
             .route("/workflows", web::get().to(list_workflows))
+            .route("/workflows/{id}/report", web::get().to(report::get_report))
             .route("/workflows/{id}/pause", web::post().to(pause))
             .route("/workflows/{id}/resume", web::post().to(resume))
             .route("/workflows/{id}/enroll", web::post().to(enroll))
