@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 
 /// Name given to `page` calls so that workflows can filter them like any tracked event.
 pub const PAGE_VIEWED: &str = "Page Viewed";
+/// Name given to `screen` calls (a mobile app's page view), which are read as pages.
+pub const SCREEN_VIEWED: &str = "Screen Viewed";
 
 /// An enrolment through the admin API, as it travels through the log: `properties.workflow`
 /// names the workflow, `properties.properties` the enrolment's properties.
@@ -78,7 +80,7 @@ pub struct Event {
     /// The sender's own timestamp, kept for templates and reports. Processing uses the input
     /// time (receive time) instead, so a client with a wrong clock cannot reorder a contact.
     pub timestamp: Option<Ts>,
-    /// Track: the event name; page: [`PAGE_VIEWED`]; identify: empty.
+    /// Track: the event name; page: [`PAGE_VIEWED`] (or [`SCREEN_VIEWED`]); identify: empty.
     pub name: Str,
     pub properties: Map,
     pub traits: Map,
@@ -151,7 +153,7 @@ impl Event {
             Some(serde_json::Value::String(t)) => match t.as_str() {
                 "track" => EventKind::Track,
                 "identify" => EventKind::Identify,
-                "page" => EventKind::Page,
+                "page" | "screen" => EventKind::Page,
                 other => return Err(EventError::UnknownType(other.into())),
             },
             Some(_) => return Err(EventError::WrongType("type", "a string")),
@@ -200,6 +202,7 @@ impl Event {
                 }
                 Some(_) => return Err(EventError::WrongType("event", "a string")),
             },
+            EventKind::Page if o.get("type").and_then(|t| t.as_str()) == Some("screen") => SCREEN_VIEWED.into(),
             EventKind::Page => PAGE_VIEWED.into(),
             EventKind::Identify => String::new(),
         };

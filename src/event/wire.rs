@@ -11,7 +11,7 @@
 //! owned [`Event`] would encode to, without allocating a string per field and key and freeing
 //! them again (measured: 650 ns an event to parse into an `Event` and 100 more to encode it).
 
-use super::{Event, EventError, EventKind, PAGE_VIEWED};
+use super::{Event, EventError, EventKind, PAGE_VIEWED, SCREEN_VIEWED};
 use crate::time::{Ts, parse_rfc3339};
 use crate::value::{Map, Value};
 use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -231,12 +231,18 @@ impl<'a> Wire<'a> {
         if self.not_object {
             return Err(EventError::NotObject);
         }
+        let mut viewed = PAGE_VIEWED;
         let kind = match self.kind {
             Slot::Absent => kind_hint.ok_or(EventError::Missing("type"))?,
             Slot::Str(t) => match t.as_ref() {
                 "track" => EventKind::Track,
                 "identify" => EventKind::Identify,
                 "page" => EventKind::Page,
+                // A mobile app's page view: read as a page, under its own name.
+                "screen" => {
+                    viewed = SCREEN_VIEWED;
+                    EventKind::Page
+                }
                 _ => return Err(EventError::UnknownType(t.into_owned())),
             },
             _ => return Err(EventError::WrongType("type", "a string")),
@@ -283,7 +289,7 @@ impl<'a> Wire<'a> {
                 if let Slot::Str(n) = self.name {
                     properties.insert_missing("name", ValueRef::Str(n));
                 }
-                Cow::Borrowed(PAGE_VIEWED)
+                Cow::Borrowed(viewed)
             }
             EventKind::Identify => Cow::Borrowed(""),
         };
@@ -529,6 +535,14 @@ mod tests {
     }
 
     #[test]
+    fn a_screen_call_is_a_page_named_screen_viewed() {
+        let json = r#"{"type":"screen","userId":"u","messageId":"m","name":"Settings"}"#;
+        let ev = parse_ref(json.as_bytes(), None).unwrap().into_event();
+        assert_eq!((ev.kind, &*ev.name), (EventKind::Page, SCREEN_VIEWED));
+        assert_eq!(ev.properties.get("name").and_then(|v| v.as_str()), Some("Settings"));
+    }
+
+    #[test]
     fn an_identifys_context_traits_fill_in_the_top_level_ones() {
         let json = r#"{"type":"identify","userId":"u","messageId":"m","context":{"traits":{"email":"c@d.e","plan":"free"}},"traits":{"plan":"pro"}}"#;
         let ev = parse_ref(json.as_bytes(), None).unwrap().into_event();
@@ -564,6 +578,8 @@ mod tests {
             r#"{"type":"identify","userId":"u","messageId":"m","context":{"ip":"1.2.3.4","traits":{"email":"c@d.e","plan":"free","z":{"a":1}}},"traits":{"plan":"pro"}}"#,
             r#"{"type":"identify","userId":"u","messageId":"m","anonymousId":null,"context":{"traits":{"email":"c@d.e"}}}"#,
             r#"{"type":"identify","userId":"u","messageId":"m","context":null}"#,
+            // A screen call: a page under its own name.
+            r#"{"type":"screen","userId":"u","messageId":"m","name":"Settings","properties":{"variant":"dark"}}"#,
             r#"{"type":"track","userId":"u","messageId":"m","event":"x","context":{"traits":{"email":"c@d.e"}}}"#,
         ];
         for c in cases {

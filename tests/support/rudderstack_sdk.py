@@ -1,6 +1,6 @@
 """Sends an identify and a track with RudderStack's Python SDK (PyPI
 `rudder-sdk-python`) at its default settings (gzip on; an identify's traits in
-`context.traits`), to a dripline engine.
+`context.traits`), and a screen call, to a dripline engine.
 
 Usage: rudderstack_sdk.py BASE_URL WRITE_KEY USER_ID
 """
@@ -15,6 +15,7 @@ analytics.dataPlaneUrl = base
 analytics.on_error = lambda error, items: errors.append(str(error))
 analytics.identify(user, {"email": f"{user}@example.org", "first_name": "Rudi"})
 analytics.track(user, "Newsletter Subscribed", {"source": "rudderstack"})
+analytics.screen(user, name="Settings", properties={"theme": "dark"})
 analytics.flush()
 analytics.shutdown()
 print(f"gzip: {analytics.gzip}; errors: {errors}")
