@@ -3,8 +3,8 @@
 set -euo pipefail
 # prometheus: the tests scrape the engine with a real Prometheus server (and promtool checks the
 # shipped rules); chromium and its driver: pages are tested in a real browser; openssl: a DKIM
-# test key.
-apt_need prometheus openssl chromium chromium-driver
+# test key; spamassassin: the mail is scored by it (local rules, offline).
+apt_need prometheus openssl chromium chromium-driver spamassassin
 # A real SMTP server for the tests (aiosmtpd), a real DKIM verifier (dkimpy), the browser
 # driver's client (selenium, pointed at Debian's chromedriver: nothing is downloaded), the
 # official Segment and RudderStack SDKs, the reference OpenAPI validator and a reference of the Java client's

@@ -197,3 +197,79 @@ fn paths_in_a_config_file_are_relative_to_the_file() {
         "the data directory beside the file"
     );
 }
+
+/// The demo's mail, scored by SpamAssassin (Debian's package, local rules only, `-L`): none
+/// trips a rule the engine would cause (HTML without a text alternative or an `<html>` tag,
+/// list headers without `List-Id`), and none scores above 2 of the 5 points that make spam.
+/// What is left is the transport's part (no `Received` header in a file) and the demo's links
+/// (a port in the URL; a tracking pixel in a short mail).
+#[test]
+fn the_demo_mail_passes_spamassassin() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = dripline().args(["demo", "--out"]).arg(out_dir.path()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let files: Vec<std::path::PathBuf> = std::fs::read_dir(out_dir.path().join("mail"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(files.len() > 20);
+    // (score, rules) of each message, two spamassassin processes at a time.
+    let score = |f: &std::path::Path| -> (f64, String) {
+        let out = Command::new("spamassassin")
+            .args(["-L", "-t"])
+            .stdin(std::fs::File::open(f).unwrap())
+            .output()
+            .expect("spamassassin (scripts/setup-test.sh installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // The X-Spam-Status header with its folded lines.
+        let status: String = text
+            .lines()
+            .skip_while(|l| !l.starts_with("X-Spam-Status:"))
+            .take_while(|l| l.starts_with("X-Spam-Status:") || l.starts_with([' ', '\t']))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let value = status
+            .split("score=")
+            .nth(1)
+            .and_then(|s| s.split(' ').next())
+            .unwrap_or("");
+        (value.parse().unwrap_or_else(|_| panic!("no score in {status}")), status)
+    };
+    let half = files.len() / 2;
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| files[..half].iter().map(|f| score(f)).collect::<Vec<_>>());
+        let b = s.spawn(|| files[half..].iter().map(|f| score(f)).collect::<Vec<_>>());
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let scored: Vec<(f64, String)> = a.into_iter().chain(b).collect();
+    for (points, status) in &scored {
+        for rule in [
+            "MIME_HTML_ONLY",
+            "TO_NO_BRKTS_HTML_ONLY",
+            "LIST_PARTIAL_SHORT_MSG",
+            "HTML_MIME_NO_HTML_TAG",
+        ] {
+            assert!(!status.contains(rule), "{rule}: {status}");
+        }
+        assert!(*points <= 2.0, "{status}");
+    }
+    let mean = scored.iter().map(|s| s.0).sum::<f64>() / scored.len() as f64;
+    println!(
+        "spamassassin: {} messages, mean {mean:.2}, max {:.1}",
+        scored.len(),
+        scored.iter().map(|s| s.0).fold(0.0, f64::max)
+    );
+    // Each HTML mail has its text alternative; marketing mail names its list.
+    for f in &files {
+        let eml = std::fs::read_to_string(f).unwrap();
+        if eml.contains("text/html") {
+            assert!(
+                eml.contains("multipart/alternative") && eml.contains("text/plain"),
+                "{eml}"
+            );
+        }
+        if eml.contains("List-Unsubscribe:") {
+            assert!(eml.contains("List-Id: "), "{eml}");
+        }
+    }
+}

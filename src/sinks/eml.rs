@@ -61,10 +61,9 @@ pub fn build(cmd: Mail, from: &Mailbox, domain: &str, date: std::time::SystemTim
         b = b.raw_header(HeaderValue::new(name, value.replace(['\r', '\n'], " ")));
     }
     let body = match (&rendered.html, &rendered.text) {
-        (Some(h), Some(t)) => MultiPart::alternative_plain_html(t.clone(), h.clone()),
-        (Some(h), None) => {
-            MultiPart::mixed().singlepart(SinglePart::builder().header(ContentType::TEXT_HTML).body(h.clone()))
-        }
+        (Some(h), Some(t)) => MultiPart::alternative_plain_html(t.clone(), document(h)),
+        // Receivers (and their spam filters) expect a text alternative to an HTML body.
+        (Some(h), None) => MultiPart::alternative_plain_html(plain_text(h), document(h)),
         (None, t) => MultiPart::mixed().singlepart(
             SinglePart::builder()
                 .header(ContentType::TEXT_PLAIN)
@@ -72,6 +71,27 @@ pub fn build(cmd: Mail, from: &Mailbox, domain: &str, date: std::time::SystemTim
         ),
     };
     Ok(b.multipart(body)?)
+}
+
+/// The text alternative of an HTML body: its text, wrapped at 78 columns, links listed as
+/// numbered references at the end (html2text). A link is never broken across lines: a signed
+/// token cut in two would not open.
+fn plain_text(html: &str) -> String {
+    html2text::config::plain()
+        .no_link_wrapping()
+        .allow_width_overflow()
+        .string_from_read(html.as_bytes(), 78)
+        .unwrap_or_default()
+}
+
+/// An HTML body as a whole document: a template's fragment is wrapped in `<html>` and `<body>`,
+/// with its character set declared; a full document is kept as written.
+fn document(html: &str) -> String {
+    let head = &html[..html.len().min(512)];
+    if head.to_ascii_lowercase().contains("<html") {
+        return html.to_owned();
+    }
+    format!("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head><body>\n{html}\n</body></html>\n")
 }
 
 /// Writes `<dir>/<send id>.eml` atomically (a temporary file, then a link that never replaces
@@ -108,6 +128,19 @@ pub fn write(dir: &Path, id: SendId, formatted: &[u8]) -> Result<PathBuf, EmlErr
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_text_alternative_keeps_every_link_whole_and_the_html_is_a_document() {
+        let url = format!("https://links.example.com/c/{}", "A".repeat(180));
+        let html = format!("<p>Hello, here is <a href=\"{url}\">your offer</a> for today.</p>");
+        let text = super::plain_text(&html);
+        assert!(text.contains("your offer"), "{text}");
+        assert!(text.contains(&url), "the link is whole: {text}");
+        let doc = super::document(&html);
+        assert!(doc.starts_with("<!DOCTYPE html>") && doc.contains("<body>") && doc.contains(&html));
+        let full = "<html><body>x</body></html>";
+        assert_eq!(super::document(full), full, "a full document is kept");
+    }
     #[test]
     fn a_repeat_is_a_second_file_never_an_overwrite() {
         let tmp = tempfile::tempdir().unwrap();

@@ -582,6 +582,11 @@ impl Mailer {
                 links.list_unsubscribe(&e.contact, &e.workflow, &msg_id),
             ));
             headers.push(("List-Unsubscribe-Post", "List-Unsubscribe=One-Click".to_owned()));
+            // RFC 2919: each workflow is a list of its own.
+            headers.push((
+                "List-Id",
+                format!("{0} <{0}.{1}>", e.workflow, self.settings.message_id_domain),
+            ));
         }
         let rendered = Rendered { subject, html, text };
         let mail = eml::Mail {
@@ -639,6 +644,7 @@ fn dkim_config(mail: &MailSettings) -> Result<Option<lettre::message::dkim::Dkim
         "Message-ID",
         "List-Unsubscribe",
         "List-Unsubscribe-Post",
+        "List-Id",
     ]
     .into_iter()
     .map(HeaderName::new_from_ascii_str)
