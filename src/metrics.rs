@@ -49,6 +49,7 @@ pub struct Metrics {
     pub kafka_changelog_produce: Histogram,
     pub kafka_dead_letters: IntCounterVec,
     pub kafka_rerouted: IntCounter,
+    pub workflow_steps: IntCounterVec,
     pub kafka_changelog_foreign: IntCounter,
 }
 
@@ -371,6 +372,16 @@ impl Metrics {
                         "Records sent to the dead-letter topic"
                     ),
                     &["reason"]
+                )
+                .unwrap()
+            ),
+            workflow_steps: reg!(
+                IntCounterVec::new(
+                    Opts::new(
+                        "dripline_workflow_step_total",
+                        "Contacts through each workflow step, by outcome (entered, exited, converted, holdout, sent, suppressed, capped, no_address, opened, clicked)"
+                    ),
+                    &["workflow", "step", "outcome"]
                 )
                 .unwrap()
             ),

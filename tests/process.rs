@@ -143,6 +143,7 @@ fn http_ingest_produces_emails_and_metrics() {
         "dripline_processing_latency_seconds_count",
         "dripline_rocksdb_write_seconds_count",
         "dripline_log_append_seconds_count",
+        "dripline_workflow_step_total{outcome=\"sent\",step=\"welcome\",workflow=\"welcome_series\"} 3",
     ];
     let mut metrics = String::new();
     let start = std::time::Instant::now();

@@ -634,7 +634,16 @@ impl Partition {
             let Some(wf) = self.reg.get(&workflow, version) else {
                 continue;
             };
-            let key = tables::counter_key(self.id, &workflow, version, &wf.steps[step as usize].id, metric);
+            let step_id = &wf.steps[step as usize].id;
+            // Prometheus's view of the same counts, per workflow and step (all versions): added
+            // once per commit, not per input. `waiting` goes up and down and is left out.
+            if metric != Metric::Waiting && delta > 0 {
+                self.metrics
+                    .workflow_steps
+                    .with_label_values(&[&*workflow, step_id.as_str(), metric.as_str()])
+                    .inc_by(delta as u64);
+            }
+            let key = tables::counter_key(self.id, &workflow, version, step_id, metric);
             let stored = match self.counter_values.get(&key) {
                 Some(v) => *v,
                 None => tables::get_counter(&self.store, &key)?,
