@@ -87,8 +87,9 @@ fn plain_text(html: &str) -> String {
 /// An HTML body as a whole document: a template's fragment is wrapped in `<html>` and `<body>`,
 /// with its character set declared; a full document is kept as written.
 fn document(html: &str) -> String {
-    let head = &html[..html.len().min(512)];
-    if head.to_ascii_lowercase().contains("<html") {
+    // Bytes, not a string slice: the first 512 bytes may end inside a character.
+    let head = &html.as_bytes()[..html.len().min(512)];
+    if head.windows(5).any(|w| w.eq_ignore_ascii_case(b"<html")) {
         return html.to_owned();
     }
     format!("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"></head><body>\n{html}\n</body></html>\n")
@@ -128,7 +129,6 @@ pub fn write(dir: &Path, id: SendId, formatted: &[u8]) -> Result<PathBuf, EmlErr
 
 #[cfg(test)]
 mod tests {
-
     #[test]
     fn the_text_alternative_keeps_every_link_whole_and_the_html_is_a_document() {
         let url = format!("https://links.example.com/c/{}", "A".repeat(180));
@@ -140,7 +140,15 @@ mod tests {
         assert!(doc.starts_with("<!DOCTYPE html>") && doc.contains("<body>") && doc.contains(&html));
         let full = "<html><body>x</body></html>";
         assert_eq!(super::document(full), full, "a full document is kept");
+        assert_eq!(
+            super::document("<HTML lang=\"en\">x</HTML>"),
+            "<HTML lang=\"en\">x</HTML>"
+        );
+        // A multi-byte character across the 512th byte.
+        let long = format!("<p>{}é</p>", "a".repeat(508));
+        assert!(super::document(&long).starts_with("<!DOCTYPE html>"));
     }
+
     #[test]
     fn a_repeat_is_a_second_file_never_an_overwrite() {
         let tmp = tempfile::tempdir().unwrap();
