@@ -113,15 +113,9 @@ impl<'a> MapRef<'a> {
     }
 
     /// Adds `key` unless it is there.
-    fn insert_missing_owned(&mut self, key: Cow<'a, str>, value: ValueRef<'a>) {
+    fn insert_missing(&mut self, key: Cow<'a, str>, value: ValueRef<'a>) {
         if let Err(at) = self.0.binary_search_by(|(k, _)| k.as_ref().cmp(&key)) {
             self.0.insert(at, (key, value));
-        }
-    }
-
-    fn insert_missing(&mut self, key: &'a str, value: ValueRef<'a>) {
-        if let Err(at) = self.0.binary_search_by(|(k, _)| k.as_ref().cmp(key)) {
-            self.0.insert(at, (Cow::Borrowed(key), value));
         }
     }
 
@@ -276,7 +270,7 @@ impl<'a> Wire<'a> {
             // RudderStack sends an identify's traits in `context.traits`; the top-level ones,
             // where the Segment spec puts them, win.
             for (k, v) in context.0 {
-                traits.insert_missing_owned(k, v);
+                traits.insert_missing(k, v);
             }
         }
         let name = match kind {
@@ -287,7 +281,7 @@ impl<'a> Wire<'a> {
             },
             EventKind::Page => {
                 if let Slot::Str(n) = self.name {
-                    properties.insert_missing("name", ValueRef::Str(n));
+                    properties.insert_missing(Cow::Borrowed("name"), ValueRef::Str(n));
                 }
                 Cow::Borrowed(viewed)
             }

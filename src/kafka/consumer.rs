@@ -121,15 +121,11 @@ impl ConsumerContext for Ctx {
                 owned.after_own_rejoin = self.rejoin.load(Ordering::SeqCst);
                 for p in assigned {
                     match self.take_over(p) {
-                        Ok(part) => {
+                        Ok((part, marks)) => {
                             let next = part.next_offset();
                             owned.parts.insert(p, part);
                             owned.windows.insert(p, self.window(p, next));
-                            let marks = crate::storage::reroutes::of_home(&self.engine.store, p).unwrap_or_else(|e| {
-                                tracing::error!("partition {p}: forwarded copies handled not read: {e}");
-                                Default::default()
-                            });
-                            owned.marks.insert(p, Marks(marks));
+                            owned.marks.insert(p, marks);
                             self.changelog.set_owned(p, true);
                             let at = if next == 0 {
                                 Offset::Beginning
@@ -192,12 +188,15 @@ impl Ctx {
     }
 
     /// Restores the partition's state from the changelog if this store is behind, then opens
-    /// its processor (fresh cache and timer queue over the restored tables).
-    fn take_over(&self, p: u16) -> anyhow::Result<Partition> {
+    /// its processor (fresh cache and timer queue over the restored tables) and reads the
+    /// forwarded copies it has handled (without them, a copy forwarded again would be handled
+    /// twice: a partition whose marks cannot be read is not taken over).
+    fn take_over(&self, p: u16) -> anyhow::Result<(Partition, Marks)> {
         self.changelog.restore(p)?;
         let e = &self.engine;
         let hook: Arc<dyn CommitHook> = self.changelog.clone();
-        Ok(Partition::open(p, e.store.clone(), e.reg.clone(), e.metrics.clone(), self.cache)?.with_hook(hook))
+        let part = Partition::open(p, e.store.clone(), e.reg.clone(), e.metrics.clone(), self.cache)?.with_hook(hook);
+        Ok((part, Marks(crate::storage::reroutes::of_home(&e.store, p)?)))
     }
 }
 

@@ -558,10 +558,6 @@ impl Partition {
                     self.metrics.webhooks_decided.with_label_values(&[&w.workflow]).inc();
                 }
                 Effect::Count(c) => {
-                    // Otherwise silent: the workflow's step counter is the only other trace.
-                    if c.metric == Metric::NoAddress {
-                        self.metrics.sends.with_label_values(&[&c.workflow, "no_address"]).inc();
-                    }
                     *self
                         .counter_deltas
                         .entry((c.workflow, c.version, c.step, c.metric))
@@ -642,6 +638,13 @@ impl Partition {
                     .workflow_steps
                     .with_label_values(&[&*workflow, step_id.as_str(), metric.as_str()])
                     .inc_by(delta as u64);
+                // A send skipped for want of an address is a result of its own among the sends.
+                if metric == Metric::NoAddress {
+                    self.metrics
+                        .sends
+                        .with_label_values(&[&*workflow, "no_address"])
+                        .inc_by(delta as u64);
+                }
             }
             let key = tables::counter_key(self.id, &workflow, version, step_id, metric);
             let stored = match self.counter_values.get(&key) {

@@ -111,6 +111,21 @@ pub struct Round {
     pub(crate) accepted_removed: BTreeMap<u16, i64>,
 }
 
+/// Deletes an outbox entry in `batch` and counts it in `removed` under its partition, unless
+/// an erasure took the entry meanwhile (its partition counted it out then).
+fn delete_counted(
+    store: &Store,
+    batch: &mut WriteBatch,
+    key: OutboxKey,
+    partition: u16,
+    removed: &mut BTreeMap<u16, i64>,
+) {
+    tables::delete_outbox(store, batch, key);
+    if tables::outbox_has(store, key).unwrap_or(true) {
+        *removed.entry(partition).or_default() += 1;
+    }
+}
+
 /// Appends events durably (the engine's log): what the mailer calls before it writes a group
 /// of ledger entries, so an event is never lost to a crash in between.
 pub type Durable<'a> = &'a (dyn Fn(&[serde_json::Value]) -> anyhow::Result<()> + Sync);
@@ -122,11 +137,8 @@ impl Round {
 
     /// Deletes an outbox entry in `partition`'s batch, counted.
     fn remove(&mut self, store: &Store, partition: u16, key: OutboxKey) {
-        tables::delete_outbox(store, self.batch(partition), key);
-        // An entry an erasure took meanwhile was counted out by its partition.
-        if tables::outbox_has(store, key).unwrap_or(true) {
-            *self.removed.entry(partition).or_default() += 1;
-        }
+        let batch = self.batches.entry(partition).or_default();
+        delete_counted(store, batch, key, partition, &mut self.removed);
     }
 
     fn wait_at_most(&mut self, d: Duration) {
@@ -430,11 +442,13 @@ impl Mailer {
                 let group = if self.hook.get().is_some() { e.partition } else { 0 };
                 let batch = round.accepted.entry(group).or_default();
                 tables::mark_sent(&self.store, batch, id, now);
-                tables::delete_outbox(&self.store, batch, OutboxKey::of(id, &e));
-                // An entry an erasure took meanwhile was counted out by its partition.
-                if tables::outbox_has(&self.store, OutboxKey::of(id, &e)).unwrap_or(true) {
-                    *round.accepted_removed.entry(e.partition).or_default() += 1;
-                }
+                delete_counted(
+                    &self.store,
+                    batch,
+                    OutboxKey::of(id, &e),
+                    e.partition,
+                    &mut round.accepted_removed,
+                );
                 if events {
                     let ev = feedback_event(&e.contact, id, FeedbackKind::Delivered, Some(&e.workflow), None);
                     round.accepted_events.push(ev);
