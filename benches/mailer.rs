@@ -13,7 +13,7 @@
 use dripline::config::Settings;
 use dripline::machine::SendId;
 use dripline::runtime::Engine;
-use dripline::storage::tables::{self, MailContent, OutboxEntry};
+use dripline::storage::tables::{self, Content, OutboxEntry};
 use dripline::value::{Map, Value};
 use dripline::workflow::MailKind;
 use std::process::{Child, Command, Stdio};
@@ -90,7 +90,7 @@ fn fill(engine: &Engine, n: usize) {
             step: "welcome".into(),
             kind: MailKind::Marketing,
             to: format!("reader{i}@{}", DOMAINS[i % DOMAINS.len()]).into(),
-            content: MailContent::Template {
+            content: Content::Template {
                 template: "welcome".into(),
                 traits: Arc::new(traits),
                 event: Arc::default(),

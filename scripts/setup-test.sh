@@ -8,10 +8,10 @@ apt_need prometheus openssl chromium chromium-driver spamassassin
 # A real SMTP server for the tests (aiosmtpd), a real DKIM verifier (dkimpy), the browser
 # driver's client (selenium, pointed at Debian's chromedriver: nothing is downloaded), the
 # official Segment and RudderStack SDKs, the reference OpenAPI validator and a reference of the Java client's
-# partitioner (kafka-python).
+# partitioner (kafka-python), the Standard Webhooks reference verifier and an iCalendar parser.
 for mod in aiosmtpd:aiosmtpd dkim:dkimpy selenium:selenium segment.analytics:segment-analytics-python \
   openapi_spec_validator:openapi-spec-validator kafka:kafka-python \
-  rudderstack.analytics:rudder-sdk-python; do
+  rudderstack.analytics:rudder-sdk-python standardwebhooks:standardwebhooks icalendar:icalendar; do
   if ! python3 -c "import ${mod%%:*}" 2>/dev/null; then
     echo "setup: installing ${mod#*:} (pip)" >&2
     python3 -m pip install --quiet --disable-pip-version-check "${mod#*:}" 2>/dev/null \

@@ -19,6 +19,41 @@ pub struct Settings {
     pub admin: AdminSettings,
     pub dead_letters: DeadLetterSettings,
     pub kafka: KafkaSettings,
+    pub webhook: WebhookSettings,
+    /// Named webhook endpoints (`[webhooks.sms]`): what a step's `endpoint:` refers to, so URLs,
+    /// credentials and signing secrets stay out of workflow files.
+    #[serde(default)]
+    pub webhooks: std::collections::BTreeMap<String, WebhookEndpoint>,
+}
+
+/// The webhook transport: how outbound calls of `webhook` steps are made.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// A request not answered within this is retried (like a 5xx).
+    pub timeout: String,
+    /// Requests in flight at once to one host.
+    pub concurrency_per_host: usize,
+    /// Requests per second to one host (0: no limit).
+    pub rate_per_host: f64,
+    /// PEM file of extra CA certificates to trust besides the system's roots.
+    pub ca_file: PathBuf,
+    /// Signing secret for steps that give a `url` instead of an endpoint (`whsec_…`; empty:
+    /// such requests are not signed).
+    pub secret: String,
+}
+
+/// One named endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookEndpoint {
+    pub url: String,
+    /// Standard Webhooks signing secret, `whsec_` and base64 (empty: `webhook.secret`).
+    #[serde(default)]
+    pub secret: String,
+    /// Headers sent with every request to it (credentials such as `Authorization`).
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// Keys read from the environment as comma-separated lists (`DRIPLINE__HTTP__WRITE_KEYS=a,b`).
@@ -399,6 +434,7 @@ impl Settings {
         }
         settings.policy()?;
         settings.mail.validate()?;
+        settings.validate_webhooks()?;
         let e = &settings.engine;
         if e.partitions == 0 || e.workers == 0 || e.batch == 0 {
             return Err(ConfigError::Invalid {
@@ -444,17 +480,44 @@ impl Settings {
             .add_source(config::File::from(file).required(true))
             .build()?;
         let base = file.parent().unwrap_or(std::path::Path::new(""));
-        let paths: [(&str, &mut PathBuf); 5] = [
+        let paths: [(&str, &mut PathBuf); 6] = [
             ("workflows.dir", &mut self.workflows.dir),
             ("engine.data_dir", &mut self.engine.data_dir),
             ("mail.outbox_dir", &mut self.mail.outbox_dir),
             ("mail.dkim.private_key_file", &mut self.mail.dkim.private_key_file),
             ("mail.smtp.ca_file", &mut self.mail.smtp.ca_file),
+            ("webhook.ca_file", &mut self.webhook.ca_file),
         ];
         for (key, path) in paths {
             let from_file = own.get_string(key).ok().map(PathBuf::from);
             if from_file.as_ref() == Some(&*path) && path.is_relative() && !path.as_os_str().is_empty() {
                 *path = base.join(&*path);
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        let w = &self.webhook;
+        let bad = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
+        if let Err(reason) = duration::parse(&w.timeout) {
+            return bad("webhook.timeout", reason);
+        }
+        if w.concurrency_per_host == 0 {
+            return bad("webhook.concurrency_per_host", "must be at least 1".into());
+        }
+        if !(w.rate_per_host >= 0.0 && w.rate_per_host.is_finite()) {
+            return bad("webhook.rate_per_host", "must be 0 (no limit) or more".into());
+        }
+        if let Err(reason) = signing_key(&w.secret) {
+            return bad("webhook.secret", reason);
+        }
+        for (name, e) in &self.webhooks {
+            if !(e.url.starts_with("https://") || e.url.starts_with("http://")) {
+                return bad("webhooks", format!("{name}.url: `{}` is not an http(s) URL", e.url));
+            }
+            if let Err(reason) = signing_key(&e.secret) {
+                return bad("webhooks", format!("{name}.secret: {reason}"));
             }
         }
         Ok(())
@@ -532,4 +595,22 @@ impl Settings {
             default_timezone,
         })
     }
+}
+
+/// The HMAC key of a Standard Webhooks secret (`whsec_` then base64; empty: none).
+pub fn signing_key(secret: &str) -> Result<Option<Vec<u8>>, String> {
+    use base64::Engine;
+    if secret.is_empty() {
+        return Ok(None);
+    }
+    let b64 = secret
+        .strip_prefix("whsec_")
+        .ok_or("must start with `whsec_` (Standard Webhooks)")?;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("the part after `whsec_` is not base64: {e}"))?;
+    if key.len() < 24 {
+        return Err("must hold at least 24 bytes of key (e.g. `whsec_$(openssl rand -base64 32)`)".into());
+    }
+    Ok(Some(key))
 }

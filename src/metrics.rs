@@ -27,6 +27,7 @@ pub struct Metrics {
     pub sends_decided: IntCounterVec,
     pub sends: IntCounterVec,
     pub webhooks_decided: IntCounterVec,
+    pub webhook_calls: IntCounterVec,
     pub render_errors: IntCounter,
     pub rocksdb_write: Histogram,
     pub log_append: Histogram,
@@ -202,6 +203,16 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new("dripline_webhooks_decided_total", "Webhook steps reached"),
                     &["workflow"]
+                )
+                .unwrap()
+            ),
+            webhook_calls: reg!(
+                IntCounterVec::new(
+                    Opts::new(
+                        "dripline_webhook_calls_total",
+                        "Webhook calls answered, by result: delivered (2xx), retried (5xx, 408, 429, no answer), failed"
+                    ),
+                    &["result"]
                 )
                 .unwrap()
             ),
@@ -418,6 +429,9 @@ impl Metrics {
         }
         for access in ["ingest", "admin", "metrics"] {
             m.http_unauthorized.with_label_values(&[access]);
+        }
+        for result in ["delivered", "retried", "failed"] {
+            m.webhook_calls.with_label_values(&[result]);
         }
         for kind in ["unsubscribed", "opened", "clicked"] {
             m.mail_feedback.with_label_values(&[kind]);

@@ -6,7 +6,7 @@ mod common;
 use common::entry;
 use dripline::machine::SendId;
 use dripline::runtime::Engine;
-use dripline::storage::tables::{self, MailContent, OutboxEntry};
+use dripline::storage::tables::{self, Content, OutboxEntry};
 use dripline::workflow::MailKind;
 use std::path::Path;
 
@@ -173,7 +173,7 @@ fn a_send_is_rendered_as_it_goes_out_and_a_template_that_cannot_render_is_refuse
         let mut e = entry("ann@example.org", "", MailKind::Marketing, "");
         e.workflow = workflow.into();
         e.version = version;
-        e.content = MailContent::Template {
+        e.content = Content::Template {
             template: template.into(),
             traits: std::sync::Arc::new([("first_name".to_string(), "Ann".into())].into_iter().collect()),
             event: Default::default(),

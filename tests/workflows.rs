@@ -246,19 +246,14 @@ fn w07_win_back_after_60_quiet_days_falls_back_to_sms_unless_engaged() {
     sim.advance_to(t0 + 80 * DAY);
     assert!(!sim.contacts["ann"].tags.contains("sleeper"));
     assert!(sim.contacts["bob"].tags.contains("sleeper"));
-    let hooks: Vec<_> = sim
-        .webhooks
-        .iter()
-        .map(|(at, c, w)| (*at, c.clone(), w.url.clone()))
-        .collect();
-    assert_eq!(
-        hooks,
-        vec![(
-            t0 + 67 * DAY,
-            "bob".to_string(),
-            "https://sms.example.com/send".to_string()
-        )]
-    );
+    let hooks: Vec<_> = sim.webhooks.iter().map(|(at, c, w)| (*at, c.clone(), w.step)).collect();
+    let sms = sim
+        .reg
+        .latest_of("win_back")
+        .unwrap()
+        .step_index("sms_fallback")
+        .unwrap();
+    assert_eq!(hooks, vec![(t0 + 67 * DAY, "bob".to_string(), sms)]);
     assert_eq!(sim.count("win_back", "we_miss_you", Metric::Clicked), 1);
     // cat was never inactive for 60 days.
     assert!(sim.sent.iter().all(|m| m.contact != "cat"));

@@ -224,7 +224,7 @@ impl Event {
     }
 
     /// Whether this event shows the contact doing something (for inactivity triggers): not an
-    /// identify from a CRM sync, and not delivery news about an email we sent.
+    /// identify from a CRM sync, and not delivery news about an email or webhook we sent.
     pub fn is_activity(&self) -> bool {
         self.kind != EventKind::Identify
             && !matches!(
@@ -235,6 +235,8 @@ impl Event {
                     | "Email Soft Bounced"
                     | "Email Complained"
                     | "Unsubscribed"
+                    | "Webhook Delivered"
+                    | "Webhook Failed"
             )
     }
 }

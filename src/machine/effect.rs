@@ -36,7 +36,7 @@ pub struct WebhookCommand {
     pub workflow: Arc<str>,
     pub version: u32,
     pub step: StepIdx,
-    pub url: String,
+    /// Snapshots taken when the call was decided: rendering later gives the same request.
     pub traits: Arc<Map>,
     pub event: Arc<Map>,
 }

@@ -846,7 +846,7 @@ impl Cx<'_> {
                         .map_or(Next::Exit, |v| v.2);
                 }
                 StepKind::Update(actions) => actions.iter().for_each(|a| self.apply(a)),
-                StepKind::Webhook { url, .. } => {
+                StepKind::Webhook(_) => {
                     let id = send_id(self.contact, &wf.id, wf.version, e.id, i, e.send_seq);
                     e.send_seq += 1;
                     self.out.push(Effect::Webhook(WebhookCommand {
@@ -854,7 +854,6 @@ impl Cx<'_> {
                         workflow: wf.id.clone(),
                         version: wf.version,
                         step: i,
-                        url: url.clone(),
                         traits: self.st.traits.clone(),
                         event: e.event.clone(),
                     }));

@@ -239,13 +239,7 @@ impl Engine {
             .iter()
             .map(|p| p.lock().expect("partition lock").next_offset().into())
             .collect();
-        let mailer = Mailer::new(
-            store.clone(),
-            &settings.mail,
-            reg.clone(),
-            links.clone(),
-            metrics.clone(),
-        )?;
+        let mailer = Mailer::new(store.clone(), settings, reg.clone(), links.clone(), metrics.clone())?;
         if let Some(c) = &changelog {
             mailer.set_hook(c.clone());
         }

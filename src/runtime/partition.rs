@@ -8,11 +8,11 @@ use crate::machine::{ContactState, Effect, Input, Metric, handle};
 use crate::metrics::Metrics;
 use crate::storage::StoreError;
 use crate::storage::hook::CommitHook;
-use crate::storage::tables::{self, MailContent, OutboxEntry};
+use crate::storage::tables::{self, Content, OutboxEntry};
 use crate::storage::timers::{TimerKey, TimerQueue};
 use crate::storage::{Result, Store, erasures, log, outbox_counts, suppressed_addresses, workflow_states};
 use crate::time::Ts;
-use crate::workflow::{Registry, StepIdx};
+use crate::workflow::{MailKind, Registry, StepIdx, StepKind};
 use rocksdb::WriteBatch;
 use rustc_hash::FxHashMap;
 use std::collections::VecDeque;
@@ -531,7 +531,7 @@ impl Partition {
                     let Some(wf) = self.reg.get(&cmd.workflow, cmd.version) else {
                         continue;
                     };
-                    // Rendered by the mailer when it sends (see `MailContent`).
+                    // Rendered by the mailer when it sends (see `Content`).
                     let entry = OutboxEntry {
                         partition: self.id,
                         contact: contact.into(),
@@ -540,7 +540,7 @@ impl Partition {
                         step: wf.steps[cmd.step as usize].id.as_str().into(),
                         kind: cmd.kind,
                         to: cmd.to,
-                        content: MailContent::Template {
+                        content: Content::Template {
                             template: cmd.template,
                             traits: cmd.traits,
                             event: cmd.event,
@@ -555,6 +555,33 @@ impl Partition {
                     self.unreported.decided(&cmd.workflow);
                 }
                 Effect::Webhook(w) => {
+                    let Some(wf) = self.reg.get(&w.workflow, w.version) else {
+                        continue;
+                    };
+                    let step = &wf.steps[w.step as usize];
+                    let StepKind::Webhook(call) = &step.kind else {
+                        continue;
+                    };
+                    // Made by the mailer from the same outbox, with the same guarantees.
+                    let entry = OutboxEntry {
+                        partition: self.id,
+                        contact: contact.into(),
+                        workflow: w.workflow.as_ref().into(),
+                        version: w.version,
+                        step: step.id.as_str().into(),
+                        kind: MailKind::Internal,
+                        to: call.target.to_string().into(),
+                        content: Content::Webhook {
+                            traits: w.traits,
+                            event: w.event,
+                        },
+                        decided_at: at,
+                        attempts: 0,
+                        first_attempt: 0,
+                        not_before: 0,
+                    };
+                    tables::put_outbox(&self.store, &mut self.batch, w.id, &entry);
+                    self.outbox_added += 1;
                     self.metrics.webhooks_decided.with_label_values(&[&w.workflow]).inc();
                 }
                 Effect::Count(c) => {

@@ -3,15 +3,16 @@
 
 use crate::links::Links;
 use crate::machine::SendId;
-use crate::storage::tables::{MailContent, OutboxEntry};
+use crate::storage::tables::{Content, OutboxEntry};
 use crate::workflow::{Registry, Rendered, template_context};
 
 /// Renders `e` (sent as `id`). An error is permanent for this entry (a template that fails on
 /// this contact's data, a version no longer loaded) and says which template and why.
 pub fn render(reg: &Registry, links: &Links, id: SendId, e: &OutboxEntry) -> Result<Rendered, String> {
     match &e.content {
-        MailContent::Rendered(r) => Ok(r.clone()),
-        MailContent::Template {
+        Content::Rendered(r) => Ok(r.clone()),
+        Content::Webhook { .. } => Err("a webhook call is not a message".into()),
+        Content::Template {
             template,
             traits,
             event,

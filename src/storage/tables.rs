@@ -131,7 +131,7 @@ pub struct OutboxEntry {
     pub step: Str,
     pub kind: MailKind,
     pub to: Str,
-    pub content: MailContent,
+    pub content: Content,
     /// Input time of the decision (the email's Date).
     pub decided_at: Ts,
     /// Delivery attempts the receiver deferred (4xx) so far.
@@ -151,7 +151,7 @@ pub struct OutboxEntry {
 /// template, and the outbox holds the few hundred bytes of context instead of whole bodies.
 /// Rendering is deterministic in these inputs, so a replayed decision renders the same message.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum MailContent {
+pub enum Content {
     Template {
         template: Str,
         /// The contact's traits and the enrolling event's properties, as at the decision.
@@ -160,6 +160,18 @@ pub enum MailContent {
     },
     /// Composed already (mail that does not come from a workflow template).
     Rendered(crate::workflow::Rendered),
+    /// Not mail: the call of a webhook step (`step`), rendered from the workflow version's
+    /// templates with these snapshots as it is made.
+    Webhook {
+        traits: std::sync::Arc<crate::value::Map>,
+        event: std::sync::Arc<crate::value::Map>,
+    },
+}
+
+impl Content {
+    pub fn is_webhook(&self) -> bool {
+        matches!(self, Content::Webhook { .. })
+    }
 }
 
 impl OutboxEntry {
@@ -180,7 +192,7 @@ impl OutboxEntry {
             step: Str::default(),
             kind,
             to: to.into(),
-            content: MailContent::Rendered(rendered),
+            content: Content::Rendered(rendered),
             decided_at,
             attempts: 0,
             first_attempt: 0,

@@ -692,16 +692,7 @@ fn step_kind(cx: &mut Cx, path: &str, s: &RawStep, wf: &RawWorkflow, next: Next)
         return StepKind::Split { variants, holdout };
     }
     if let Some(w) = &s.webhook {
-        if !(w.url.starts_with("https://") || w.url.starts_with("http://")) {
-            cx.err(
-                format!("{path}.webhook.url"),
-                format!("`{}` is not an http(s) URL", w.url),
-            );
-        }
-        return StepKind::Webhook {
-            url: w.url.clone(),
-            has_body: w.body.is_some(),
-        };
+        return StepKind::Webhook(Box::new(webhook_call(cx, &format!("{path}.webhook"), w)));
     }
     if let Some(e) = &s.exit {
         if matches!(e, RawExit::Plain(false)) {
@@ -838,5 +829,48 @@ fn check_graph(cx: &mut Cx, steps: &[Step]) {
                 );
             }
         }
+    }
+}
+
+fn webhook_call(cx: &mut Cx, path: &str, w: &RawWebhook) -> WebhookCall {
+    let target = match (&w.url, &w.endpoint) {
+        (Some(url), None) => {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                cx.err(format!("{path}.url"), format!("`{url}` is not an http(s) URL"));
+            }
+            WebhookTarget::Url(url.clone())
+        }
+        (None, Some(name)) => WebhookTarget::Endpoint(name.clone()),
+        _ => {
+            cx.err(path, "needs exactly one of `url` and `endpoint`");
+            WebhookTarget::Url(String::new())
+        }
+    };
+    let method = w.method.as_deref().unwrap_or("POST").to_ascii_uppercase();
+    if !matches!(method.as_str(), "POST" | "PUT" | "PATCH" | "GET" | "DELETE") {
+        cx.err(
+            format!("{path}.method"),
+            format!("`{method}` is not POST, PUT, PATCH, GET or DELETE"),
+        );
+    }
+    for name in w.headers.keys() {
+        if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            cx.err(format!("{path}.headers"), format!("`{name}` is not a header name"));
+        }
+    }
+    let body = match (&w.body, &w.form) {
+        (Some(_), Some(_)) => {
+            cx.err(path, "a webhook has a `body` or a `form`, not both");
+            WebhookBody::Template
+        }
+        (Some(_), None) => WebhookBody::Template,
+        (None, Some(form)) => WebhookBody::Form(form.keys().cloned().collect()),
+        (None, None) => WebhookBody::Default,
+    };
+    WebhookCall {
+        target,
+        method,
+        headers: w.headers.keys().cloned().collect(),
+        body,
     }
 }

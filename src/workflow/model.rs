@@ -45,17 +45,62 @@ pub enum TemplatePart {
     Subject,
     Html,
     Text,
-    Webhook,
+    /// The parts of a webhook step (named by the step's id).
+    WebhookUrl,
+    WebhookBody,
+    /// The n-th header of the step (in name order), the n-th form field.
+    WebhookHeader(usize),
+    WebhookForm(usize),
 }
 
 pub fn template_name(wf: &str, version: u32, template: &str, part: TemplatePart) -> String {
     let ext = match part {
-        TemplatePart::Subject => "subject",
-        TemplatePart::Html => "html",
-        TemplatePart::Text => "txt",
-        TemplatePart::Webhook => "json",
+        TemplatePart::Subject => "subject".to_owned(),
+        TemplatePart::Html => "html".to_owned(),
+        TemplatePart::Text => "txt".to_owned(),
+        TemplatePart::WebhookUrl => "url".to_owned(),
+        TemplatePart::WebhookBody => "json".to_owned(),
+        TemplatePart::WebhookHeader(i) => format!("header{i}"),
+        TemplatePart::WebhookForm(i) => format!("form{i}"),
     };
     format!("{wf}/v{version}/{template}.{ext}")
+}
+
+/// A webhook step's call. Its URL (when not an endpoint's), header values, body and form values
+/// are templates in the registry, named by the step's id and [`TemplatePart`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookCall {
+    pub target: WebhookTarget,
+    pub method: String,
+    /// Header names, in the order of their `WebhookHeader` templates.
+    pub headers: Vec<String>,
+    pub body: WebhookBody,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookTarget {
+    /// The template's source (for reports and dead letters).
+    Url(String),
+    /// A named endpoint of the configuration (`[webhooks.NAME]`).
+    Endpoint(String),
+}
+
+impl std::fmt::Display for WebhookTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WebhookTarget::Url(u) => f.write_str(u),
+            WebhookTarget::Endpoint(name) => write!(f, "endpoint:{name}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookBody {
+    /// The contact id, workflow, step and message id as JSON.
+    Default,
+    Template,
+    /// Field names, in the order of their `WebhookForm` templates.
+    Form(Vec<String>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,10 +196,7 @@ pub enum StepKind {
         holdout: u32,
     },
     Update(Vec<Action>),
-    Webhook {
-        url: String,
-        has_body: bool,
-    },
+    Webhook(Box<WebhookCall>),
     Exit,
 }
 

@@ -219,9 +219,20 @@ pub struct RawVariant {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawWebhook {
-    pub url: String,
-    /// A JSON body as a template; default: contact id, workflow and step.
+    /// Where to call: a URL (a template) or the name of an endpoint in the configuration.
+    pub url: Option<String>,
+    pub endpoint: Option<String>,
+    /// `POST` (default), `PUT`, `PATCH`, `GET` or `DELETE`.
+    pub method: Option<String>,
+    /// Header values are templates.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// The body as a template (JSON unless a `Content-Type` header says otherwise); default: the
+    /// contact id, workflow, step and message id as JSON.
     pub body: Option<String>,
+    /// A form body instead (`application/x-www-form-urlencoded`): each value a template, the
+    /// encoding done by the transport.
+    pub form: Option<BTreeMap<String, String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -345,6 +345,11 @@ impl Registry {
         self.versions.get(id).and_then(|v| v.get(&version))
     }
 
+    /// Every version of every workflow this registry holds.
+    pub fn all_versions(&self) -> impl Iterator<Item = &Arc<Workflow>> {
+        self.versions.values().flat_map(|v| v.values())
+    }
+
     /// The versions of workflow `id` this registry holds.
     pub fn versions_of(&self, id: &str) -> Vec<u32> {
         self.versions
@@ -398,20 +403,15 @@ impl Registry {
         })
     }
 
+    /// Renders one part of webhook step `step` (see [`crate::workflow::WebhookCall`]).
     pub fn render_webhook(
         &self,
         wf: &Workflow,
         step: &str,
+        part: TemplatePart,
         ctx: &minijinja::Value,
-    ) -> Result<Option<String>, minijinja::Error> {
-        match self
-            .templates
-            .get_template(&wf.template_name(step, TemplatePart::Webhook))
-        {
-            Ok(t) => t.render(ctx).map(Some),
-            Err(e) if e.kind() == minijinja::ErrorKind::TemplateNotFound => Ok(None),
-            Err(e) => Err(e),
-        }
+    ) -> Result<String, minijinja::Error> {
+        self.templates.get_template(&wf.template_name(step, part))?.render(ctx)
     }
 }
 
@@ -474,11 +474,34 @@ fn add_templates(
         }
     }
     for (i, s) in raw.steps.iter().enumerate() {
-        if let Some(body) = s.webhook.as_ref().and_then(|w| w.body.as_ref()) {
+        let Some(w) = &s.webhook else { continue };
+        let path = format!("steps[{i}].webhook");
+        if let Some(url) = &w.url {
             add(
-                wf.template_name(&s.id, TemplatePart::Webhook),
+                wf.template_name(&s.id, TemplatePart::WebhookUrl),
+                url,
+                format!("{path}.url"),
+            );
+        }
+        if let Some(body) = &w.body {
+            add(
+                wf.template_name(&s.id, TemplatePart::WebhookBody),
                 body,
-                format!("steps[{i}].webhook.body"),
+                format!("{path}.body"),
+            );
+        }
+        for (n, (name, v)) in w.headers.iter().enumerate() {
+            add(
+                wf.template_name(&s.id, TemplatePart::WebhookHeader(n)),
+                v,
+                format!("{path}.headers.{name}"),
+            );
+        }
+        for (n, (name, v)) in w.form.iter().flatten().enumerate() {
+            add(
+                wf.template_name(&s.id, TemplatePart::WebhookForm(n)),
+                v,
+                format!("{path}.form.{name}"),
             );
         }
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 /// A bucket refilling at `rate` per second. The burst is a tenth of a second's worth (at least
 /// one): enough to carry the rate over the pause while a round commits, small enough that a
 /// minute at full speed exceeds `rate` by at most 0.17 %.
-fn quota(rate: f64) -> Option<Quota> {
+pub(crate) fn quota(rate: f64) -> Option<Quota> {
     if rate <= 0.0 {
         return None;
     }

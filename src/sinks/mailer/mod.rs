@@ -21,6 +21,13 @@
 //! The other outcomes' changes are written at the end of the round by [`Mailer::commit`], after
 //! the caller appended the round's remaining events, so a crash in between repeats events
 //! (dropped as duplicates by their messageId), never loses them.
+//!
+//! Webhook calls share the walk, the ledger and the group commits, and take their own path
+//! through the webhook transport ([`super::webhook`]): a 2xx is accepted (`Webhook Delivered`),
+//! a 5xx, 408, 429 or no answer is retried with the same backoff (never sooner than the
+//! receiver's `Retry-After`) until `mail.retry.max_age`, anything else is a dead letter with the
+//! answer (`Webhook Failed`). Mail suppression does not hold a call back: an unsubscribe or a
+//! bounce is about the email address, and a call may be the fallback for exactly that.
 
 pub mod limits;
 pub mod retry;
@@ -28,7 +35,8 @@ pub mod retry;
 use super::eml;
 use super::tracking;
 use super::transport::{Outcome, Transport};
-use crate::config::{MailSettings, MailTiming};
+use super::webhook::{self, Webhooks};
+use crate::config::{MailSettings, MailTiming, Settings};
 use crate::links::Links;
 use crate::machine::{FeedbackKind, SendId};
 use crate::metrics::Metrics;
@@ -38,6 +46,7 @@ use crate::storage::{Store, StoreError, outbox_counts};
 use crate::time::{SECOND, Ts};
 use crate::workflow::{MailKind, Registry, Rendered};
 use futures::StreamExt;
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use lettre::message::Mailbox;
 use limits::{Hold, Limits};
@@ -75,7 +84,28 @@ pub struct Mailer {
     hook: OnceLock<Arc<dyn CommitHook>>,
     limits: tokio::sync::Mutex<Limits>,
     walk: Mutex<Walk>,
+    webhooks: Webhooks,
 }
+
+/// What a transport answered for one entry.
+enum Answer {
+    Mail(Outcome),
+    Webhook(webhook::Answer),
+}
+
+/// What became of a mail entry at its turn in the walk.
+enum Handover {
+    /// On its way: its answer to come.
+    Handed(BoxFuture<'static, Done>),
+    /// Dealt with, or waiting: on to the next entry.
+    Next,
+    /// Nothing more may go this round (a quota).
+    Stop,
+}
+
+/// One handed-over entry, once answered: its id and entry, the recipient's domain (mail) or
+/// host (webhook), the answer and how long it took.
+type Done = (SendId, OutboxEntry, String, Answer, Duration);
 
 /// Where the round-robin walk stands and whether the transport is resting.
 #[derive(Default)]
@@ -184,11 +214,16 @@ fn wall() -> Ts {
 impl Mailer {
     pub fn new(
         store: Arc<Store>,
-        settings: &MailSettings,
+        all: &Settings,
         reg: Arc<Registry>,
         links: Arc<Links>,
         metrics: Arc<Metrics>,
     ) -> Result<Self, MailerError> {
+        let settings = &all.mail;
+        let webhooks = Webhooks::new(&all.webhook, &all.webhooks).map_err(MailerError::Config)?;
+        for w in webhooks.unconfigured(&reg) {
+            tracing::warn!("{w}");
+        }
         let timing = settings.timing().map_err(|e| MailerError::Config(e.to_string()))?;
         let from = settings
             .from
@@ -219,6 +254,7 @@ impl Mailer {
             hook: OnceLock::new(),
             limits: tokio::sync::Mutex::new(limits),
             walk: Mutex::new(Walk::default()),
+            webhooks,
         })
     }
 
@@ -297,7 +333,8 @@ impl Mailer {
             self.metrics.sends.with_label_values(&["unknown", "unreadable"]).inc();
             self.dead_letter(&mut round, 0, key, &reason, &bytes, now);
         }
-        let mut in_flight = FuturesUnordered::new();
+        let mut in_flight: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
+        let concurrency = self.transport.concurrency() + self.webhooks.concurrency();
         for (id, e) in page {
             if tables::is_sent(&self.store, id)? {
                 // Accepted before a crash that came between the ledger and the delete.
@@ -309,50 +346,33 @@ impl Mailer {
                 round.wait_at_most(Duration::from_millis((e.not_before - now) as u64));
                 continue;
             }
-            if self.suppressed(&e)? {
-                round.remove(&self.store, e.partition, OutboxKey::of(id, &e));
-                self.metrics.sends.with_label_values(&[&e.workflow, "suppressed"]).inc();
-                round.handled += 1;
-                continue;
-            }
-            // The recipient's domain comes first: mail that its domain's rate holds back costs
-            // a look at the limits, not a render, on every pass until it may go.
-            let to = match e.to.parse::<Mailbox>() {
-                Ok(to) => to,
-                Err(err) => {
-                    let reason = format!("refused: {}", eml::EmlError::Address(e.to.to_string(), err));
-                    self.retire(&mut round, id, &e, "refused", &reason, now);
+            if e.content.is_webhook() {
+                let req = match self.webhooks.prepare(&self.reg, id, &e) {
+                    Ok(req) => req,
+                    Err(reason) => {
+                        self.metrics.render_errors.inc();
+                        self.webhook_failed(&mut round, id, &e, None, &format!("refused: {reason}"), now);
+                        continue;
+                    }
+                };
+                if let Err(wait) = self.webhooks.admit(&req.host, now) {
+                    round.wait_at_most(wait);
                     continue;
                 }
-            };
-            let domain = to.email.domain().to_ascii_lowercase();
-            let waited = Instant::now();
-            match limits.admit(&domain, now).await {
-                Ok(()) => {}
-                Err(Hold::Quota(at)) => {
-                    round.wait_at_most(Duration::from_millis((at - now).max(0) as u64));
-                    break;
-                }
-                Err(Hold::Domain(d)) => {
-                    round.wait_at_most(d);
-                    continue;
+                let started = Instant::now();
+                let host = req.host.clone();
+                let answer = self.webhooks.call(id, req);
+                in_flight.push(Box::pin(async move {
+                    let a = Answer::Webhook(answer.await);
+                    (id, e, host, a, started.elapsed())
+                }));
+            } else {
+                match self.hand_over(&mut round, &mut limits, id, e, now).await? {
+                    Handover::Handed(done) => in_flight.push(done),
+                    Handover::Next => continue,
+                    Handover::Stop => break,
                 }
             }
-            let (envelope, message) = match self.build(id, &e, to) {
-                Ok(built) => built,
-                Err(reason) => {
-                    // Never deliverable as decided (a template that fails on this contact's
-                    // data, too large): a dead letter with the reason, not a retry.
-                    limits.refund();
-                    self.retire(&mut round, id, &e, "refused", &format!("refused: {reason}"), now);
-                    continue;
-                }
-            };
-            self.metrics.mail_rate_wait.observe(waited.elapsed().as_secs_f64());
-            let started = Instant::now();
-            let answer = self.transport.deliver(id, envelope, message);
-            in_flight.push(async move { (id, e, domain, answer.await, started.elapsed()) });
-            let concurrency = self.transport.concurrency();
             if in_flight.len() >= concurrency {
                 // Full: wait for half the slots to free (the other half keep their connections
                 // busy meanwhile), settle every answer in by then and make the accepted ones
@@ -379,6 +399,64 @@ impl Mailer {
         limits.tidy();
         round.quota = Some(limits.count);
         Ok(round)
+    }
+
+    /// Hands mail entry `e` to the mail transport, unless it is suppressed, undeliverable or
+    /// must wait for a limit: the answer to come, or none (the entry was dealt with, or waits).
+    async fn hand_over(
+        &self,
+        round: &mut Round,
+        limits: &mut Limits,
+        id: SendId,
+        e: OutboxEntry,
+        now: Ts,
+    ) -> Result<Handover, MailerError> {
+        if self.suppressed(&e)? {
+            round.remove(&self.store, e.partition, OutboxKey::of(id, &e));
+            self.metrics.sends.with_label_values(&[&e.workflow, "suppressed"]).inc();
+            round.handled += 1;
+            return Ok(Handover::Next);
+        }
+        // The recipient's domain comes first: mail that its domain's rate holds back costs
+        // a look at the limits, not a render, on every pass until it may go.
+        let to = match e.to.parse::<Mailbox>() {
+            Ok(to) => to,
+            Err(err) => {
+                let reason = format!("refused: {}", eml::EmlError::Address(e.to.to_string(), err));
+                self.retire(round, id, &e, "refused", &reason, now);
+                return Ok(Handover::Next);
+            }
+        };
+        let domain = to.email.domain().to_ascii_lowercase();
+        let waited = Instant::now();
+        match limits.admit(&domain, now).await {
+            Ok(()) => {}
+            Err(Hold::Quota(at)) => {
+                round.wait_at_most(Duration::from_millis((at - now).max(0) as u64));
+                return Ok(Handover::Stop);
+            }
+            Err(Hold::Domain(d)) => {
+                round.wait_at_most(d);
+                return Ok(Handover::Next);
+            }
+        }
+        let (envelope, message) = match self.build(id, &e, to) {
+            Ok(built) => built,
+            Err(reason) => {
+                // Never deliverable as decided (a template that fails on this contact's
+                // data, too large): a dead letter with the reason, not a retry.
+                limits.refund();
+                self.retire(round, id, &e, "refused", &format!("refused: {reason}"), now);
+                return Ok(Handover::Next);
+            }
+        };
+        self.metrics.mail_rate_wait.observe(waited.elapsed().as_secs_f64());
+        let started = Instant::now();
+        let answer = self.transport.deliver(id, envelope, message);
+        Ok(Handover::Handed(Box::pin(async move {
+            let a = Answer::Mail(answer.await);
+            (id, e, domain, a, started.elapsed())
+        })))
     }
 
     /// Writes a round's outbox, ledger and suppression changes (per partition, through the
@@ -413,17 +491,138 @@ impl Mailer {
         }
     }
 
-    fn settle(
+    fn settle(&self, round: &mut Round, limits: &mut Limits, (id, e, to, answer, took): Done, now: Ts) {
+        let transport = match answer {
+            Answer::Mail(_) => self.transport.name(),
+            Answer::Webhook(_) => "webhook",
+        };
+        self.metrics
+            .transport_latency
+            .with_label_values(&[transport])
+            .observe(took.as_secs_f64());
+        match answer {
+            Answer::Mail(outcome) => self.settle_mail(round, limits, id, e, &to, outcome, now),
+            Answer::Webhook(answer) => self.settle_webhook(round, id, e, &to, answer, now),
+        }
+    }
+
+    /// Into the sent ledger and out of the outbox, durable at the next group commit.
+    fn accept(&self, round: &mut Round, id: SendId, e: &OutboxEntry, now: Ts) {
+        // Per partition for the changelog; without one, one batch (one fsync) for all.
+        let group = if self.hook.get().is_some() { e.partition } else { 0 };
+        let batch = round.accepted.entry(group).or_default();
+        tables::mark_sent(&self.store, batch, id, now);
+        delete_counted(
+            &self.store,
+            batch,
+            OutboxKey::of(id, e),
+            e.partition,
+            &mut round.accepted_removed,
+        );
+        round.handled += 1;
+        round.delivered += 1;
+    }
+
+    /// Backs `e` off for another attempt, or retires it once it has been retrying for
+    /// `mail.retry.max_age`; `Err` with the attempts made when it is retired.
+    fn defer(&self, round: &mut Round, id: SendId, e: &mut OutboxEntry, at_least: i64, now: Ts) -> Result<(), u32> {
+        e.attempts += 1;
+        if e.first_attempt == 0 {
+            e.first_attempt = now;
+        }
+        if now - e.first_attempt >= self.timing.retry_max_age {
+            return Err(e.attempts);
+        }
+        let delay = retry::backoff(e.attempts, self.timing.retry_initial, self.timing.retry_max).max(at_least);
+        e.not_before = now + delay;
+        round.wait_at_most(Duration::from_millis(delay as u64));
+        tables::put_outbox(&self.store, round.batch(e.partition), id, e);
+        round.handled += 1;
+        Ok(())
+    }
+
+    fn settle_webhook(
+        &self,
+        round: &mut Round,
+        id: SendId,
+        mut e: OutboxEntry,
+        host: &str,
+        answer: webhook::Answer,
+        now: Ts,
+    ) {
+        use webhook::Answer as A;
+        let result = match &answer {
+            A::Delivered(_) => "delivered",
+            A::Retry { .. } => "retried",
+            A::Failed { .. } => "failed",
+        };
+        self.metrics.webhook_calls.with_label_values(&[result]).inc();
+        match answer {
+            A::Delivered(status) => {
+                self.webhooks.answered(host);
+                self.metrics.sends.with_label_values(&[&e.workflow, "accepted"]).inc();
+                self.accept(round, id, &e, now);
+                let ev = webhook::event(&e, id, "Webhook Delivered", Some(status), None);
+                round.accepted_events.push(ev);
+            }
+            A::Retry { status, reason, after } => {
+                match (status, after) {
+                    (None, _) => {
+                        self.webhooks.unreachable(host, now);
+                    }
+                    (Some(_), Some(after)) => {
+                        self.webhooks.answered(host);
+                        self.webhooks.pause(host, now + after.as_millis() as i64);
+                    }
+                    (Some(_), None) => self.webhooks.answered(host),
+                }
+                let at_least = after.map_or(0, |d| d.as_millis() as i64);
+                match self.defer(round, id, &mut e, at_least, now) {
+                    Ok(()) => {
+                        self.metrics.sends.with_label_values(&[&e.workflow, "deferred"]).inc();
+                        tracing::debug!("webhook {id} to {host} will be retried: {reason}");
+                    }
+                    Err(attempts) => {
+                        let why = format!("still failing after {attempts} attempts: {reason}");
+                        self.webhook_failed(round, id, &e, status, &why, now);
+                    }
+                }
+            }
+            A::Failed { status, reason } => {
+                self.webhooks.answered(host);
+                self.webhook_failed(round, id, &e, Some(status), &reason, now);
+            }
+        }
+    }
+
+    /// A call that will never be made as decided: a dead letter with the reason (the
+    /// receiver's answer) and a `Webhook Failed` event for the contact's workflows.
+    fn webhook_failed(
+        &self,
+        round: &mut Round,
+        id: SendId,
+        e: &OutboxEntry,
+        status: Option<u16>,
+        reason: &str,
+        now: Ts,
+    ) {
+        self.retire(round, id, e, "failed", &format!("webhook: {reason}"), now);
+        round
+            .feedback
+            .push(webhook::event(e, id, "Webhook Failed", status, Some(reason)));
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn settle_mail(
         &self,
         round: &mut Round,
         limits: &mut Limits,
-        (id, mut e, domain, outcome, took): (SendId, OutboxEntry, String, Outcome, Duration),
+        id: SendId,
+        mut e: OutboxEntry,
+        domain: &str,
+        outcome: Outcome,
         now: Ts,
     ) {
-        self.metrics
-            .transport_latency
-            .with_label_values(&[self.transport.name()])
-            .observe(took.as_secs_f64());
         let result = match &outcome {
             Outcome::Accepted => "delivered",
             Outcome::Deferred(_) => "deferred",
@@ -432,39 +631,32 @@ impl Mailer {
         };
         self.metrics
             .mail_deliveries
-            .with_label_values(&[result, self.domain_label(&domain)])
+            .with_label_values(&[result, self.domain_label(domain)])
             .inc();
         let events = self.settings.delivery_events;
         match outcome {
             Outcome::Accepted => {
                 self.metrics.sends.with_label_values(&[&e.workflow, "accepted"]).inc();
-                // Per partition for the changelog; without one, one batch (one fsync) for all.
-                let group = if self.hook.get().is_some() { e.partition } else { 0 };
-                let batch = round.accepted.entry(group).or_default();
-                tables::mark_sent(&self.store, batch, id, now);
-                delete_counted(
-                    &self.store,
-                    batch,
-                    OutboxKey::of(id, &e),
-                    e.partition,
-                    &mut round.accepted_removed,
-                );
+                self.accept(round, id, &e, now);
                 if events {
                     let ev = feedback_event(&e.contact, id, FeedbackKind::Delivered, Some(&e.workflow), None);
                     round.accepted_events.push(ev);
                 }
-                round.handled += 1;
-                round.delivered += 1;
                 let mut walk = self.walk.lock().expect("walk lock");
                 walk.pause = 0;
             }
-            Outcome::Deferred(reason) => {
-                e.attempts += 1;
-                if e.first_attempt == 0 {
-                    e.first_attempt = now;
+            Outcome::Deferred(reason) => match self.defer(round, id, &mut e, 0, now) {
+                Ok(()) => {
+                    self.metrics.sends.with_label_values(&[&e.workflow, "deferred"]).inc();
+                    self.metrics.mail_retries.inc();
+                    if events && e.attempts == 1 {
+                        let ev =
+                            feedback_event(&e.contact, id, FeedbackKind::Deferred, Some(&e.workflow), Some(&reason));
+                        round.feedback.push(ev);
+                    }
                 }
-                if now - e.first_attempt >= self.timing.retry_max_age {
-                    let why = format!("soft bounce: still deferred after {} attempts: {reason}", e.attempts);
+                Err(attempts) => {
+                    let why = format!("soft bounce: still deferred after {attempts} attempts: {reason}");
                     self.retire(round, id, &e, "soft_bounced", &why, now);
                     if events {
                         let ev = feedback_event(
@@ -476,21 +668,8 @@ impl Mailer {
                         );
                         round.feedback.push(ev);
                     }
-                } else {
-                    self.metrics.sends.with_label_values(&[&e.workflow, "deferred"]).inc();
-                    self.metrics.mail_retries.inc();
-                    let delay = retry::backoff(e.attempts, self.timing.retry_initial, self.timing.retry_max);
-                    e.not_before = now + delay;
-                    round.wait_at_most(Duration::from_millis(delay as u64));
-                    tables::put_outbox(&self.store, round.batch(e.partition), id, &e);
-                    if events && e.attempts == 1 {
-                        let ev =
-                            feedback_event(&e.contact, id, FeedbackKind::Deferred, Some(&e.workflow), Some(&reason));
-                        round.feedback.push(ev);
-                    }
-                    round.handled += 1;
                 }
-            }
+            },
             Outcome::Rejected(reason) => {
                 self.retire(round, id, &e, "bounced", &format!("bounced: {reason}"), now);
                 // The address is bad: nothing more goes to this contact from now on, including
