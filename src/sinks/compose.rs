@@ -4,7 +4,7 @@
 use crate::links::Links;
 use crate::machine::SendId;
 use crate::storage::tables::{Content, OutboxEntry};
-use crate::workflow::{Registry, Rendered, template_context};
+use crate::workflow::{Registry, Rendered, RenderedCalendar, template_context};
 
 /// Renders `e` (sent as `id`). An error is permanent for this entry (a template that fails on
 /// this contact's data, a version no longer loaded) and says which template and why.
@@ -27,4 +27,33 @@ pub fn render(reg: &Registry, links: &Links, id: SendId, e: &OutboxEntry) -> Res
                 .map_err(|err| format!("template {template} of {} failed to render: {err}", e.workflow))
         }
     }
+}
+
+/// The calendar invite of `e`'s template, rendered with the same context, if it has one.
+pub fn render_calendar(
+    reg: &Registry,
+    links: &Links,
+    id: SendId,
+    e: &OutboxEntry,
+) -> Result<Option<RenderedCalendar>, String> {
+    let Content::Template {
+        template,
+        traits,
+        event,
+    } = &e.content
+    else {
+        return Ok(None);
+    };
+    let wf = reg
+        .get(&e.workflow, e.version)
+        .ok_or_else(|| format!("workflow {} version {} is not loaded", e.workflow, e.version))?;
+    let unsubscribe = links.unsubscribe_url(&e.contact, &e.workflow, &id.to_string());
+    let extra = [("unsubscribe_url", minijinja::Value::from(unsubscribe))];
+    let ctx = template_context(&e.contact, traits, event, &extra);
+    reg.render_calendar(wf, template, &ctx).map_err(|err| {
+        format!(
+            "the calendar of template {template} of {} failed to render: {err}",
+            e.workflow
+        )
+    })
 }

@@ -7,7 +7,7 @@ use crate::machine::SendId;
 use crate::workflow::{MailKind, Rendered};
 use lettre::Message;
 use lettre::message::header::{ContentType, HeaderName, HeaderValue};
-use lettre::message::{Mailbox, MultiPart, SinglePart};
+use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, thiserror::Error)]
@@ -31,6 +31,8 @@ pub struct Mail<'a> {
     pub kind: MailKind,
     /// Transport additions such as `List-Unsubscribe`.
     pub headers: Vec<(&'static str, String)>,
+    /// A calendar invite (`.ics` text, `METHOD:REQUEST`).
+    pub calendar: Option<String>,
 }
 
 pub fn message_id(id: SendId, domain: &str) -> String {
@@ -64,13 +66,30 @@ pub fn build(cmd: Mail, from: &Mailbox, domain: &str, date: std::time::SystemTim
         (Some(h), Some(t)) => MultiPart::alternative_plain_html(t.clone(), document(h)),
         // Receivers (and their spam filters) expect a text alternative to an HTML body.
         (Some(h), None) => MultiPart::alternative_plain_html(plain_text(h), document(h)),
+        (None, t) if cmd.calendar.is_some() => MultiPart::alternative().singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_PLAIN)
+                .body(t.clone().unwrap_or_default()),
+        ),
         (None, t) => MultiPart::mixed().singlepart(
             SinglePart::builder()
                 .header(ContentType::TEXT_PLAIN)
                 .body(t.clone().unwrap_or_default()),
         ),
     };
-    Ok(b.multipart(body)?)
+    let Some(ics) = cmd.calendar else {
+        return Ok(b.multipart(body)?);
+    };
+    // The layout calendar clients send and read: the invite as the last alternative (what
+    // Gmail and Outlook act on) and again as an `.ics` attachment (for every other client).
+    let inline = ContentType::parse("text/calendar; charset=UTF-8; method=REQUEST").expect("a valid content type");
+    let file = ContentType::parse("application/ics; name=\"invite.ics\"").expect("a valid content type");
+    let body = body.singlepart(SinglePart::builder().header(inline).body(ics.clone()));
+    Ok(b.multipart(
+        MultiPart::mixed()
+            .multipart(body)
+            .singlepart(Attachment::new("invite.ics".into()).body(ics, file)),
+    )?)
 }
 
 /// The text alternative of an HTML body: its text, wrapped at 78 columns, links listed as

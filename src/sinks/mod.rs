@@ -4,6 +4,7 @@
 
 pub mod compose;
 pub mod eml;
+pub mod invite;
 pub mod mailer;
 pub mod smtp;
 pub mod tracking;

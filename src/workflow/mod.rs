@@ -9,4 +9,4 @@ pub mod registry;
 
 pub use compile::{LoadError, LoadErrors};
 pub use model::*;
-pub use registry::{FrequencyCap, Policy, Registry, Rendered, StoredVersion, template_context};
+pub use registry::{FrequencyCap, Policy, Registry, Rendered, RenderedCalendar, StoredVersion, template_context};

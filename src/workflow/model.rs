@@ -51,6 +51,9 @@ pub enum TemplatePart {
     /// The n-th header of the step (in name order), the n-th form field.
     WebhookHeader(usize),
     WebhookForm(usize),
+    /// A field of a template's calendar invite (`start`, `end`, `title`, `location`,
+    /// `description`).
+    Calendar(&'static str),
 }
 
 pub fn template_name(wf: &str, version: u32, template: &str, part: TemplatePart) -> String {
@@ -62,6 +65,7 @@ pub fn template_name(wf: &str, version: u32, template: &str, part: TemplatePart)
         TemplatePart::WebhookBody => "json".to_owned(),
         TemplatePart::WebhookHeader(i) => format!("header{i}"),
         TemplatePart::WebhookForm(i) => format!("form{i}"),
+        TemplatePart::Calendar(field) => format!("cal-{field}"),
     };
     format!("{wf}/v{version}/{template}.{ext}")
 }

@@ -248,6 +248,20 @@ pub struct RawTemplate {
     pub subject: String,
     pub html: Option<String>,
     pub text: Option<String>,
+    /// A calendar invite sent with the message.
+    pub calendar: Option<RawCalendar>,
+}
+
+/// Every field a template. `start` and `end` render to an RFC 3339 time, a local
+/// `YYYY-MM-DDTHH:MM[:SS]` (in the contact's time zone) or a date (an all-day event).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCalendar {
+    pub start: String,
+    pub end: Option<String>,
+    pub title: String,
+    pub location: Option<String>,
+    pub description: Option<String>,
 }
 
 /// `dripline.yaml` beside the workflows: trait types and named lists shared by all workflows.

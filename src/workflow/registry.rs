@@ -110,6 +110,19 @@ pub struct Rendered {
     pub text: Option<String>,
 }
 
+/// A template's calendar invite, rendered (empty optional fields are left out).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderedCalendar {
+    pub start: String,
+    pub end: Option<String>,
+    pub title: String,
+    pub location: Option<String>,
+    pub description: Option<String>,
+}
+
+/// The fields of a calendar invite, as named in workflows and templates.
+pub const CALENDAR_FIELDS: [&str; 5] = ["start", "end", "title", "location", "description"];
+
 pub const DIRECTORY_FILE: &str = "dripline.yaml";
 
 fn parse_yaml<T: serde::de::DeserializeOwned>(file: &str, src: &str) -> Result<T, LoadError> {
@@ -403,6 +416,35 @@ impl Registry {
         })
     }
 
+    /// Renders the calendar invite of `template`, if it has one.
+    pub fn render_calendar(
+        &self,
+        wf: &Workflow,
+        template: &str,
+        ctx: &minijinja::Value,
+    ) -> Result<Option<RenderedCalendar>, minijinja::Error> {
+        let part = |field: &'static str| -> Result<Option<String>, minijinja::Error> {
+            match self
+                .templates
+                .get_template(&wf.template_name(template, TemplatePart::Calendar(field)))
+            {
+                Ok(t) => Ok(Some(t.render(ctx)?.trim().to_owned()).filter(|s| !s.is_empty())),
+                Err(e) if e.kind() == minijinja::ErrorKind::TemplateNotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        let Some(start) = part("start")? else {
+            return Ok(None);
+        };
+        Ok(Some(RenderedCalendar {
+            start,
+            end: part("end")?,
+            title: part("title")?.unwrap_or_default(),
+            location: part("location")?,
+            description: part("description")?,
+        }))
+    }
+
     /// Renders one part of webhook step `step` (see [`crate::workflow::WebhookCall`]).
     pub fn render_webhook(
         &self,
@@ -471,6 +513,24 @@ fn add_templates(
                 x,
                 format!("templates.{tname}.text"),
             );
+        }
+        if let Some(c) = &t.calendar {
+            let fields = [
+                Some(&c.start),
+                c.end.as_ref(),
+                Some(&c.title),
+                c.location.as_ref(),
+                c.description.as_ref(),
+            ];
+            for (field, src) in CALENDAR_FIELDS.into_iter().zip(fields) {
+                if let Some(src) = src {
+                    add(
+                        wf.template_name(tname, TemplatePart::Calendar(field)),
+                        src,
+                        format!("templates.{tname}.calendar.{field}"),
+                    );
+                }
+            }
         }
     }
     for (i, s) in raw.steps.iter().enumerate() {

@@ -85,6 +85,8 @@ pub struct Mailer {
     limits: tokio::sync::Mutex<Limits>,
     walk: Mutex<Walk>,
     webhooks: Webhooks,
+    /// Reads local times in calendar invites of contacts without a valid `timezone` trait.
+    default_tz: chrono_tz::Tz,
 }
 
 /// What a transport answered for one entry.
@@ -255,6 +257,7 @@ impl Mailer {
             limits: tokio::sync::Mutex::new(limits),
             walk: Mutex::new(Walk::default()),
             webhooks,
+            default_tz: all.policy.default_timezone.parse().unwrap_or(chrono_tz::Tz::UTC),
         })
     }
 
@@ -740,6 +743,33 @@ impl Mailer {
         }))
     }
 
+    /// The calendar invite of the entry's template, if it has one. One that cannot be made (a
+    /// start that is not a time) is left out of a message that still goes, and counted as a
+    /// render error with the reason in the log.
+    fn invite(&self, id: SendId, e: &OutboxEntry, to: &Mailbox) -> Option<String> {
+        let made = super::compose::render_calendar(&self.reg, &self.links, id, e).and_then(|cal| {
+            let Some(cal) = cal else { return Ok(None) };
+            let tz = match &e.content {
+                tables::Content::Template { traits, .. } => traits
+                    .get("timezone")
+                    .and_then(|v| v.as_str())
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(self.default_tz),
+                _ => self.default_tz,
+            };
+            let domain = &self.settings.message_id_domain;
+            super::invite::ics(&cal, id, domain, e.decided_at, &self.from, to, tz).map(Some)
+        });
+        made.unwrap_or_else(|reason| {
+            self.metrics.render_errors.inc();
+            tracing::warn!(
+                "message {id} of {} goes without its calendar invite: {reason}",
+                e.workflow
+            );
+            None
+        })
+    }
+
     /// The message as it goes out: tracked links and pixel, unsubscribe headers on marketing
     /// mail, DKIM signature; refused if it is over the size limit.
     fn build(
@@ -781,6 +811,7 @@ impl Mailer {
                 format!("{0} <{0}.{1}>", e.workflow, self.settings.message_id_domain),
             ));
         }
+        let calendar = self.invite(id, e, &to);
         let rendered = Rendered { subject, html, text };
         let mail = eml::Mail {
             id,
@@ -790,6 +821,7 @@ impl Mailer {
             version: e.version,
             kind: e.kind,
             headers,
+            calendar,
         };
         let date = std::time::UNIX_EPOCH + Duration::from_millis(e.decided_at.max(0) as u64);
         let mut msg =

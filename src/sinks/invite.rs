@@ -1,0 +1,175 @@
+//! Calendar invites (RFC 5545, iTIP `METHOD:REQUEST`) for templates with a `calendar`, built
+//! with the `icalendar` crate. Everything in one is derived from the send: its UID from the send
+//! id and its DTSTAMP from the decision time, so the same decision, live or replayed, makes the
+//! same invite.
+
+use crate::machine::SendId;
+use crate::time::Ts;
+use crate::workflow::RenderedCalendar;
+use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, TimeZone, Utc};
+use chrono_tz::Tz;
+use icalendar::{Calendar, Component, Event, EventLike, EventStatus, Property};
+use lettre::message::Mailbox;
+
+/// A start or end as written: an instant, or a date for an all-day event.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum When {
+    At(DateTime<Utc>),
+    Day(NaiveDate),
+}
+
+/// Reads an RFC 3339 time, a local `YYYY-MM-DDTHH:MM[:SS]` (or with a space) in `tz`, or a date.
+fn when(s: &str, tz: Tz) -> Result<When, String> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Ok(When::At(t.with_timezone(&Utc)));
+    }
+    for f in [
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(local) = NaiveDateTime::parse_from_str(s, f) {
+            // A time that a change of clocks skips is read as the first valid one after it.
+            let t = tz
+                .from_local_datetime(&local)
+                .earliest()
+                .or_else(|| tz.from_local_datetime(&(local + Duration::hours(1))).earliest())
+                .ok_or_else(|| format!("`{s}` does not exist in {tz}"))?;
+            return Ok(When::At(t.with_timezone(&Utc)));
+        }
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .map(When::Day)
+        .map_err(|_| format!("`{s}` is not an RFC 3339 time, a local YYYY-MM-DDTHH:MM or a date"))
+}
+
+/// The invite's UID: the send id at the message-id domain (stable across retries and replay).
+pub fn uid(id: SendId, domain: &str) -> String {
+    format!("{id}@{domain}")
+}
+
+/// The `.ics` text of the invite. `tz` reads local times (the contact's zone).
+pub fn ics(
+    cal: &RenderedCalendar,
+    id: SendId,
+    domain: &str,
+    decided_at: Ts,
+    organizer: &Mailbox,
+    attendee: &Mailbox,
+    tz: Tz,
+) -> Result<String, String> {
+    let start = when(&cal.start, tz).map_err(|e| format!("calendar start: {e}"))?;
+    let end = match &cal.end {
+        Some(e) => when(e, tz).map_err(|e| format!("calendar end: {e}"))?,
+        // An hour for a meeting, the day for an all-day event.
+        None => match start {
+            When::At(t) => When::At(t + Duration::hours(1)),
+            When::Day(d) => When::Day(d + Duration::days(1)),
+        },
+    };
+    let mut event = Event::new();
+    event
+        .uid(&uid(id, domain))
+        .timestamp(DateTime::from_timestamp_millis(decided_at).unwrap_or_default())
+        .sequence(0)
+        .summary(&cal.title)
+        .status(EventStatus::Confirmed);
+    match (start, end) {
+        (When::At(s), When::At(e)) if e > s => event.starts(s).ends(e),
+        (When::Day(s), When::Day(e)) if e > s => event.starts(s).ends(e),
+        _ => {
+            return Err(format!(
+                "calendar end `{:?}` is not after its start `{}`",
+                cal.end, cal.start
+            ));
+        }
+    };
+    if let Some(l) = &cal.location {
+        event.location(l);
+    }
+    if let Some(d) = &cal.description {
+        event.description(d);
+    }
+    let mut org = Property::new("ORGANIZER", format!("mailto:{}", organizer.email));
+    if let Some(name) = &organizer.name {
+        org.add_parameter("CN", name);
+    }
+    event.append_property(org.done());
+    let mut att = Property::new("ATTENDEE", format!("mailto:{}", attendee.email));
+    att.add_parameter("ROLE", "REQ-PARTICIPANT")
+        .add_parameter("PARTSTAT", "NEEDS-ACTION")
+        .add_parameter("RSVP", "TRUE");
+    if let Some(name) = &attendee.name {
+        att.add_parameter("CN", name);
+    }
+    event.append_property(att.done());
+    let mut calendar = Calendar::empty();
+    calendar
+        .append_property(("PRODID", "-//dripline//dripline//EN"))
+        .append_property(("VERSION", "2.0"))
+        .append_property(("CALSCALE", "GREGORIAN"))
+        .append_property(("METHOD", "REQUEST"))
+        .push(event.done());
+    Ok(calendar.done().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cal(start: &str, end: Option<&str>) -> RenderedCalendar {
+        RenderedCalendar {
+            start: start.into(),
+            end: end.map(Into::into),
+            title: "Coffee Summit".into(),
+            location: Some("Hall 2, Jakarta".into()),
+            description: None,
+        }
+    }
+
+    fn make(c: &RenderedCalendar, tz: Tz) -> Result<String, String> {
+        let from: Mailbox = "Events <events@example.com>".parse().unwrap();
+        let to: Mailbox = "Tom <tom@example.com>".parse().unwrap();
+        ics(c, SendId(42), "mail.example.com", 1_764_000_000_000, &from, &to, tz)
+    }
+
+    #[test]
+    fn the_same_send_makes_the_same_invite() {
+        let a = make(&cal("2026-11-25T09:30:00+07:00", None), Tz::UTC).unwrap();
+        assert_eq!(a, make(&cal("2026-11-25T09:30:00+07:00", None), Tz::UTC).unwrap());
+        assert!(a.contains("METHOD:REQUEST\r\n"), "{a}");
+        assert!(a.contains(&format!("UID:{}@mail.example.com\r\n", SendId(42))), "{a}");
+        assert!(a.contains("DTSTART:20261125T023000Z\r\n"), "{a}");
+        assert!(a.contains("DTEND:20261125T033000Z\r\n"), "an hour by default: {a}");
+        assert!(a.contains("ATTENDEE;"), "{a}");
+    }
+
+    #[test]
+    fn dates_are_all_day_and_local_times_are_in_the_zone() {
+        let d = make(&cal("2026-11-25", None), Tz::UTC).unwrap();
+        assert!(d.contains("DTSTART;VALUE=DATE:20261125\r\n"), "{d}");
+        assert!(d.contains("DTEND;VALUE=DATE:20261126\r\n"), "{d}");
+        let l = make(
+            &cal("2026-11-25T09:00", Some("2026-11-25 17:00")),
+            "Asia/Shanghai".parse().unwrap(),
+        )
+        .unwrap();
+        assert!(l.contains("DTSTART:20261125T010000Z\r\n"), "{l}");
+        assert!(l.contains("DTEND:20261125T090000Z\r\n"), "{l}");
+    }
+
+    #[test]
+    fn bad_times_are_refused_with_the_reason() {
+        assert!(
+            make(&cal("next tuesday", None), Tz::UTC)
+                .unwrap_err()
+                .contains("next tuesday")
+        );
+        assert!(
+            make(&cal("2026-11-25", Some("2026-11-24")), Tz::UTC)
+                .unwrap_err()
+                .contains("not after")
+        );
+    }
+}
