@@ -201,6 +201,8 @@ pub struct MailSettings {
     pub unsubscribe_mailto: String,
     /// A message larger than this is refused (dead letter with the reason), never sent.
     pub max_message_bytes: usize,
+    /// The sender part of the `Feedback-ID` header (Gmail's feedback loop); empty: no header.
+    pub feedback_id_sender: String,
     /// Delivery results become events in the contact's stream (`Email Delivered`, …).
     pub delivery_events: bool,
     pub smtp: SmtpSettings,
@@ -274,6 +276,9 @@ pub struct TrackingSettings {
     pub opens: bool,
     /// Links in HTML bodies rewritten through signed click redirects.
     pub clicks: bool,
+    /// The pixel goes only into HTML that has an image already or at least this many
+    /// characters of text: below it a lone image is what spam filters score.
+    pub pixel_min_text: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -337,6 +342,12 @@ impl MailSettings {
         }
         if self.smtp.connections == 0 {
             return bad("mail.smtp.connections", "must be at least 1".into());
+        }
+        if self.feedback_id_sender.contains([':', '\r', '\n', ' ']) {
+            return bad(
+                "mail.feedback_id_sender",
+                "is the last field of Feedback-ID: no colon, space or line break".into(),
+            );
         }
         for (key, secret) in std::iter::once(("mail.secret", &self.secret))
             .chain(self.previous_secrets.iter().map(|s| ("mail.previous_secrets", s)))

@@ -201,8 +201,8 @@ fn paths_in_a_config_file_are_relative_to_the_file() {
 /// The demo's mail, scored by SpamAssassin (Debian's package, local rules only, `-L`): none
 /// trips a rule the engine would cause (HTML without a text alternative or an `<html>` tag,
 /// list headers without `List-Id`), and none scores above 2 of the 5 points that make spam.
-/// What is left is the transport's part (no `Received` header in a file) and the demo's links
-/// (a port in the URL; a tracking pixel in a short mail).
+/// What is left is the demo's links (a port in the URL); `tests/deliverability.rs` scores every
+/// template as production sends it.
 #[test]
 fn the_demo_mail_passes_spamassassin() {
     let out_dir = tempfile::tempdir().unwrap();

@@ -130,7 +130,10 @@ fn http_ingest_produces_emails_and_metrics() {
     );
     wait_for(Duration::from_secs(10), || emls(tmp.path()).len() == 3);
     let mails = emls(tmp.path());
-    let ann = mails.iter().find(|m| m.1.contains("To: ann@example.org")).unwrap();
+    let ann = mails
+        .iter()
+        .find(|m| common::addressed_to(&m.1, "ann@example.org"))
+        .unwrap();
     assert!(ann.1.contains("Subject: Welcome, ann!"), "{}", ann.1);
     let stem = ann.0.file_stem().unwrap().to_str().unwrap();
     assert!(ann.1.contains(&format!("Message-ID: <{stem}@")), "{}", ann.1);
@@ -578,7 +581,9 @@ fn ingest_while_the_engine_runs_goes_through_its_http_endpoint() {
     );
     assert!(stdout.contains("line 2:") && stdout.contains("line 4:"), "{stdout}");
     wait_for(Duration::from_secs(10), || {
-        emls(tmp.path()).iter().any(|(_, m)| m.contains("To: zoe@example.org"))
+        emls(tmp.path())
+            .iter()
+            .any(|(_, m)| common::addressed_to(m, "zoe@example.org"))
     });
     e.stop();
 }

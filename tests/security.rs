@@ -101,7 +101,7 @@ fn mails(dir: &Path) -> Vec<String> {
 fn mails_to(dir: &Path, who: &str) -> Vec<String> {
     mails(dir)
         .into_iter()
-        .filter(|m| m.contains(&format!("To: {who}")))
+        .filter(|m| common::addressed_to(m, who))
         .collect()
 }
 

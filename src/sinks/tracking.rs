@@ -51,9 +51,104 @@ pub fn rewrite_html(
     Ok(out)
 }
 
+/// Whether an open pixel may go into `html` without making it an image-only mail: it has an
+/// image of its own, or at least `min_text` characters of text.
+pub fn pixel_fits(html: &str, min_text: usize) -> bool {
+    if min_text == 0 {
+        return true;
+    }
+    let images = Cell::new(false);
+    let text = Cell::new(0usize);
+    // Open <script>, <style> and <head> elements (shared with their end-tag handlers).
+    let hidden = std::rc::Rc::new(Cell::new(0usize));
+    let counted = lol_html::rewrite_str(
+        html,
+        RewriteStrSettings {
+            element_content_handlers: vec![
+                element!("img", |_| {
+                    images.set(true);
+                    Ok(())
+                }),
+                element!("script, style, head", |el| {
+                    hidden.set(hidden.get() + 1);
+                    if let Some(handlers) = el.end_tag_handlers() {
+                        let hidden = hidden.clone();
+                        let end: lol_html::EndTagHandler<'static> = Box::new(move |_| {
+                            hidden.set(hidden.get() - 1);
+                            Ok(())
+                        });
+                        handlers.push(end);
+                    }
+                    Ok(())
+                }),
+            ],
+            document_content_handlers: vec![lol_html::doc_text!(|t| {
+                if hidden.get() == 0 {
+                    text.set(
+                        text.get()
+                            + t.as_str()
+                                .split_whitespace()
+                                .map(|w| w.chars().count() + 1)
+                                .sum::<usize>(),
+                    );
+                }
+                Ok(())
+            })],
+            ..RewriteStrSettings::new()
+        },
+    );
+    counted.is_ok() && (images.get() || text.get() >= min_text)
+}
+
+/// A text body with its http(s) links (outside `own_base`) through `click`.
+pub fn rewrite_text(text: &str, own_base: &str, click: &dyn Fn(&str) -> String) -> String {
+    let mut finder = linkify::LinkFinder::new();
+    finder.kinds(&[linkify::LinkKind::Url]);
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for link in finder.links(text) {
+        let url = link.as_str();
+        let lower = url.to_ascii_lowercase();
+        if (lower.starts_with("http://") || lower.starts_with("https://")) && !url.starts_with(own_base) {
+            out.push_str(&text[last..link.start()]);
+            out.push_str(&click(url));
+            last = link.end();
+        }
+    }
+    out.push_str(&text[last..]);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_pixel_goes_where_it_does_not_make_an_image_only_mail() {
+        assert!(!pixel_fits("<p>Short.</p>", 400));
+        assert!(pixel_fits("<p>Short.</p><img src=\"logo.png\">", 400));
+        assert!(pixel_fits(&format!("<p>{}</p>", "word ".repeat(100)), 400));
+        // Text in <style> is no content.
+        assert!(!pixel_fits(
+            &format!("<style>{}</style><p>Hi</p>", "x ".repeat(400)),
+            400
+        ));
+        assert!(pixel_fits("<p>Short.</p>", 0));
+    }
+
+    #[test]
+    fn links_in_text_bodies_are_tracked_except_our_own() {
+        let click = |u: &str| format!("https://me.example/c/{}", u.len());
+        let out = rewrite_text(
+            "See https://shop.example.com/cart?a=1 (or https://me.example/u/tok), mail help@example.com.",
+            "https://me.example",
+            &click,
+        );
+        assert_eq!(
+            out,
+            "See https://me.example/c/33 (or https://me.example/u/tok), mail help@example.com."
+        );
+    }
 
     #[test]
     fn links_are_wrapped_own_and_non_http_links_kept_and_the_pixel_lands_in_the_body() {

@@ -68,6 +68,8 @@ pub fn run_command(workflows: &Path, data: &Path, mail: &Path, port: u16) -> (st
         .env("DRIPLINE__MAIL__OUTBOX_DIR", mail)
         .env("DRIPLINE__HTTP__LISTEN", format!("127.0.0.1:{port}"))
         .env("DRIPLINE__POLICY__QUIET_HOURS", "")
+        // The link tests follow the open pixel of short test mails, which the default leaves out.
+        .env("DRIPLINE__MAIL__TRACKING__PIXEL_MIN_TEXT", "0")
         .env("DRIPLINE__HTTP__WRITE_KEYS", WRITE_KEY)
         .env("DRIPLINE__ADMIN__TOKENS", ADMIN_TOKEN)
         .env("DRIPLINE__HTTP__PUBLIC_LISTEN", format!("127.0.0.1:{public}"))
@@ -141,4 +143,12 @@ pub fn files_containing(dir: &Path, needles: &[&str]) -> Vec<String> {
         }
     }
     found
+}
+
+/// Whether a message's `To` header names `address` (with or without the contact's name).
+pub fn addressed_to(mail: &str, address: &str) -> bool {
+    mail.lines().any(|l| {
+        l.strip_prefix("To: ")
+            .is_some_and(|to| to == address || to.ends_with(&format!("<{address}>")))
+    })
 }

@@ -95,6 +95,16 @@ enum Answer {
     Webhook(webhook::Answer),
 }
 
+impl Answer {
+    /// Which slots it held: 0 mail, 1 calls.
+    fn kind(&self) -> usize {
+        match self {
+            Answer::Mail(_) => 0,
+            Answer::Webhook(_) => 1,
+        }
+    }
+}
+
 /// What became of a mail entry at its turn in the walk.
 enum Handover {
     /// On its way: its answer to come.
@@ -337,7 +347,10 @@ impl Mailer {
             self.dead_letter(&mut round, 0, key, &reason, &bytes, now);
         }
         let mut in_flight: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
-        let concurrency = self.transport.concurrency() + self.webhooks.concurrency();
+        // Mail and calls have their own slots (a slow receiver must not hold mail back, nor
+        // widen the bound on mail repeated after a crash): [mail, calls] in flight and allowed.
+        let mut busy = [0usize; 2];
+        let slots = [self.transport.concurrency(), self.webhooks.concurrency()];
         for (id, e) in page {
             if tables::is_sent(&self.store, id)? {
                 // Accepted before a crash that came between the ledger and the delete.
@@ -369,24 +382,31 @@ impl Mailer {
                     let a = Answer::Webhook(answer.await);
                     (id, e, host, a, started.elapsed())
                 }));
+                busy[1] += 1;
             } else {
                 match self.hand_over(&mut round, &mut limits, id, e, now).await? {
-                    Handover::Handed(done) => in_flight.push(done),
+                    Handover::Handed(done) => {
+                        in_flight.push(done);
+                        busy[0] += 1;
+                    }
                     Handover::Next => continue,
                     Handover::Stop => break,
                 }
             }
-            if in_flight.len() >= concurrency {
-                // Full: wait for half the slots to free (the other half keep their connections
-                // busy meanwhile), settle every answer in by then and make the accepted ones
-                // durable, in one group commit, before any of them takes a next message.
-                while in_flight.len() > concurrency / 2 {
+            if busy[0] >= slots[0] || busy[1] >= slots[1] {
+                // Full: wait for half of the full kind's slots to free (the other half keep
+                // their connections busy meanwhile), settle every answer in by then and make the
+                // accepted ones durable, in one group commit, before any slot takes another.
+                let target = [0, 1].map(|k| if busy[k] >= slots[k] { slots[k] / 2 } else { usize::MAX });
+                while busy[0] > target[0] || busy[1] > target[1] {
                     let Some(done) = in_flight.next().await else {
                         break;
                     };
+                    busy[done.3.kind()] -= 1;
                     self.settle(&mut round, &mut limits, done, wall());
                 }
                 while let Some(Some(done)) = futures::FutureExt::now_or_never(in_flight.next()) {
+                    busy[done.3.kind()] -= 1;
                     self.settle(&mut round, &mut limits, done, wall());
                 }
                 self.group_commit(&mut round, durable)?;
@@ -743,6 +763,37 @@ impl Mailer {
         }))
     }
 
+    /// The recipient with the contact's name, when the mail goes to the contact's own address
+    /// and its traits have one (`name`, else `first_name` and `last_name`).
+    fn addressed(&self, e: &OutboxEntry, to: Mailbox) -> Mailbox {
+        let tables::Content::Template { traits, .. } = &e.content else {
+            return to;
+        };
+        let get = |k: &str| {
+            traits
+                .get(k)
+                .and_then(|v| v.as_str())
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+        };
+        if get("email").is_none_or(|a| !a.eq_ignore_ascii_case(to.email.as_ref())) {
+            return to;
+        }
+        let name = match get("name") {
+            Some(n) => n.to_owned(),
+            None => [get("first_name"), get("last_name")]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join(" "),
+        };
+        if name.is_empty() {
+            return to;
+        }
+        // CR/LF never reach a header: lettre encodes the name, and line breaks go first.
+        Mailbox::new(Some(name.replace(['\r', '\n'], " ")), to.email)
+    }
+
     /// The calendar invite of the entry's template, if it has one. One that cannot be made (a
     /// start that is not a time) is left out of a message that still goes, and counted as a
     /// render error with the reason in the log.
@@ -783,22 +834,37 @@ impl Mailer {
         let Rendered {
             subject,
             mut html,
-            text,
+            mut text,
         } = super::compose::render(&self.reg, links, id, e).inspect_err(|_| self.metrics.render_errors.inc())?;
         let track = &self.settings.tracking;
-        if e.kind != MailKind::Internal
+        let click = |url: &str| links.click_url(&e.contact, &e.workflow, &msg_id, url);
+        let tracked = e.kind != MailKind::Internal;
+        if tracked
             && (track.opens || track.clicks)
             && let Some(h) = &html
         {
-            let click = |url: &str| links.click_url(&e.contact, &e.workflow, &msg_id, url);
-            let pixel = track.opens.then(|| links.open_url(&e.contact, &e.workflow, &msg_id));
+            let pixel = (track.opens && tracking::pixel_fits(h, track.pixel_min_text))
+                .then(|| links.open_url(&e.contact, &e.workflow, &msg_id));
             let click_fn: Option<&dyn Fn(&str) -> String> = if track.clicks { Some(&click) } else { None };
             html = Some(
                 tracking::rewrite_html(h, &self.settings.public_url, click_fn, pixel.as_deref())
                     .map_err(|err| format!("cannot rewrite the HTML body: {err}"))?,
             );
         }
+        // A text body of its own gets the tracked links too (one made from the HTML has them).
+        if tracked
+            && track.clicks
+            && let Some(t) = &text
+        {
+            text = Some(tracking::rewrite_text(t, &self.settings.public_url, &click));
+        }
+        let to = self.addressed(e, to);
         let mut headers = vec![];
+        if !self.settings.feedback_id_sender.is_empty() {
+            let kind = format!("{:?}", e.kind).to_lowercase();
+            let sender = &self.settings.feedback_id_sender;
+            headers.push(("Feedback-ID", format!("{}:v{}:{kind}:{sender}", e.workflow, e.version)));
+        }
         if e.kind == MailKind::Marketing {
             headers.push((
                 "List-Unsubscribe",
@@ -870,6 +936,7 @@ fn dkim_config(mail: &MailSettings) -> Result<Option<lettre::message::dkim::Dkim
         "List-Unsubscribe",
         "List-Unsubscribe-Post",
         "List-Id",
+        "Feedback-ID",
     ]
     .into_iter()
     .map(HeaderName::new_from_ascii_str)
