@@ -4,7 +4,9 @@
 //! 1. no limit: messages/s through the whole path — outbox walk, suppression checks, tracking
 //!    rewrite, the SMTP exchange over persistent TCP_NODELAY connections, the sent-ledger batch
 //!    and the `Email Delivered` events appended to the log;
-//! 2. limits set (a global rate and a lower one for gmail.com): for `DRIPLINE_BENCH_SECONDS`
+//! 2. the same with every message DKIM-signed, RSA-2048 then Ed25519
+//!    (`DRIPLINE_BENCH_DKIM_MESSAGES`, default 30000, each);
+//! 3. limits set (a global rate and a lower one for gmail.com): for `DRIPLINE_BENCH_SECONDS`
 //!    (default 60), the achieved rate of each against the configured one.
 //!
 //! `DRIPLINE_BENCH_MESSAGES` (default 100000), `DRIPLINE_BENCH_CONNECTIONS` (8),
@@ -119,6 +121,48 @@ fn counter(metrics: &str, line_start: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// Sends `messages` with no limit (DKIM-signed with `dkim`: algorithm and key file) and prints
+/// the rate.
+fn unlimited(sys: &actix::SystemRunner, port: u16, messages: usize, dkim: Option<(&str, &std::path::Path)>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut s = settings(tmp.path(), port);
+    if let Some((algorithm, key)) = dkim {
+        s.mail.dkim.selector = "bench".into();
+        s.mail.dkim.domain = "example.com".into();
+        s.mail.dkim.algorithm = algorithm.into();
+        s.mail.dkim.private_key_file = key.into();
+    }
+    let engine = Engine::open(&s).unwrap();
+    fill(&engine, messages);
+    let start = Instant::now();
+    let mut delivered = 0;
+    while delivered < messages {
+        let round = sys.block_on(engine.send_mail(2048)).unwrap();
+        delivered += round.delivered;
+        assert!(round.handled > 0 || round.wait.is_some(), "the mailer stalled");
+        assert!(start.elapsed() < Duration::from_secs(600), "not done in 10 minutes");
+    }
+    let took = start.elapsed().as_secs_f64();
+    let m = engine.metrics.render();
+    let signed = match dkim {
+        Some((a, _)) if a == "rsa" => ", DKIM RSA-2048",
+        Some(_) => ", DKIM Ed25519",
+        None => "",
+    };
+    println!(
+        "mailer, no limit{signed}: {messages} messages over {} connections in {took:.2} s = {:.0} messages/s \
+         (delivered {}, sent ledger {}, open connections {})",
+        engine.settings.mail.smtp.connections,
+        messages as f64 / took,
+        counter(
+            &m,
+            "dripline_mail_deliveries_total{domain=\"other\",result=\"delivered\"}"
+        ),
+        tables::sent_ids(&engine.store).unwrap().len(),
+        counter(&m, "dripline_smtp_connections_open"),
+    );
+}
+
 fn main() {
     let messages = env("DRIPLINE_BENCH_MESSAGES", 100_000);
     let seconds = env("DRIPLINE_BENCH_SECONDS", 60) as u64;
@@ -132,35 +176,26 @@ fn main() {
     let _sink = sink(port);
     let sys = actix::System::new();
 
-    // 1. No limit.
-    let tmp = tempfile::tempdir().unwrap();
-    let engine = Engine::open(&settings(tmp.path(), port)).unwrap();
-    fill(&engine, messages);
-    let start = Instant::now();
-    let mut delivered = 0;
-    while delivered < messages {
-        let round = sys.block_on(engine.send_mail(2048)).unwrap();
-        delivered += round.delivered;
-        assert!(round.handled > 0 || round.wait.is_some(), "the mailer stalled");
-        assert!(start.elapsed() < Duration::from_secs(600), "not done in 10 minutes");
-    }
-    let took = start.elapsed().as_secs_f64();
-    let m = engine.metrics.render();
-    println!(
-        "mailer, no limit: {messages} messages over {} connections in {took:.2} s = {:.0} messages/s \
-         (delivered {}, sent ledger {}, open connections {})",
-        engine.settings.mail.smtp.connections,
-        messages as f64 / took,
-        counter(
-            &m,
-            "dripline_mail_deliveries_total{domain=\"other\",result=\"delivered\"}"
-        ),
-        tables::sent_ids(&engine.store).unwrap().len(),
-        counter(&m, "dripline_smtp_connections_open"),
-    );
-    drop(engine);
+    // 1. No limit; 2. the same, DKIM-signed.
+    unlimited(&sys, port, messages, None);
+    let keys = tempfile::tempdir().unwrap();
+    let rsa = keys.path().join("rsa.pem");
+    let made = Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&rsa)
+        .arg("2048")
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl");
+    assert!(made.success());
+    let ed = keys.path().join("ed25519.key");
+    let seed: [u8; 32] = rand::random();
+    std::fs::write(&ed, base64::Engine::encode(&base64::engine::general_purpose::STANDARD, seed)).unwrap();
+    let dkim_messages = env("DRIPLINE_BENCH_DKIM_MESSAGES", 30_000);
+    unlimited(&sys, port, dkim_messages, Some(("rsa", &rsa)));
+    unlimited(&sys, port, dkim_messages, Some(("ed25519", &ed)));
 
-    // 2. A global rate and a lower one for one domain, held for `seconds`.
+    // 3. A global rate and a lower one for one domain, held for `seconds`.
     let tmp = tempfile::tempdir().unwrap();
     let mut s = settings(tmp.path(), port);
     s.mail.rate.per_second = rate;
