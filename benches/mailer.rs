@@ -190,7 +190,11 @@ fn main() {
     assert!(made.success());
     let ed = keys.path().join("ed25519.key");
     let seed: [u8; 32] = rand::random();
-    std::fs::write(&ed, base64::Engine::encode(&base64::engine::general_purpose::STANDARD, seed)).unwrap();
+    std::fs::write(
+        &ed,
+        base64::Engine::encode(&base64::engine::general_purpose::STANDARD, seed),
+    )
+    .unwrap();
     let dkim_messages = env("DRIPLINE_BENCH_DKIM_MESSAGES", 30_000);
     unlimited(&sys, port, dkim_messages, Some(("rsa", &rsa)));
     unlimited(&sys, port, dkim_messages, Some(("ed25519", &ed)));

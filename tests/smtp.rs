@@ -279,78 +279,12 @@ fn a_receiver_that_keeps_deferring_ends_in_a_soft_bounce_after_the_maximum_age()
     assert!(tables::get_suppression(&engine.store, who).unwrap().is_none());
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn starttls_and_auth_against_a_server_that_requires_both() {
     let tmp = tempfile::tempdir().unwrap();
     let d = tmp.path();
     // A private CA and a server certificate for localhost signed by it.
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=dripline test CA",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    std::fs::write(d.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
-    openssl(
-        d,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "san.ext",
-        ],
-    );
+    common::private_ca(d);
     let port = free_port();
     let maildir = d.join("maildir");
     let (cert, key) = (d.join("server.pem"), d.join("server.key"));

@@ -9,6 +9,7 @@ use base64::Engine as _;
 use common::{free_port, http, settings, wait_for};
 use dripline::config::WebhookEndpoint;
 use dripline::runtime::Engine;
+use dripline::storage::tables;
 use dripline::time::{DAY, parse_rfc3339};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -32,6 +33,11 @@ fn secret() -> String {
 }
 
 fn receiver(port: u16, log: &Path, secret: &str) -> Proc {
+    receiver_with(port, log, secret, &[])
+}
+
+/// [`receiver`] with extra arguments (a certificate and key: HTTPS).
+fn receiver_with(port: u16, log: &Path, secret: &str, extra: &[&Path]) -> Proc {
     let child = Command::new("python3")
         .arg(concat!(
             env!("CARGO_MANIFEST_DIR"),
@@ -40,6 +46,7 @@ fn receiver(port: u16, log: &Path, secret: &str) -> Proc {
         .arg(port.to_string())
         .arg(log)
         .arg(secret)
+        .args(extra)
         .stdout(Stdio::null())
         // A killed sender leaves broken pipes behind, which are no news.
         .stderr(Stdio::null())
@@ -364,6 +371,77 @@ fn the_win_back_sms_fallback_reaches_the_gateway() {
         form["Body"],
         "We miss you, Zoe! Use code COMEBACK20 for 20% off your next order."
     );
+}
+
+/// HTTPS to a receiver whose certificate a private CA signed: refused (and kept to retry) until
+/// `webhook.ca_file` names that CA, then delivered. And `webhook.rate_per_host` spaces the calls.
+#[test]
+fn tls_with_a_private_ca_and_the_rate_per_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    common::private_ca(tmp.path());
+    let rport = free_port();
+    let log = tmp.path().join("requests.jsonl");
+    let secret = secret();
+    let (cert, key) = (tmp.path().join("server.pem"), tmp.path().join("server.key"));
+    let _receiver = receiver_with(rport, &log, &secret, &[&cert, &key]);
+    let calls = r#"id: calls
+name: Calls
+triggers:
+  - event: Call Requested
+entry: always
+steps:
+  - id: call
+    webhook:
+      endpoint: crm
+      headers:
+        X-Contact: "{{ contact.id }}"
+"#;
+    let mut s = settings(tmp.path());
+    s.workflows.dir = workflows(tmp.path(), &[("calls.yaml", calls.to_owned())]);
+    s.mail.retry.initial = "100ms".into();
+    s.mail.retry.max = "200ms".into();
+    s.webhooks.insert(
+        "crm".into(),
+        WebhookEndpoint {
+            url: format!("https://localhost:{rport}/leads"),
+            secret: secret.clone(),
+            headers: BTreeMap::new(),
+        },
+    );
+    let t0 = parse_rfc3339("2026-03-01T08:00:00Z").unwrap();
+    {
+        let engine = Engine::open(&s).unwrap();
+        let events: Vec<Value> = (0..10)
+            .map(|i| track(&format!("r{i}"), "Call Requested", json!({})))
+            .collect();
+        engine.ingest_values(&events, None, t0).unwrap();
+        engine.pump(t0).unwrap();
+        for _ in 0..3 {
+            engine.drain_mail(100).unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        assert!(requests(&log).is_empty(), "an unknown CA is not trusted");
+        assert_eq!(
+            tables::outbox_page(&engine.store, 100).unwrap().len(),
+            10,
+            "kept to retry"
+        );
+    }
+    s.webhook.ca_file = tmp.path().join("ca.pem");
+    s.webhook.rate_per_host = 5.0;
+    let engine = Engine::open(&s).unwrap();
+    wait_for(Duration::from_secs(30), || {
+        engine.drain_mail(100).unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        requests(&log).len() >= 10
+    });
+    let reqs = requests(&log);
+    assert_eq!(reqs.len(), 10);
+    assert!(reqs.iter().all(|r| r["verified"] == true));
+    let at: Vec<f64> = reqs.iter().map(|r| r["at"].as_f64().unwrap()).collect();
+    let span = at.last().unwrap() - at.first().unwrap();
+    // Five a second, a burst of one: nine gaps of 0.2 s at least.
+    assert!(span >= 1.6, "10 calls at 5/s took {span:.2} s");
 }
 
 /// The documented WeChat example: its JSON body, rendered from traits and event properties

@@ -10,9 +10,11 @@ The path chooses the answer, so one receiver covers every case:
   /bad*    400 with the body `unknown recipient`, always
   /slow*   200 after 50 ms
   anything else: 200
-Usage: python3 webhook_receiver.py PORT LOG SECRET
+Usage: python3 webhook_receiver.py PORT LOG SECRET [CERT KEY]
+  CERT KEY: serve HTTPS with this certificate.
 """
 import json
+import ssl
 import sys
 import threading
 import time
@@ -80,4 +82,9 @@ class Handler(BaseHTTPRequestHandler):
 
 
 ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer(("127.0.0.1", PORT), Handler).serve_forever()
+server = ThreadingHTTPServer(("127.0.0.1", PORT), Handler)
+if len(sys.argv) > 5:
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(sys.argv[4], sys.argv[5])
+    server.socket = tls.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
