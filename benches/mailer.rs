@@ -145,7 +145,7 @@ fn unlimited(sys: &actix::SystemRunner, port: u16, messages: usize, dkim: Option
     let took = start.elapsed().as_secs_f64();
     let m = engine.metrics.render();
     let signed = match dkim {
-        Some((a, _)) if a == "rsa" => ", DKIM RSA-2048",
+        Some(("rsa", _)) => ", DKIM RSA-2048",
         Some(_) => ", DKIM Ed25519",
         None => "",
     };
