@@ -61,7 +61,16 @@ fn demo_writes_one_eml_per_email_with_deterministic_message_ids() {
         stdout.contains("1 duplicate messageIds dropped, 1 malformed"),
         "{stdout}"
     );
-    assert!(stdout.contains("You left Batik Scarf in your cart"), "{stdout}");
+    // Each contact reads the mail in their `locale`: Indonesian, Chinese, Russian; English by
+    // default.
+    for subject in [
+        "Batik Scarf masih di keranjang",
+        "欢迎你，Mei！",
+        "Сборник кампаний для Volga Tools",
+        "Order T-1001 confirmed",
+    ] {
+        assert!(stdout.contains(subject), "{subject}: {stdout}");
+    }
     let files: Vec<_> = std::fs::read_dir(out_dir.path().join("mail"))
         .unwrap()
         .map(|e| e.unwrap().path())

@@ -1,5 +1,6 @@
-//! Deliverability: one message of every template of every shipped workflow, built by the mailer
-//! as it sends them (tracking, list headers, Feedback-ID, invites), scored by SpamAssassin
+//! Deliverability: one message of every template of every shipped workflow, and of each of its
+//! translations, built by the mailer as it sends them (tracking, list headers, Feedback-ID,
+//! invites), scored by SpamAssassin
 //! (Debian's package, local rules only, `spamassassin -L -t`). None trips a rule the engine's
 //! message structure would cause, and none scores above 0.5 points (5 is spam). A failure lists
 //! the rules that fired.
@@ -96,6 +97,7 @@ fn one_mail_of_every_shipped_template_passes_spamassassin() {
     let mut sent = vec![];
     let mut id = 1u128;
     let mut b = rocksdb::WriteBatch::default();
+    let ctx = minijinja::Value::from(());
     for wf in engine.reg.latest() {
         let mut seen = std::collections::BTreeSet::new();
         for step in &wf.steps {
@@ -105,38 +107,65 @@ fn one_mail_of_every_shipped_template_passes_spamassassin() {
             if !seen.insert(template.clone()) {
                 continue;
             }
-            let to = match (to, kind) {
-                (Recipient::Fixed(a), _) => a.clone(),
-                (_, MailKind::Internal) => "sales@example.com".into(),
-                _ => "ann.lee@example.org".into(),
-            };
-            let e = OutboxEntry {
-                partition: 0,
-                contact: "ann".into(),
-                workflow: wf.id.as_ref().into(),
-                version: wf.version,
-                step: step.id.as_str().into(),
-                kind: *kind,
-                to: to.as_str().into(),
-                content: Content::Template {
-                    template: template.as_str().into(),
-                    traits: traits.clone(),
-                    event: event.clone(),
-                },
-                decided_at: 1_764_000_000_000,
-                attempts: 0,
-                first_attempt: 0,
-                not_before: 0,
-            };
-            tables::put_outbox(&engine.store, &mut b, SendId(id), &e);
-            outbox_counts::add(&engine.store, &mut b, outbox_counts::ADDED, 0, 1).unwrap();
-            sent.push((SendId(id), format!("{}/{}", wf.id, template)));
-            id += 1;
+            // The default, and each translation the template has.
+            let default = engine.reg.render(wf, template, &ctx).unwrap().subject;
+            let locales: Vec<Option<&str>> = std::iter::once(None)
+                .chain(
+                    ["zh", "ru", "id"]
+                        .into_iter()
+                        .filter(|l| {
+                            engine
+                                .reg
+                                .render_localized(wf, template, Some(l), &ctx)
+                                .unwrap()
+                                .subject
+                                != default
+                        })
+                        .map(Some),
+                )
+                .collect();
+            for locale in locales {
+                let to = match (to, kind) {
+                    (Recipient::Fixed(a), _) => a.clone(),
+                    (_, MailKind::Internal) => "sales@example.com".into(),
+                    _ => "ann.lee@example.org".into(),
+                };
+                let e = OutboxEntry {
+                    partition: 0,
+                    contact: "ann".into(),
+                    workflow: wf.id.as_ref().into(),
+                    version: wf.version,
+                    step: step.id.as_str().into(),
+                    kind: *kind,
+                    to: to.as_str().into(),
+                    content: Content::Template {
+                        template: template.as_str().into(),
+                        traits: match locale {
+                            Some(l) => {
+                                let mut t = (*traits).clone();
+                                t.insert("locale".into(), Value::from(l));
+                                Arc::new(t)
+                            }
+                            None => traits.clone(),
+                        },
+                        event: event.clone(),
+                    },
+                    decided_at: 1_764_000_000_000,
+                    attempts: 0,
+                    first_attempt: 0,
+                    not_before: 0,
+                };
+                tables::put_outbox(&engine.store, &mut b, SendId(id), &e);
+                outbox_counts::add(&engine.store, &mut b, outbox_counts::ADDED, 0, 1).unwrap();
+                let name = format!("{}/{}", wf.id, template);
+                sent.push((SendId(id), locale.map_or(name.clone(), |l| format!("{name}@{l}"))));
+                id += 1;
+            }
         }
     }
     engine.store.write(b, true).unwrap();
     while engine.drain_mail(1000).unwrap() > 0 {}
-    assert!(sent.len() >= 30, "{} templates", sent.len());
+    assert!(sent.len() >= 100, "{} messages", sent.len());
 
     let files: Vec<_> = sent
         .iter()
@@ -173,7 +202,10 @@ fn one_mail_of_every_shipped_template_passes_spamassassin() {
     }
     let mean = scored.iter().map(|s| s.1.0).sum::<f64>() / scored.len() as f64;
     let max = scored.iter().map(|s| s.1.0).fold(f64::MIN, f64::max);
-    println!("spamassassin: {} templates, mean {mean:.2}, max {max:.2}", scored.len());
+    println!(
+        "spamassassin: {} messages (templates and their translations), mean {mean:.2}, max {max:.2}",
+        scored.len()
+    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
     // The control: the same first message with the pixel in every HTML body is scored as an
@@ -184,6 +216,7 @@ fn one_mail_of_every_shipped_template_passes_spamassassin() {
     c.mail.tracking.pixel_min_text = 0;
     let engine2 = Engine::open(&c).unwrap();
     let (first, name) = &sent[0];
+    let name = name.split('@').next().unwrap();
     let entry = tables::outbox_page(&engine.store, usize::MAX).unwrap();
     assert!(entry.is_empty(), "everything was sent");
     let mut b = rocksdb::WriteBatch::default();

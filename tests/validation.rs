@@ -149,3 +149,53 @@ fn duplicate_workflow_ids_across_files() {
         "{e:?}"
     );
 }
+
+/// Translations load only if they compile, have a body, carry a locale tag, and use the same
+/// variables as the default template (a misspelt name would render empty for their readers).
+#[test]
+fn translations_must_use_the_defaults_variables() {
+    let t = |locales: &str| {
+        format!(
+            "{HEAD}steps:\n  - id: a\n    send: t\ntemplates:\n  t:\n    subject: \"Hi {{{{ first_name }}}}\"\n    text: \"Code {{{{ event.code }}}}\"\n    locales:\n{locales}"
+        )
+    };
+    let e = errors(&t(
+        "      ru:\n        subject: \"Привет, {{ frist_name }}\"\n        text: \"Код {{ event.code }}\"\n",
+    ));
+    assert!(
+        has(
+            &e,
+            "templates.t.locales.ru",
+            "not in the default: frist_name; missing: first_name"
+        ),
+        "{e:?}"
+    );
+    let e = errors(&t("      zh:\n        subject: \"你好 {{ first_name }}\"\n"));
+    assert!(has(&e, "templates.t.locales.zh", "needs `html` or `text`"), "{e:?}");
+    let e = errors(&t("      \"zh hant\":\n        subject: x\n        text: y\n"));
+    assert!(has(&e, "templates.t.locales.zh hant", "is not a locale tag"), "{e:?}");
+    let e = errors(&t("      id:\n        subject: \"{{ first_name\"\n        text: y\n"));
+    assert!(has(&e, "templates.t.locales.id.subject", "does not compile"), "{e:?}");
+    let ok = t(
+        "      zh-Hant:\n        subject: \"嗨 {{ first_name | default('朋友') }}\"\n        text: \"代碼 {{ event.code }}\"\n",
+    );
+    Registry::from_sources(None, &[("ok.yaml", &ok)], Policy::default()).unwrap();
+}
+
+/// The variant of the most specific tag wins (`zh-Hant-TW` → `zh-Hant` → `zh`), any case and
+/// `_` or `-`; a locale the template lacks reads the default.
+#[test]
+fn the_locale_falls_back_from_specific_to_general_to_the_default() {
+    let src = format!(
+        "{HEAD}steps:\n  - id: a\n    send: t\ntemplates:\n  t:\n    subject: Hello\n    text: x\n    locales:\n      zh:\n        subject: 你好\n        text: x\n      zh-Hant:\n        subject: 妳好\n        text: x\n"
+    );
+    let reg = Registry::from_sources(None, &[("ok.yaml", &src)], Policy::default()).unwrap();
+    let wf = reg.latest_of("w").unwrap();
+    let ctx = minijinja::Value::from(());
+    let subject = |locale: Option<&str>| reg.render_localized(wf, "t", locale, &ctx).unwrap().subject;
+    assert_eq!(subject(Some("zh_Hant_TW")), "妳好");
+    assert_eq!(subject(Some("ZH-hant")), "妳好");
+    assert_eq!(subject(Some("zh-CN")), "你好");
+    assert_eq!(subject(Some("ru")), "Hello");
+    assert_eq!(subject(None), "Hello");
+}

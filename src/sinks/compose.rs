@@ -1,5 +1,6 @@
-//! An outbox entry's message, rendered as the mailer sends it: the workflow version's template
-//! with the traits and event recorded at the decision, plus the signed unsubscribe link.
+//! An outbox entry's message, rendered as the mailer sends it: the workflow version's template,
+//! in the contact's `locale` where it has a variant, with the traits and event recorded at the
+//! decision, plus the signed unsubscribe link.
 
 use crate::links::Links;
 use crate::machine::SendId;
@@ -23,7 +24,8 @@ pub fn render(reg: &Registry, links: &Links, id: SendId, e: &OutboxEntry) -> Res
             let unsubscribe = links.unsubscribe_url(&e.contact, &e.workflow, &id.to_string());
             let extra = [("unsubscribe_url", minijinja::Value::from(unsubscribe))];
             let ctx = template_context(&e.contact, traits, event, &extra);
-            reg.render(wf, template, &ctx)
+            let locale = traits.get("locale").and_then(|v| v.as_str());
+            reg.render_localized(wf, template, locale, &ctx)
                 .map_err(|err| format!("template {template} of {} failed to render: {err}", e.workflow))
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod duration;
+pub mod i18n;
 pub mod model;
 pub mod raw;
 pub mod registry;

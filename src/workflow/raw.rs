@@ -250,6 +250,19 @@ pub struct RawTemplate {
     pub text: Option<String>,
     /// A calendar invite sent with the message.
     pub calendar: Option<RawCalendar>,
+    /// The message in other languages, by locale tag (`zh`, `zh-Hant`, `ru`, `id`): chosen by
+    /// the contact's `locale` trait, most specific first; the template above is the default.
+    #[serde(default)]
+    pub locales: BTreeMap<String, RawLocalized>,
+}
+
+/// A template in one language: a whole message (nothing is taken from the default).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLocalized {
+    pub subject: String,
+    pub html: Option<String>,
+    pub text: Option<String>,
 }
 
 /// Every field a template. `start` and `end` render to an RFC 3339 time, a local

@@ -120,6 +120,24 @@ pub struct RenderedCalendar {
     pub description: Option<String>,
 }
 
+/// The tags to try for a contact's locale, most specific first: `zh_Hant_TW` gives `zh-hant-tw`,
+/// `zh-hant`, `zh`.
+pub fn locale_chain(locale: &str) -> Vec<String> {
+    let tag = locale.trim().replace('_', "-").to_ascii_lowercase();
+    let mut chain = vec![];
+    let mut cur = tag.as_str();
+    while !cur.is_empty() {
+        chain.push(cur.to_owned());
+        cur = cur.rfind('-').map_or("", |i| &cur[..i]);
+    }
+    chain
+}
+
+/// The name a template's variant for `tag` is registered under.
+fn localized_name(template: &str, tag: &str) -> String {
+    format!("{template}@{tag}")
+}
+
 /// The fields of a calendar invite, as named in workflows and templates.
 pub const CALENDAR_FIELDS: [&str; 5] = ["start", "end", "title", "location", "description"];
 
@@ -271,6 +289,7 @@ impl Registry {
         }
         let mut templates = minijinja::Environment::new();
         templates.set_undefined_behavior(minijinja::UndefinedBehavior::Chainable);
+        super::i18n::register(&mut templates);
         templates.set_auto_escape_callback(|name| {
             if name.ends_with(".html") {
                 minijinja::AutoEscape::Html
@@ -399,6 +418,29 @@ impl Registry {
     /// Every version known, for the runtime to persist.
     pub fn stored_versions(&self) -> &[StoredVersion] {
         &self.stored
+    }
+
+    /// Renders `template` in the contact's `locale` (a BCP 47 tag, any case, `_` or `-`): the
+    /// variant of the most specific tag the template has (`zh-Hant-TW`, then `zh-Hant`, then
+    /// `zh`), else the default.
+    pub fn render_localized(
+        &self,
+        wf: &Workflow,
+        template: &str,
+        locale: Option<&str>,
+        ctx: &minijinja::Value,
+    ) -> Result<Rendered, minijinja::Error> {
+        for tag in locale.map(locale_chain).unwrap_or_default() {
+            let name = localized_name(template, &tag);
+            if self
+                .templates
+                .get_template(&wf.template_name(&name, TemplatePart::Subject))
+                .is_ok()
+            {
+                return self.render(wf, &name, ctx);
+            }
+        }
+        self.render(wf, template, ctx)
     }
 
     pub fn render(&self, wf: &Workflow, template: &str, ctx: &minijinja::Value) -> Result<Rendered, minijinja::Error> {
@@ -563,6 +605,89 @@ fn add_templates(
                 v,
                 format!("{path}.form.{name}"),
             );
+        }
+    }
+    for (tname, t) in &raw.templates {
+        for (tag, v) in &t.locales {
+            let path = format!("templates.{tname}.locales.{tag}");
+            let valid = !tag.is_empty()
+                && tag
+                    .split(['-', '_'])
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric()));
+            if !valid {
+                found.push(LoadError {
+                    file: file.into(),
+                    path: path.clone(),
+                    reason: format!("`{tag}` is not a locale tag (such as zh, zh-Hant, pt-BR)"),
+                });
+                continue;
+            }
+            let name = localized_name(tname, &locale_chain(tag)[0]);
+            let parts = [
+                (TemplatePart::Subject, Some(&v.subject), "subject"),
+                (TemplatePart::Html, v.html.as_ref(), "html"),
+                (TemplatePart::Text, v.text.as_ref(), "text"),
+            ];
+            for (part, src, key) in parts {
+                if let Some(src) = src {
+                    if let Err(e) = env.add_template_owned(wf.template_name(&name, part), src.clone()) {
+                        found.push(LoadError {
+                            file: file.into(),
+                            path: format!("{path}.{key}"),
+                            reason: format!("template does not compile: {e}"),
+                        });
+                    }
+                }
+            }
+            if v.html.is_none() && v.text.is_none() {
+                found.push(LoadError {
+                    file: file.into(),
+                    path,
+                    reason: "needs `html` or `text`".into(),
+                });
+            }
+        }
+    }
+    // Every language uses the variables the default does: a name misspelt in one translation
+    // would render empty for the contacts who read it.
+    if found.is_empty() {
+        for (tname, t) in &raw.templates {
+            let vars = |name: &str| -> BTreeSet<String> {
+                [TemplatePart::Subject, TemplatePart::Html, TemplatePart::Text]
+                    .into_iter()
+                    .filter_map(|p| env.get_template(&wf.template_name(name, p)).ok())
+                    .flat_map(|t| t.undeclared_variables(true))
+                    .collect()
+            };
+            let default = vars(tname);
+            for tag in t.locales.keys() {
+                let own = vars(&localized_name(tname, &locale_chain(tag)[0]));
+                let extra: Vec<_> = own.difference(&default).cloned().collect();
+                let missing: Vec<_> = default.difference(&own).cloned().collect();
+                if !extra.is_empty() || !missing.is_empty() {
+                    found.push(LoadError {
+                        file: file.into(),
+                        path: format!("templates.{tname}.locales.{tag}"),
+                        reason: format!(
+                            "uses other variables than the default template: {}{}",
+                            if extra.is_empty() {
+                                String::new()
+                            } else {
+                                format!("not in the default: {}", extra.join(", "))
+                            },
+                            if missing.is_empty() {
+                                String::new()
+                            } else {
+                                format!(
+                                    "{}missing: {}",
+                                    if extra.is_empty() { "" } else { "; " },
+                                    missing.join(", ")
+                                )
+                            }
+                        ),
+                    });
+                }
+            }
         }
     }
     errors.extend(found);
