@@ -1,5 +1,7 @@
 //! The `dripline` binary as a user runs it.
 
+mod common;
+
 use std::process::Command;
 
 fn dripline() -> Command {
@@ -223,27 +225,7 @@ fn the_demo_mail_passes_spamassassin() {
         .collect();
     assert!(files.len() > 20);
     // (score, rules) of each message, two spamassassin processes at a time.
-    let score = |f: &std::path::Path| -> (f64, String) {
-        let out = Command::new("spamassassin")
-            .args(["-L", "-t"])
-            .stdin(std::fs::File::open(f).unwrap())
-            .output()
-            .expect("spamassassin (scripts/setup-test.sh installs it)");
-        let text = String::from_utf8_lossy(&out.stdout);
-        // The X-Spam-Status header with its folded lines.
-        let status: String = text
-            .lines()
-            .skip_while(|l| !l.starts_with("X-Spam-Status:"))
-            .take_while(|l| l.starts_with("X-Spam-Status:") || l.starts_with([' ', '\t']))
-            .collect::<Vec<_>>()
-            .join(" ");
-        let value = status
-            .split("score=")
-            .nth(1)
-            .and_then(|s| s.split(' ').next())
-            .unwrap_or("");
-        (value.parse().unwrap_or_else(|_| panic!("no score in {status}")), status)
-    };
+    let score = |f: &std::path::Path| common::spamassassin(f);
     let half = files.len() / 2;
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(|| files[..half].iter().map(|f| score(f)).collect::<Vec<_>>());

@@ -13,7 +13,6 @@ use dripline::storage::outbox_counts;
 use dripline::storage::tables::{self, Content, OutboxEntry};
 use dripline::value::{Map, Value};
 use dripline::workflow::{MailKind, Recipient, StepKind};
-use std::process::Command;
 use std::sync::Arc;
 
 /// Rules a message's structure or headers would cause (what the engine controls).
@@ -38,28 +37,6 @@ fn map(pairs: &[(&str, serde_json::Value)]) -> Arc<Map> {
         m.insert((*k).into(), Value::from(v));
     }
     Arc::new(m)
-}
-
-/// (score, the X-Spam-Status header).
-fn score(eml: &std::path::Path) -> (f64, String) {
-    let out = Command::new("spamassassin")
-        .args(["-L", "-t"])
-        .stdin(std::fs::File::open(eml).unwrap())
-        .output()
-        .expect("spamassassin (scripts/setup-test.sh installs it)");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let status: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("X-Spam-Status:"))
-        .take_while(|l| l.starts_with("X-Spam-Status:") || l.starts_with([' ', '\t']))
-        .collect::<Vec<_>>()
-        .join(" ");
-    let value = status
-        .split("score=")
-        .nth(1)
-        .and_then(|s| s.split(' ').next())
-        .unwrap_or("");
-    (value.parse().unwrap_or_else(|_| panic!("no score in {status}")), status)
 }
 
 #[test]
@@ -177,7 +154,7 @@ fn one_mail_of_every_shipped_template_passes_spamassassin() {
     let half = files.len() / 2;
     let run = |part: &[(String, std::path::PathBuf)]| {
         part.iter()
-            .map(|(n, f)| (n.clone(), score(f), std::fs::read_to_string(f).unwrap()))
+            .map(|(n, f)| (n.clone(), common::spamassassin(f), std::fs::read_to_string(f).unwrap()))
             .collect::<Vec<_>>()
     };
     let (a, b) = std::thread::scope(|s| {
@@ -243,7 +220,7 @@ fn one_mail_of_every_shipped_template_passes_spamassassin() {
     tables::put_outbox(&engine2.store, &mut b, *first, &e);
     engine2.store.write(b, true).unwrap();
     while engine2.drain_mail(10).unwrap() > 0 {}
-    let (points, status) = score(&control.path().join("mail").join(format!("{first}.eml")));
+    let (points, status) = common::spamassassin(&control.path().join("mail").join(format!("{first}.eml")));
     assert!(status.contains("HTML_IMAGE_ONLY"), "{status}");
     assert!(points > 0.5, "{status}");
 }

@@ -67,6 +67,17 @@ fn requests(log: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// Drains the engine's outbox until the receiver has a request, and that request, the only one.
+fn the_one_call(engine: &Engine, log: &Path) -> Value {
+    wait_for(Duration::from_secs(20), || {
+        engine.drain_mail(100).unwrap();
+        !requests(log).is_empty()
+    });
+    let mut reqs = requests(log);
+    assert_eq!(reqs.len(), 1, "{reqs:?}");
+    reqs.remove(0)
+}
+
 fn of<'a>(reqs: &'a [Value], path: &str) -> Vec<&'a Value> {
     reqs.iter().filter(|r| r["path"] == path).collect()
 }
@@ -355,13 +366,7 @@ fn the_win_back_sms_fallback_reaches_the_gateway() {
         "no call before the week of waiting for a click"
     );
     engine.pump(t0 + 68 * DAY).unwrap();
-    wait_for(Duration::from_secs(20), || {
-        engine.drain_mail(100).unwrap();
-        !requests(&log).is_empty()
-    });
-    let reqs = requests(&log);
-    assert_eq!(reqs.len(), 1, "{reqs:?}");
-    let r = &reqs[0];
+    let r = &the_one_call(&engine, &log);
     assert_eq!(r["path"], "/2010-04-01/Accounts/AC123/Messages.json");
     assert_eq!(r["verified"], true);
     assert_eq!(r["headers"]["authorization"], "Basic QUMxMjM6dG9rZW4=");
@@ -482,13 +487,8 @@ fn the_wechat_example_sends_a_template_message() {
         )
         .unwrap();
     engine.pump(t0).unwrap();
-    wait_for(Duration::from_secs(20), || {
-        engine.drain_mail(100).unwrap();
-        !requests(&log).is_empty()
-    });
-    let reqs = requests(&log);
-    assert_eq!(reqs.len(), 1, "only the contact with an openid: {reqs:?}");
-    let r = &reqs[0];
+    // Only the contact with an openid.
+    let r = &the_one_call(&engine, &log);
     assert_eq!(r["path"], "/cgi-bin/message/template/send?access_token=T0KEN");
     assert_eq!(r["headers"]["content-type"], "application/json");
     let body: Value = serde_json::from_str(r["body"].as_str().unwrap()).unwrap();

@@ -13,17 +13,8 @@ pub fn render(reg: &Registry, links: &Links, id: SendId, e: &OutboxEntry) -> Res
     match &e.content {
         Content::Rendered(r) => Ok(r.clone()),
         Content::Webhook { .. } => Err("a webhook call is not a message".into()),
-        Content::Template {
-            template,
-            traits,
-            event,
-        } => {
-            let wf = reg
-                .get(&e.workflow, e.version)
-                .ok_or_else(|| format!("workflow {} version {} is not loaded", e.workflow, e.version))?;
-            let unsubscribe = links.unsubscribe_url(&e.contact, &e.workflow, &id.to_string());
-            let extra = [("unsubscribe_url", minijinja::Value::from(unsubscribe))];
-            let ctx = template_context(&e.contact, traits, event, &extra);
+        Content::Template { template, traits, .. } => {
+            let (wf, ctx) = context(reg, links, id, e)?;
             let locale = traits.get("locale").and_then(|v| v.as_str());
             reg.render_localized(wf, template, locale, &ctx)
                 .map_err(|err| format!("template {template} of {} failed to render: {err}", e.workflow))
@@ -38,24 +29,33 @@ pub fn render_calendar(
     id: SendId,
     e: &OutboxEntry,
 ) -> Result<Option<RenderedCalendar>, String> {
-    let Content::Template {
-        template,
-        traits,
-        event,
-    } = &e.content
-    else {
+    let Content::Template { template, .. } = &e.content else {
         return Ok(None);
     };
-    let wf = reg
-        .get(&e.workflow, e.version)
-        .ok_or_else(|| format!("workflow {} version {} is not loaded", e.workflow, e.version))?;
-    let unsubscribe = links.unsubscribe_url(&e.contact, &e.workflow, &id.to_string());
-    let extra = [("unsubscribe_url", minijinja::Value::from(unsubscribe))];
-    let ctx = template_context(&e.contact, traits, event, &extra);
+    let (wf, ctx) = context(reg, links, id, e)?;
     reg.render_calendar(wf, template, &ctx).map_err(|err| {
         format!(
             "the calendar of template {template} of {} failed to render: {err}",
             e.workflow
         )
     })
+}
+
+/// The workflow version of a template entry and what its templates see: the recorded traits and
+/// event, and the signed unsubscribe link.
+fn context<'r>(
+    reg: &'r Registry,
+    links: &Links,
+    id: SendId,
+    e: &OutboxEntry,
+) -> Result<(&'r std::sync::Arc<crate::workflow::Workflow>, minijinja::Value), String> {
+    let Content::Template { traits, event, .. } = &e.content else {
+        return Err("not a template entry".into());
+    };
+    let wf = reg
+        .get(&e.workflow, e.version)
+        .ok_or_else(|| format!("workflow {} version {} is not loaded", e.workflow, e.version))?;
+    let unsubscribe = links.unsubscribe_url(&e.contact, &e.workflow, &id.to_string());
+    let extra = [("unsubscribe_url", minijinja::Value::from(unsubscribe))];
+    Ok((wf, template_context(&e.contact, traits, event, &extra)))
 }

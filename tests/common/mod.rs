@@ -219,3 +219,26 @@ pub fn private_ca(dir: &Path) {
         ],
     );
 }
+
+/// A message scored by SpamAssassin (Debian's package, local rules only, `-L -t`): the score and
+/// the `X-Spam-Status` header with its folded lines (the rules that fired).
+pub fn spamassassin(eml: &Path) -> (f64, String) {
+    let out = std::process::Command::new("spamassassin")
+        .args(["-L", "-t"])
+        .stdin(std::fs::File::open(eml).unwrap())
+        .output()
+        .expect("spamassassin (scripts/setup-test.sh installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let status: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("X-Spam-Status:"))
+        .take_while(|l| l.starts_with("X-Spam-Status:") || l.starts_with([' ', '\t']))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let value = status
+        .split("score=")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .unwrap_or("");
+    (value.parse().unwrap_or_else(|_| panic!("no score in {status}")), status)
+}
