@@ -37,6 +37,19 @@ impl Map {
         }
     }
 
+    /// A look-up by key, or by a dotted path into nested maps (`account.plan`) when no key is
+    /// named so.
+    pub fn get_path(&self, path: &str) -> Option<&Value> {
+        if let Some(v) = self.get(path) {
+            return Some(v);
+        }
+        let (root, rest) = path.split_once('.')?;
+        match self.get(root)? {
+            Value::Map(m) => m.get_path(rest),
+            _ => None,
+        }
+    }
+
     /// As a JSON object (`Value::to_json`, `dripline contact show`).
     pub fn to_json(&self) -> serde_json::Map<String, serde_json::Value> {
         self.iter().map(|(k, v)| (k.to_string(), v.to_json())).collect()

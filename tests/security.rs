@@ -644,7 +644,7 @@ fn the_openapi_document_is_valid_and_complete() {
 }
 
 /// The official Segment Python SDK (PyPI `segment-analytics-python`) at its defaults, pointed
-/// at the engine with the write key: its identify and track are processed; with a wrong key
+/// at the engine with the write key: its identify, group and track are processed; with a wrong key
 /// nothing is.
 #[test]
 fn the_segment_python_sdk_with_the_write_key_gets_its_events_processed() {
@@ -667,6 +667,12 @@ fn the_segment_python_sdk_with_the_write_key_gets_its_events_processed() {
     let (status, contact) = http(run.port, "GET", "/admin/v1/contacts/sdk-user", "").unwrap();
     assert_eq!(status, 200);
     assert_eq!(json(&contact)["traits"]["first_name"], "Sam", "{contact}");
+    // Its group call: the account trait.
+    assert_eq!(
+        json(&contact)["traits"]["account"],
+        serde_json::json!({"id": "acme-1", "name": "Acme", "plan": "pro"}),
+        "{contact}"
+    );
     let (_, contact) = http(run.port, "GET", "/admin/v1/contacts/sdk-rudder", "").unwrap();
     assert_eq!(json(&contact)["traits"]["first_name"], "Rudi", "{contact}");
     assert_eq!(

@@ -739,3 +739,54 @@ fn w22_ab_split_is_deterministic_with_a_ten_percent_holdout() {
         "the split is a pure function of contact and workflow"
     );
 }
+
+/// A Segment `group` call sets the contact's `account` trait (the group's id and traits): a
+/// condition reads into it (`trait: account.plan`) and becomes true when a later group call
+/// changes it; templates read it as `{{ account.name }}`.
+#[test]
+fn a_group_call_gives_the_contact_account_traits_for_conditions_and_templates() {
+    let src = r#"id: enterprise
+triggers:
+  - becomes: { trait: account.plan, eq: enterprise }
+steps:
+  - id: hello
+    send: { template: hello, kind: transactional }
+templates:
+  hello:
+    subject: "Welcome to Enterprise, {{ account.name }} ({{ account.id }})"
+    text: "Hi {{ first_name }}"
+"#;
+    let reg = Registry::from_sources(None, &[("enterprise.yaml", src)], Policy::default()).unwrap();
+    let t0 = t(T0);
+    let mut sim = Sim::new(Arc::new(reg), t0);
+    sim.identify(t0, "ann", json!({"email": "ann@example.org", "first_name": "Ann"}));
+    let group = |plan: &str, id: &str| {
+        dripline::event::Event::parse(
+            format!(
+                r#"{{"type":"group","userId":"ann","messageId":"{id}","groupId":"acme-1","traits":{{"name":"Acme","plan":"{plan}"}},"context":{{"traits":{{"email":"other@example.org"}}}}}}"#
+            )
+            .as_bytes(),
+        )
+        .unwrap()
+    };
+    sim.input(
+        t0 + HOUR,
+        "ann",
+        dripline::machine::Input::Event(group("starter", "g1")),
+    );
+    assert!(sim.sent.is_empty(), "not enterprise yet");
+    let account = sim.contacts["ann"].traits.get("account").unwrap().to_json();
+    assert_eq!(account, json!({"id": "acme-1", "name": "Acme", "plan": "starter"}));
+    // The group's context traits are the user's, not the account's: nothing of them is kept.
+    assert_eq!(
+        sim.contacts["ann"].traits.get("email").unwrap().to_json(),
+        json!("ann@example.org")
+    );
+    sim.input(
+        t0 + 2 * HOUR,
+        "ann",
+        dripline::machine::Input::Event(group("enterprise", "g2")),
+    );
+    assert_eq!(sim.sent.len(), 1);
+    assert_eq!(sim.render(&sim.sent[0]).subject, "Welcome to Enterprise, Acme (acme-1)");
+}

@@ -6,13 +6,16 @@
 pub mod wire;
 
 use crate::time::{Ts, parse_rfc3339};
-use crate::value::{Map, Str, json_object_to_map};
+use crate::value::{Map, Str, Value, json_object_to_map};
 use serde::{Deserialize, Serialize};
 
 /// Name given to `page` calls so that workflows can filter them like any tracked event.
 pub const PAGE_VIEWED: &str = "Page Viewed";
 /// Name given to `screen` calls (a mobile app's page view), which are read as pages.
 pub const SCREEN_VIEWED: &str = "Screen Viewed";
+/// The trait a `group` call sets: the account (Segment's group) the contact belongs to, its
+/// `id` and traits, for templates (`{{ account.plan }}`) and conditions (`trait: account.plan`).
+pub const ACCOUNT_TRAIT: &str = "account";
 
 /// An enrolment through the admin API, as it travels through the log: `properties.workflow`
 /// names the workflow, `properties.properties` the enrolment's properties.
@@ -96,7 +99,7 @@ pub enum EventError {
     Missing(&'static str),
     #[error("`{0}` must be {1}")]
     WrongType(&'static str, &'static str),
-    #[error("unknown event type `{0}` (expected track, identify or page)")]
+    #[error("unknown event type `{0}` (expected track, identify, page, screen or group)")]
     UnknownType(String),
     #[error("`timestamp` is not RFC 3339: {0}")]
     BadTimestamp(String),
@@ -154,6 +157,7 @@ impl Event {
                 "track" => EventKind::Track,
                 "identify" => EventKind::Identify,
                 "page" | "screen" => EventKind::Page,
+                "group" => EventKind::Identify,
                 other => return Err(EventError::UnknownType(other.into())),
             },
             Some(_) => return Err(EventError::WrongType("type", "a string")),
@@ -185,14 +189,29 @@ impl Event {
         };
         let properties = object("properties")?;
         let mut traits = object("traits")?;
+        let group = o.get("type").and_then(|t| t.as_str()) == Some("group");
         // RudderStack sends an identify's traits in `context.traits`; the top-level ones win.
+        // (A group's context traits are the user's, not the account's.)
         if kind == EventKind::Identify
+            && !group
             && let Some(serde_json::Value::Object(c)) = o.get("context")
             && let Some(serde_json::Value::Object(t)) = c.get("traits")
         {
             for (k, v) in json_object_to_map(t) {
                 traits.entry(k).or_insert(v);
             }
+        }
+        if group {
+            // A group call: the account the contact belongs to, as its `account` trait.
+            let id = match o.get("groupId") {
+                Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
+                Some(serde_json::Value::Number(n)) => n.to_string(),
+                Some(serde_json::Value::String(_)) | None => return Err(EventError::Missing("groupId")),
+                Some(_) => return Err(EventError::WrongType("groupId", "a string")),
+            };
+            let mut account = std::mem::take(&mut traits);
+            account.insert("id".into(), id.into());
+            traits.insert(ACCOUNT_TRAIT.into(), Value::Map(account));
         }
         let name = match kind {
             EventKind::Track => match o.get("event") {
@@ -305,7 +324,7 @@ mod tests {
         );
         assert_eq!(
             e(r#"{"type":"alias","userId":"u","messageId":"m"}"#),
-            "unknown event type `alias` (expected track, identify or page)"
+            "unknown event type `alias` (expected track, identify, page, screen or group)"
         );
         assert_eq!(
             e(r#"{"type":"track","userId":"u","messageId":"m","event":"x","properties":[1]}"#),

@@ -168,6 +168,7 @@ struct Wire<'a> {
     traits: ObjSlot<'a>,
     /// `context.traits`: where RudderStack's SDKs send an identify's traits.
     context_traits: ObjSlot<'a>,
+    group_id: Slot<'a>,
 }
 
 /// The `context` object, of which only `traits` is read (the rest is skipped unparsed).
@@ -226,6 +227,7 @@ impl<'a> Wire<'a> {
             return Err(EventError::NotObject);
         }
         let mut viewed = PAGE_VIEWED;
+        let mut group = false;
         let kind = match self.kind {
             Slot::Absent => kind_hint.ok_or(EventError::Missing("type"))?,
             Slot::Str(t) => match t.as_ref() {
@@ -236,6 +238,11 @@ impl<'a> Wire<'a> {
                 "screen" => {
                     viewed = SCREEN_VIEWED;
                     EventKind::Page
+                }
+                // The account the contact belongs to: its `account` trait.
+                "group" => {
+                    group = true;
+                    EventKind::Identify
                 }
                 _ => return Err(EventError::UnknownType(t.into_owned())),
             },
@@ -265,6 +272,7 @@ impl<'a> Wire<'a> {
         let mut properties = object(self.properties, "properties")?;
         let mut traits = object(self.traits, "traits")?;
         if kind == EventKind::Identify
+            && !group
             && let ObjSlot::Map(context) = self.context_traits
         {
             // RudderStack sends an identify's traits in `context.traits`; the top-level ones,
@@ -272,6 +280,20 @@ impl<'a> Wire<'a> {
             for (k, v) in context.0 {
                 traits.insert_missing(k, v);
             }
+        }
+        if group {
+            let id = match self.group_id {
+                Slot::Str(s) if !s.is_empty() => s,
+                Slot::Num(n) => Cow::Owned(n),
+                Slot::Str(_) | Slot::Absent => return Err(EventError::Missing("groupId")),
+                _ => return Err(EventError::WrongType("groupId", "a string")),
+            };
+            let mut account = std::mem::take(&mut traits).0;
+            account.push((Cow::Borrowed("id"), ValueRef::Str(id)));
+            traits = MapRef(vec![(
+                Cow::Borrowed(super::ACCOUNT_TRAIT),
+                ValueRef::Map(MapRef::from_pairs(account)),
+            )]);
         }
         let name = match kind {
             EventKind::Track => match self.event {
@@ -320,6 +342,7 @@ impl<'de> Deserialize<'de> for Wire<'de> {
                         "properties" => w.properties = m.next_value()?,
                         "traits" => w.traits = m.next_value()?,
                         "context" => w.context_traits = m.next_value::<Context>()?.0,
+                        "groupId" => w.group_id = m.next_value()?,
                         _ => {
                             m.next_value::<IgnoredAny>()?;
                         }
@@ -574,6 +597,10 @@ mod tests {
             r#"{"type":"identify","userId":"u","messageId":"m","context":null}"#,
             // A screen call: a page under its own name.
             r#"{"type":"screen","userId":"u","messageId":"m","name":"Settings","properties":{"variant":"dark"}}"#,
+            // A group call: the account trait, its id winning over a trait named so; the
+            // context's traits (the user's) left out.
+            r#"{"type":"group","userId":"u","messageId":"m","groupId":"g1","traits":{"name":"Acme","id":"x","plan":"pro"},"context":{"traits":{"email":"c@d.e"}}}"#,
+            r#"{"type":"group","userId":"u","messageId":"m","groupId":42}"#,
             r#"{"type":"track","userId":"u","messageId":"m","event":"x","context":{"traits":{"email":"c@d.e"}}}"#,
         ];
         for c in cases {

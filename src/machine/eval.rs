@@ -20,7 +20,7 @@ pub fn eval(c: &Cond, s: &Scope) -> bool {
         Cond::All(cs) => cs.iter().all(|c| eval(c, s)),
         Cond::Any(cs) => cs.iter().any(|c| eval(c, s)),
         Cond::Not(c) => !eval(c, s),
-        Cond::Trait(name, op) => op.test(s.st.traits.get(name)),
+        Cond::Trait(name, op) => op.test(s.st.traits.get_path(name)),
         Cond::Prop(name, op) => op.test(s.props.get(name)),
         Cond::Count {
             counter,

@@ -710,7 +710,13 @@ pub fn cond_deps(c: &Cond, lists: &BTreeMap<String, Cond>, out: &mut Vec<Dep>) {
     match c {
         Cond::All(cs) | Cond::Any(cs) => cs.iter().for_each(|c| cond_deps(c, lists, out)),
         Cond::Not(c) => cond_deps(c, lists, out),
-        Cond::Trait(t, _) => out.push(Dep::Trait(t.clone())),
+        // A path into a trait's map (`account.plan`) changes with the trait at its root.
+        Cond::Trait(t, _) => {
+            out.push(Dep::Trait(t.clone()));
+            if let Some((root, _)) = t.split_once('.') {
+                out.push(Dep::Trait(root.to_owned()));
+            }
+        }
         Cond::Count { counter, .. } => out.push(Dep::Counter(*counter)),
         Cond::Tag(t) => out.push(Dep::Tag(t.clone())),
         Cond::InList(l) => {
