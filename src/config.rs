@@ -511,8 +511,10 @@ impl Settings {
     fn validate_webhooks(&self) -> Result<(), ConfigError> {
         let w = &self.webhook;
         let bad = |key: &'static str, reason: String| Err(ConfigError::Invalid { key, reason });
-        if let Err(reason) = duration::parse(&w.timeout) {
-            return bad("webhook.timeout", reason);
+        match duration::parse(&w.timeout) {
+            Err(reason) => return bad("webhook.timeout", reason),
+            Ok(ms) if ms <= 0 => return bad("webhook.timeout", "must be more than 0".into()),
+            Ok(_) => {}
         }
         if w.concurrency_per_host == 0 {
             return bad("webhook.concurrency_per_host", "must be at least 1".into());

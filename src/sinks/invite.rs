@@ -44,6 +44,15 @@ fn when(s: &str, tz: Tz) -> Result<When, String> {
         .map_err(|_| format!("`{s}` is not an RFC 3339 time, a local YYYY-MM-DDTHH:MM or a date"))
 }
 
+/// A name as a parameter value: the crate quotes only values with `:` or `;`, so the other
+/// characters a parameter cannot hold unquoted (`,`, `"`) and those go.
+fn param(name: &str) -> String {
+    name.replace(['"', ',', ';', ':'], " ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The invite's UID: the send id at the message-id domain (stable across retries and replay).
 pub fn uid(id: SendId, domain: &str) -> String {
     format!("{id}@{domain}")
@@ -59,13 +68,22 @@ pub fn ics(
     attendee: &Mailbox,
     tz: Tz,
 ) -> Result<String, String> {
+    let tz = match &cal.timezone {
+        Some(z) => z
+            .parse()
+            .map_err(|_| format!("calendar timezone: `{z}` is not a time zone"))?,
+        None => tz,
+    };
     let start = when(&cal.start, tz).map_err(|e| format!("calendar start: {e}"))?;
     let end = match &cal.end {
         Some(e) => when(e, tz).map_err(|e| format!("calendar end: {e}"))?,
         // An hour for a meeting, the day for an all-day event.
         None => match start {
-            When::At(t) => When::At(t + Duration::hours(1)),
-            When::Day(d) => When::Day(d + Duration::days(1)),
+            When::At(t) => When::At(
+                t.checked_add_signed(Duration::hours(1))
+                    .ok_or("calendar start: out of range")?,
+            ),
+            When::Day(d) => When::Day(d.succ_opt().ok_or("calendar start: out of range")?),
         },
     };
     let mut event = Event::new();
@@ -93,7 +111,7 @@ pub fn ics(
     }
     let mut org = Property::new("ORGANIZER", format!("mailto:{}", organizer.email));
     if let Some(name) = &organizer.name {
-        org.add_parameter("CN", name);
+        org.add_parameter("CN", &param(name));
     }
     event.append_property(org.done());
     let mut att = Property::new("ATTENDEE", format!("mailto:{}", attendee.email));
@@ -101,7 +119,7 @@ pub fn ics(
         .add_parameter("PARTSTAT", "NEEDS-ACTION")
         .add_parameter("RSVP", "TRUE");
     if let Some(name) = &attendee.name {
-        att.add_parameter("CN", name);
+        att.add_parameter("CN", &param(name));
     }
     event.append_property(att.done());
     let mut calendar = Calendar::empty();
@@ -125,6 +143,7 @@ mod tests {
             title: "Coffee Summit".into(),
             location: Some("Hall 2, Jakarta".into()),
             description: None,
+            timezone: None,
         }
     }
 
@@ -157,6 +176,20 @@ mod tests {
         .unwrap();
         assert!(l.contains("DTSTART:20261125T010000Z\r\n"), "{l}");
         assert!(l.contains("DTEND:20261125T090000Z\r\n"), "{l}");
+    }
+
+    #[test]
+    fn a_venue_zone_reads_local_times_and_names_stay_valid_parameters() {
+        let mut c = cal("2026-11-25T09:00", None);
+        c.timezone = Some("Asia/Jakarta".into());
+        let from: Mailbox = "Events <events@example.com>".parse().unwrap();
+        let to: Mailbox = "\"Doe, \\\"J\\\"\" <j@example.com>".parse().unwrap();
+        let ics = ics(&c, SendId(1), "d", 0, &from, &to, "America/New_York".parse().unwrap()).unwrap();
+        assert!(ics.contains("DTSTART:20261125T020000Z\r\n"), "{ics}");
+        assert!(
+            ics.contains("CN=Doe J:mailto:j@example.com") || ics.contains("CN=Doe J;"),
+            "{ics}"
+        );
     }
 
     #[test]

@@ -69,6 +69,11 @@ pub fn pixel_fits(html: &str, min_text: usize) -> bool {
                     images.set(true);
                     Ok(())
                 }),
+                // A `<head>` left open (its end tag is optional) ends where the body starts.
+                element!("body", |_| {
+                    hidden.set(0);
+                    Ok(())
+                }),
                 element!("script, style, head", |el| {
                     hidden.set(hidden.get() + 1);
                     if let Some(handlers) = el.end_tag_handlers() {
@@ -134,6 +139,8 @@ mod tests {
             400
         ));
         assert!(pixel_fits("<p>Short.</p>", 0));
+        let open_head = format!("<html><head><title>t</title><body><p>{}</p>", "word ".repeat(100));
+        assert!(pixel_fits(&open_head, 400));
     }
 
     #[test]

@@ -247,7 +247,10 @@ impl Webhooks {
                 ("application/x-www-form-urlencoded", body.into_bytes())
             }
         };
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+        // The endpoint's or the step's own Content-Type wins.
+        headers
+            .entry(CONTENT_TYPE)
+            .or_insert(HeaderValue::from_static(content_type));
         for (n, name) in call.headers.iter().enumerate() {
             let v = render(TemplatePart::WebhookHeader(n), &format!("header {name}"))?;
             let (k, v) = header(name, v.trim())?;
@@ -295,8 +298,11 @@ impl Webhooks {
     pub fn unreachable(&self, host: &str, now: Ts) -> i64 {
         let mut hosts = self.hosts.lock().expect("hosts lock");
         let h = self.host(&mut hosts, host);
-        h.pause = (h.pause * 2).clamp(500, 30_000);
-        h.paused_until = h.paused_until.max(now + h.pause);
+        // Calls in flight together fail together: one doubling per pause, not per call.
+        if now >= h.paused_until {
+            h.pause = (h.pause * 2).clamp(500, 30_000);
+            h.paused_until = now + h.pause;
+        }
         h.pause
     }
 
@@ -419,10 +425,16 @@ async fn answer(resp: reqwest::Response) -> Answer {
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(retry_after);
-    let text = match resp.bytes().await {
-        Ok(b) => String::from_utf8_lossy(&b[..b.len().min(ANSWER_BYTES)]).into_owned(),
-        Err(_) => String::new(),
-    };
+    // Only the first bytes of the answer are kept: never read a large body whole.
+    let mut resp = resp;
+    let mut kept = Vec::new();
+    while kept.len() < ANSWER_BYTES {
+        match resp.chunk().await {
+            Ok(Some(c)) => kept.extend_from_slice(&c[..c.len().min(ANSWER_BYTES - kept.len())]),
+            _ => break,
+        }
+    }
+    let text = String::from_utf8_lossy(&kept).into_owned();
     let reason = format!("{code} {}", text.trim()).trim_end().to_owned();
     if status.is_server_error() || code == 429 || code == 408 {
         Answer::Retry {
@@ -442,7 +454,8 @@ fn retry_after(v: &str) -> Option<Duration> {
         return Some(Duration::from_secs(secs.min(86_400)));
     }
     let at = httpdate::parse_http_date(v).ok()?;
-    Some(at.duration_since(std::time::SystemTime::now()).unwrap_or_default())
+    let d = at.duration_since(std::time::SystemTime::now()).unwrap_or_default();
+    Some(d.min(Duration::from_secs(86_400)))
 }
 
 fn header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue), String> {

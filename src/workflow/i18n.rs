@@ -4,7 +4,7 @@
 //! (glibc's), through chrono for dates.
 
 use chrono::{DateTime, NaiveDate};
-use minijinja::{Error, ErrorKind, State, Value};
+use minijinja::{Error, State, Value};
 use pure_rust_locales::{Locale, locale_match};
 
 pub fn register(env: &mut minijinja::Environment<'static>) {
@@ -50,9 +50,15 @@ pub fn posix_locale(tag: &str) -> Locale {
         .unwrap_or(Locale::POSIX)
 }
 
+/// The language of the message being rendered (set by
+/// [`crate::workflow::Registry::render_localized`]: the chosen translation's tag, empty for the
+/// default), else the contact's `locale` trait.
+pub const FORMAT_LOCALE: &str = "__format_locale";
+
 fn locale_of(state: &State) -> Locale {
     state
-        .lookup("locale")
+        .lookup(FORMAT_LOCALE)
+        .or_else(|| state.lookup("locale"))
         .and_then(|v| v.as_str().map(posix_locale))
         .unwrap_or(Locale::POSIX)
 }
@@ -64,37 +70,61 @@ fn format_date(state: &State, value: Value, format: Option<String>) -> Result<St
     let text = value.to_string();
     let locale = locale_of(state);
     let pattern = format.as_deref().unwrap_or("%x");
-    let out = if let Ok(d) = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d") {
-        d.format_localized(pattern, locale).to_string()
+    use std::fmt::Write;
+    let mut out = String::new();
+    // Written, not `to_string()`: a pattern chrono cannot format (a typo, or a locale whose date
+    // format uses `%O`/`%E`) is an error to handle here, where `to_string()` panics.
+    let written = if let Ok(d) = NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d") {
+        write!(out, "{}", d.format_localized(pattern, locale)).or_else(|_| write!(out, "{}", d.format("%Y-%m-%d")))
     } else if let Ok(t) = DateTime::parse_from_rfc3339(text.trim()) {
-        t.format_localized(pattern, locale).to_string()
+        write!(out, "{}", t.format_localized(pattern, locale))
+            .or_else(|_| write!(out, "{}", t.format("%Y-%m-%d %H:%M")))
     } else {
         return Ok(text);
     };
+    if written.is_err() {
+        return Ok(text);
+    }
     Ok(out)
 }
 
 /// `{{ total | format_number(2) }}`: the number with the locale's thousands separator and
 /// decimal point (`1,234.50`, `1 234,50`), rounded to the decimals asked (default 0).
+/// Ties round half to even (`2.5` gives `2`). A value that is not a finite number is left as it
+/// is (undefined renders empty).
 fn format_number(state: &State, value: Value, decimals: Option<u32>) -> Result<String, Error> {
-    let n: f64 = match value.as_i64() {
-        Some(i) => i as f64,
-        None => match f64::try_from(value.clone()) {
-            Ok(f) => f,
-            Err(_) => value
-                .as_str()
-                .and_then(|s| s.trim().parse().ok())
-                .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, format!("`{value}` is not a number")))?,
-        },
+    let decimals = decimals.unwrap_or(0).min(10) as usize;
+    let (negative, fixed) = match value.as_i64() {
+        // Integers as their digits: exact beyond 2^53.
+        Some(i) => (
+            i < 0,
+            format!(
+                "{}{}",
+                i.unsigned_abs(),
+                if decimals > 0 {
+                    format!(".{}", "0".repeat(decimals))
+                } else {
+                    String::new()
+                }
+            ),
+        ),
+        None => {
+            let n = f64::try_from(value.clone())
+                .ok()
+                .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()));
+            match n {
+                Some(n) if n.is_finite() => (n < 0.0, format!("{:.*}", decimals, n.abs())),
+                _ if value.is_undefined() || value.is_none() => return Ok(String::new()),
+                _ => return Ok(value.to_string()),
+            }
+        }
     };
     let locale = locale_of(state);
     let point = locale_match!(locale => LC_NUMERIC::DECIMAL_POINT);
     let sep = locale_match!(locale => LC_NUMERIC::THOUSANDS_SEP);
-    let decimals = decimals.unwrap_or(0).min(10) as usize;
-    let fixed = format!("{:.*}", decimals, n.abs());
     let (int, frac) = fixed.split_once('.').unwrap_or((&fixed, ""));
     let mut out = String::new();
-    if n < 0.0 && fixed.chars().any(|c| c.is_ascii_digit() && c != '0') {
+    if negative && fixed.chars().any(|c| c.is_ascii_digit() && c != '0') {
         out.push('-');
     }
     for (i, c) in int.chars().enumerate() {
@@ -134,6 +164,16 @@ mod tests {
         assert_eq!(render("{{ n | format_number(2) }}", "id"), "1.234,50");
         assert_eq!(render("{{ 1234.6 | format_number }}", "zh-Hant-TW"), "1,235");
         assert_eq!(render("{{ 'soon' | format_date }}", "zh"), "soon");
+        // A pattern chrono cannot format, a date format with %O (fa_IR), text, huge integers.
+        assert_eq!(render("{{ d | format_date('%Q') }}", "zh"), "2026-11-25");
+        assert!(!render("{{ d | format_date }}", "fa-IR").is_empty());
+        assert_eq!(render("{{ 'n/a' | format_number }}", "ru"), "n/a");
+        assert_eq!(render("{{ nothing | format_number }}", "ru"), "");
+        assert_eq!(
+            render("{{ 9007199254740993 | format_number }}", "en"),
+            "9,007,199,254,740,993"
+        );
+        assert_eq!(render("{{ -1234 | format_number(1) }}", "en"), "-1,234.0");
     }
 
     #[test]

@@ -275,6 +275,8 @@ pub struct RawCalendar {
     pub title: String,
     pub location: Option<String>,
     pub description: Option<String>,
+    /// The zone local times are in (the venue's); default: the contact's.
+    pub timezone: Option<String>,
 }
 
 /// `dripline.yaml` beside the workflows: trait types and named lists shared by all workflows.

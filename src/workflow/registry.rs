@@ -118,6 +118,7 @@ pub struct RenderedCalendar {
     pub title: String,
     pub location: Option<String>,
     pub description: Option<String>,
+    pub timezone: Option<String>,
 }
 
 /// The tags to try for a contact's locale, most specific first: `zh_Hant_TW` gives `zh-hant-tw`,
@@ -139,7 +140,7 @@ fn localized_name(template: &str, tag: &str) -> String {
 }
 
 /// The fields of a calendar invite, as named in workflows and templates.
-pub const CALENDAR_FIELDS: [&str; 5] = ["start", "end", "title", "location", "description"];
+pub const CALENDAR_FIELDS: [&str; 6] = ["start", "end", "title", "location", "description", "timezone"];
 
 pub const DIRECTORY_FILE: &str = "dripline.yaml";
 
@@ -430,6 +431,8 @@ impl Registry {
         locale: Option<&str>,
         ctx: &minijinja::Value,
     ) -> Result<Rendered, minijinja::Error> {
+        // Dates and numbers are formatted in the language of the message chosen.
+        let with = |tag: &str| minijinja::context! { __format_locale => tag, ..ctx.clone() };
         for tag in locale.map(locale_chain).unwrap_or_default() {
             let name = localized_name(template, &tag);
             if self
@@ -437,10 +440,10 @@ impl Registry {
                 .get_template(&wf.template_name(&name, TemplatePart::Subject))
                 .is_ok()
             {
-                return self.render(wf, &name, ctx);
+                return self.render(wf, &name, &with(&tag));
             }
         }
-        self.render(wf, template, ctx)
+        self.render(wf, template, &with(""))
     }
 
     pub fn render(&self, wf: &Workflow, template: &str, ctx: &minijinja::Value) -> Result<Rendered, minijinja::Error> {
@@ -484,6 +487,7 @@ impl Registry {
             title: part("title")?.unwrap_or_default(),
             location: part("location")?,
             description: part("description")?,
+            timezone: part("timezone")?,
         }))
     }
 
@@ -563,6 +567,7 @@ fn add_templates(
                 Some(&c.title),
                 c.location.as_ref(),
                 c.description.as_ref(),
+                c.timezone.as_ref(),
             ];
             for (field, src) in CALENDAR_FIELDS.into_iter().zip(fields) {
                 if let Some(src) = src {
@@ -608,8 +613,17 @@ fn add_templates(
         }
     }
     for (tname, t) in &raw.templates {
+        let mut tags = BTreeSet::new();
         for (tag, v) in &t.locales {
             let path = format!("templates.{tname}.locales.{tag}");
+            if !tags.insert(locale_chain(tag).first().cloned().unwrap_or_default()) {
+                found.push(LoadError {
+                    file: file.into(),
+                    path: path.clone(),
+                    reason: "the same locale as another tag of this template (tags ignore case, `-` and `_`)".into(),
+                });
+                continue;
+            }
             let valid = !tag.is_empty()
                 && tag
                     .split(['-', '_'])

@@ -312,13 +312,14 @@ impl Mailer {
     pub async fn dispatch(&self, limit: usize, durable: Durable<'_>) -> Result<Round, MailerError> {
         let mut round = Round::default();
         let now = wall();
-        {
+        // Mail waits while its transport rests or a quota is used up; webhook calls go on.
+        let mut mail_held = {
             let walk = self.walk.lock().expect("walk lock");
             if now < walk.paused_until {
                 round.wait = Some(Duration::from_millis((walk.paused_until - now) as u64));
-                return Ok(round);
             }
-        }
+            now < walk.paused_until
+        };
         let hook = self.hook.get().cloned();
         let mut limits = self.limits.lock().await;
         limits.rescale(hook.as_ref().map_or(1.0, |h| h.share()));
@@ -329,7 +330,10 @@ impl Mailer {
         })?;
         {
             let mut walk = self.walk.lock().expect("walk lock");
-            walk.cursor = next;
+            // While mail rests, the walk stays where the transport stopped answering.
+            if !mail_held {
+                walk.cursor = next;
+            }
             if let Some(seen) = page.iter().map(|(_, e)| e.decided_at).min() {
                 walk.oldest = Some(walk.oldest.map_or(seen, |o| o.min(seen)));
             }
@@ -347,8 +351,9 @@ impl Mailer {
             self.dead_letter(&mut round, 0, key, &reason, &bytes, now);
         }
         let mut in_flight: FuturesUnordered<BoxFuture<'static, Done>> = FuturesUnordered::new();
-        // Mail and calls have their own slots (a slow receiver must not hold mail back, nor
-        // widen the bound on mail repeated after a crash): [mail, calls] in flight and allowed.
+        // Mail and calls have their own slots, so calls never widen the bound on mail repeated
+        // after a crash: [mail, calls] in flight and allowed. (When the calls' slots are full,
+        // the round waits for half of them, up to `webhook.timeout` with a slow receiver.)
         let mut busy = [0usize; 2];
         let slots = [self.transport.concurrency(), self.webhooks.concurrency()];
         for (id, e) in page {
@@ -383,6 +388,8 @@ impl Mailer {
                     (id, e, host, a, started.elapsed())
                 }));
                 busy[1] += 1;
+            } else if mail_held {
+                continue;
             } else {
                 match self.hand_over(&mut round, &mut limits, id, e, now).await? {
                     Handover::Handed(done) => {
@@ -390,7 +397,10 @@ impl Mailer {
                         busy[0] += 1;
                     }
                     Handover::Next => continue,
-                    Handover::Stop => break,
+                    Handover::Stop => {
+                        mail_held = true;
+                        continue;
+                    }
                 }
             }
             if busy[0] >= slots[0] || busy[1] >= slots[1] {
@@ -412,7 +422,7 @@ impl Mailer {
                 self.group_commit(&mut round, durable)?;
             }
             if self.walk.lock().expect("walk lock").paused_until > now {
-                break;
+                mail_held = true;
             }
         }
         while let Some(done) = in_flight.next().await {
@@ -553,7 +563,10 @@ impl Mailer {
         if e.first_attempt == 0 {
             e.first_attempt = now;
         }
-        if now - e.first_attempt >= self.timing.retry_max_age {
+        // Past the age, or asked to wait beyond it (a far `Retry-After`): no more attempts.
+        if now - e.first_attempt >= self.timing.retry_max_age
+            || now + at_least - e.first_attempt > self.timing.retry_max_age
+        {
             return Err(e.attempts);
         }
         let delay = retry::backoff(e.attempts, self.timing.retry_initial, self.timing.retry_max).max(at_least);
