@@ -126,9 +126,11 @@ fn the_registration_confirmation_carries_an_invite_that_a_replay_makes_again() {
         assert_eq!(inline[field], file[field], "{field}");
     }
     assert_eq!(inline["method"], "REQUEST");
-    let eml_name = eml_with(&live, "You're registered: Coffee Summit");
-    let send_id = eml_name.file_stem().unwrap().to_str().unwrap();
-    assert_eq!(inline["uid"], format!("{send_id}@dripline.example.com"));
+    // The event's key (its name and date here) makes the UID: 32 hex digits at the domain.
+    let uid = inline["uid"].as_str().unwrap();
+    let (hex, domain) = uid.split_once('@').unwrap();
+    assert!(hex.len() == 32 && hex.chars().all(|c| c.is_ascii_hexdigit()), "{uid}");
+    assert_eq!(domain, "dripline.example.com");
     // 09:30 in Jakarta (UTC+7), the contact's zone.
     assert_eq!(inline["start"], "2026-11-25T02:30:00+00:00");
     assert_eq!(inline["end"], "2026-11-25T05:00:00+00:00");
@@ -144,4 +146,71 @@ fn the_registration_confirmation_carries_an_invite_that_a_replay_makes_again() {
     let ann = read_invite(&eml_with(&live, "You're registered: Tea Fair"));
     assert_eq!(ann["invites"][0]["start"], "2026-12-03");
     assert_eq!(ann["invites"][0]["end"], "2026-12-04");
+}
+
+/// A cancellation (the shipped `event_cancelled` workflow) names the registration's invite by
+/// the event's key: the same UID, a higher SEQUENCE, `METHOD:CANCEL` and `STATUS:CANCELLED`, as a
+/// calendar client needs to remove the event. Another attendee of the event has a UID of their
+/// own.
+#[test]
+fn a_cancellation_withdraws_the_registrations_invite() {
+    let tmp = tempfile::tempdir().unwrap();
+    let t0 = parse_rfc3339("2026-10-01T08:00:00Z").unwrap();
+    let engine = Engine::open(&settings(tmp.path())).unwrap();
+    let registered = |user: &str, id: &str| {
+        json!({"type": "track", "userId": user, "messageId": id, "event": "Event Registered",
+               "properties": {"event_id": "ev-1", "event_name": "Coffee Summit", "event_date": "2026-11-25"}})
+    };
+    engine
+        .ingest_values(
+            &[
+                json!({"type": "identify", "userId": "tom", "messageId": "i1", "traits": {"email": "tom@example.com"}}),
+                json!({"type": "identify", "userId": "ann", "messageId": "i2", "traits": {"email": "ann@example.com"}}),
+                registered("tom", "r1"),
+                registered("ann", "r2"),
+            ],
+            None,
+            t0,
+        )
+        .unwrap();
+    engine.pump(t0).unwrap();
+    let t1 = t0 + 3 * 24 * 3600 * 1000;
+    engine
+        .ingest_values(
+            &[
+                json!({"type": "track", "userId": "tom", "messageId": "c1", "event": "Event Cancelled",
+                     "properties": {"event_id": "ev-1", "event_name": "Coffee Summit", "event_date": "2026-11-25"}}),
+            ],
+            None,
+            t1,
+        )
+        .unwrap();
+    engine.pump(t1).unwrap();
+    while engine.drain_mail(100).unwrap() > 0 {}
+    let invite = |to: &str, subject: &str| {
+        let found: Vec<_> = std::fs::read_dir(tmp.path().join("mail"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                let m = std::fs::read_to_string(p).unwrap();
+                common::addressed_to(&m, to) && m.contains(&format!("Subject: {subject}"))
+            })
+            .collect();
+        assert_eq!(found.len(), 1, "{to} {subject}");
+        read_invite(&found[0])["invites"][0].clone()
+    };
+    let request = invite("tom@example.com", "You're registered: Coffee Summit");
+    let cancel = invite("tom@example.com", "Cancelled: Coffee Summit");
+    let other = invite("ann@example.com", "You're registered: Coffee Summit");
+    assert_eq!(request["method"], "REQUEST");
+    assert_eq!(request["status"], "CONFIRMED");
+    assert_eq!(cancel["method"], "CANCEL");
+    assert_eq!(cancel["content_method"], "CANCEL");
+    assert_eq!(cancel["status"], "CANCELLED");
+    assert_eq!(cancel["uid"], request["uid"], "the same event");
+    assert!(
+        cancel["sequence"].as_u64() > request["sequence"].as_u64(),
+        "{cancel} {request}"
+    );
+    assert_ne!(other["uid"], request["uid"], "another attendee's invite");
 }

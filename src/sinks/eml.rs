@@ -82,7 +82,14 @@ pub fn build(cmd: Mail, from: &Mailbox, domain: &str, date: std::time::SystemTim
     };
     // The layout calendar clients send and read: the invite as the last alternative (what
     // Gmail and Outlook act on) and again as an `.ics` attachment (for every other client).
-    let inline = ContentType::parse("text/calendar; charset=UTF-8; method=REQUEST").expect("a valid content type");
+    // The part's method is the invite's (iTIP): a request, or a cancellation.
+    let method = if ics.contains("\r\nMETHOD:CANCEL\r\n") {
+        "CANCEL"
+    } else {
+        "REQUEST"
+    };
+    let inline =
+        ContentType::parse(&format!("text/calendar; charset=UTF-8; method={method}")).expect("a valid content type");
     let file = ContentType::parse("application/ics; name=\"invite.ics\"").expect("a valid content type");
     let body = body.singlepart(SinglePart::builder().header(inline).body(ics.clone()));
     Ok(b.multipart(

@@ -53,21 +53,47 @@ fn param(name: &str) -> String {
         .join(" ")
 }
 
-/// The invite's UID: the send id at the message-id domain (stable across retries and replay).
-pub fn uid(id: SendId, domain: &str) -> String {
-    format!("{id}@{domain}")
+/// The invite's UID, stable across retries and replay: from the calendar's `key` and the
+/// contact (so every message about one event to one contact shares it, whichever workflow sends
+/// it), else the send id.
+pub fn uid(id: SendId, key: Option<(&str, &str)>, domain: &str) -> String {
+    match key {
+        Some((contact, key)) => {
+            let h = xxhash_rust::xxh3::xxh3_128(format!("{contact}\u{0}{key}").as_bytes());
+            format!("{h:032x}@{domain}")
+        }
+        None => format!("{id}@{domain}"),
+    }
 }
 
-/// The `.ics` text of the invite. `tz` reads local times (the contact's zone).
+/// The revision of an invite: seconds from 2020 to its decision, so a later message about the
+/// same event (an update, a cancellation) always carries a higher SEQUENCE.
+fn sequence(decided_at: Ts) -> u32 {
+    ((decided_at - 1_577_836_800_000).max(0) / 1000) as u32
+}
+
+/// The send an invite goes with.
+pub struct Send<'a> {
+    pub id: SendId,
+    pub contact: &'a str,
+    pub decided_at: Ts,
+}
+
+/// The `.ics` text of the invite (`METHOD:REQUEST`, or `CANCEL`). `tz` reads local times (the
+/// contact's zone) unless the calendar names its own.
 pub fn ics(
     cal: &RenderedCalendar,
-    id: SendId,
+    send: &Send,
     domain: &str,
-    decided_at: Ts,
     organizer: &Mailbox,
     attendee: &Mailbox,
     tz: Tz,
 ) -> Result<String, String> {
+    let Send {
+        id,
+        contact,
+        decided_at,
+    } = *send;
     let tz = match &cal.timezone {
         Some(z) => z
             .parse()
@@ -87,12 +113,17 @@ pub fn ics(
         },
     };
     let mut event = Event::new();
+    let key = cal.key.as_deref().map(|k| (contact, k));
     event
-        .uid(&uid(id, domain))
+        .uid(&uid(id, key, domain))
         .timestamp(DateTime::from_timestamp_millis(decided_at).unwrap_or_default())
-        .sequence(0)
+        .sequence(sequence(decided_at))
         .summary(&cal.title)
-        .status(EventStatus::Confirmed);
+        .status(if cal.cancel {
+            EventStatus::Cancelled
+        } else {
+            EventStatus::Confirmed
+        });
     match (start, end) {
         (When::At(s), When::At(e)) if e > s => event.starts(s).ends(e),
         (When::Day(s), When::Day(e)) if e > s => event.starts(s).ends(e),
@@ -127,7 +158,7 @@ pub fn ics(
         .append_property(("PRODID", "-//dripline//dripline//EN"))
         .append_property(("VERSION", "2.0"))
         .append_property(("CALSCALE", "GREGORIAN"))
-        .append_property(("METHOD", "REQUEST"))
+        .append_property(("METHOD", if cal.cancel { "CANCEL" } else { "REQUEST" }))
         .push(event.done());
     Ok(calendar.done().to_string())
 }
@@ -144,13 +175,20 @@ mod tests {
             location: Some("Hall 2, Jakarta".into()),
             description: None,
             timezone: None,
+            key: None,
+            cancel: false,
         }
     }
 
     fn make(c: &RenderedCalendar, tz: Tz) -> Result<String, String> {
         let from: Mailbox = "Events <events@example.com>".parse().unwrap();
         let to: Mailbox = "Tom <tom@example.com>".parse().unwrap();
-        ics(c, SendId(42), "mail.example.com", 1_764_000_000_000, &from, &to, tz)
+        let send = Send {
+            id: SendId(42),
+            contact: "tom",
+            decided_at: 1_764_000_000_000,
+        };
+        ics(c, &send, "mail.example.com", &from, &to, tz)
     }
 
     #[test]
@@ -184,7 +222,12 @@ mod tests {
         c.timezone = Some("Asia/Jakarta".into());
         let from: Mailbox = "Events <events@example.com>".parse().unwrap();
         let to: Mailbox = "\"Doe, \\\"J\\\"\" <j@example.com>".parse().unwrap();
-        let ics = ics(&c, SendId(1), "d", 0, &from, &to, "America/New_York".parse().unwrap()).unwrap();
+        let send = Send {
+            id: SendId(1),
+            contact: "j",
+            decided_at: 0,
+        };
+        let ics = ics(&c, &send, "d", &from, &to, "America/New_York".parse().unwrap()).unwrap();
         assert!(ics.contains("DTSTART:20261125T020000Z\r\n"), "{ics}");
         assert!(
             ics.contains("CN=Doe J:mailto:j@example.com") || ics.contains("CN=Doe J;"),

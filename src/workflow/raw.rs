@@ -277,6 +277,13 @@ pub struct RawCalendar {
     pub description: Option<String>,
     /// The zone local times are in (the venue's); default: the contact's.
     pub timezone: Option<String>,
+    /// What identifies the event across messages (a template, e.g. `{{ event.event_id }}`):
+    /// invites with the same key update one another (or cancel, below). Default: each message's
+    /// invite is an event of its own.
+    pub key: Option<String>,
+    /// This message cancels the event of its `key` (iTIP `METHOD:CANCEL`).
+    #[serde(default)]
+    pub cancel: bool,
 }
 
 /// `dripline.yaml` beside the workflows: trait types and named lists shared by all workflows.

@@ -119,6 +119,9 @@ pub struct RenderedCalendar {
     pub location: Option<String>,
     pub description: Option<String>,
     pub timezone: Option<String>,
+    /// The event's identity across messages (see `calendar.key`), and whether this cancels it.
+    pub key: Option<String>,
+    pub cancel: bool,
 }
 
 /// The tags to try for a contact's locale, most specific first: `zh_Hant_TW` gives `zh-hant-tw`,
@@ -140,7 +143,16 @@ fn localized_name(template: &str, tag: &str) -> String {
 }
 
 /// The fields of a calendar invite, as named in workflows and templates.
-pub const CALENDAR_FIELDS: [&str; 6] = ["start", "end", "title", "location", "description", "timezone"];
+pub const CALENDAR_FIELDS: [&str; 8] = [
+    "start",
+    "end",
+    "title",
+    "location",
+    "description",
+    "timezone",
+    "key",
+    "cancel",
+];
 
 pub const DIRECTORY_FILE: &str = "dripline.yaml";
 
@@ -488,6 +500,8 @@ impl Registry {
             location: part("location")?,
             description: part("description")?,
             timezone: part("timezone")?,
+            key: part("key")?,
+            cancel: part("cancel")?.is_some(),
         }))
     }
 
@@ -561,6 +575,7 @@ fn add_templates(
             );
         }
         if let Some(c) = &t.calendar {
+            let cancel_flag = "cancel".to_owned();
             let fields = [
                 Some(&c.start),
                 c.end.as_ref(),
@@ -568,6 +583,9 @@ fn add_templates(
                 c.location.as_ref(),
                 c.description.as_ref(),
                 c.timezone.as_ref(),
+                c.key.as_ref(),
+                // Registered only when set: its presence is the flag.
+                c.cancel.then_some(&cancel_flag),
             ];
             for (field, src) in CALENDAR_FIELDS.into_iter().zip(fields) {
                 if let Some(src) = src {

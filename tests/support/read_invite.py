@@ -28,6 +28,8 @@ for part in msg.walk():
         "end": ev.decoded("DTEND").isoformat(),
         "stamp": ev.decoded("DTSTAMP").isoformat(),
         "summary": str(ev.get("SUMMARY")),
+        "sequence": int(ev.get("SEQUENCE")),
+        "status": str(ev.get("STATUS")),
         "location": str(ev.get("LOCATION")),
         "organizer": str(ev.get("ORGANIZER")),
         "attendee": str(ev.get("ATTENDEE")),

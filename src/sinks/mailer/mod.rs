@@ -822,7 +822,12 @@ impl Mailer {
                 _ => self.default_tz,
             };
             let domain = &self.settings.message_id_domain;
-            super::invite::ics(&cal, id, domain, e.decided_at, &self.from, to, tz).map(Some)
+            let send = super::invite::Send {
+                id,
+                contact: &e.contact,
+                decided_at: e.decided_at,
+            };
+            super::invite::ics(&cal, &send, domain, &self.from, to, tz).map(Some)
         });
         made.unwrap_or_else(|reason| {
             self.metrics.render_errors.inc();
