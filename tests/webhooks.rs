@@ -449,6 +449,36 @@ steps:
     assert!(span >= 1.6, "10 calls at 5/s took {span:.2} s");
 }
 
+/// At most `webhook.concurrency_per_host` calls are in flight to one host: 40 calls to a slow
+/// receiver overlap two at a time, never three.
+#[test]
+fn calls_to_one_host_overlap_at_most_the_concurrency_per_host() {
+    let tmp = tempfile::tempdir().unwrap();
+    let rport = free_port();
+    let log = tmp.path().join("requests.jsonl");
+    let secret = secret();
+    let _receiver = receiver(rport, &log, &secret);
+    let mut s = settings(tmp.path());
+    s.workflows.dir = workflows(tmp.path(), &[("calls.yaml", calls_workflow(rport))]);
+    s.webhook.concurrency_per_host = 2;
+    s.webhook.secret = secret.clone();
+    let engine = Engine::open(&s).unwrap();
+    let t0 = parse_rfc3339("2026-03-01T08:00:00Z").unwrap();
+    let events: Vec<Value> = (0..40)
+        .map(|i| track(&format!("p{i}"), "Call Requested", json!({"path": "slow", "note": i})))
+        .collect();
+    engine.ingest_values(&events, None, t0).unwrap();
+    engine.pump(t0).unwrap();
+    wait_for(Duration::from_secs(30), || {
+        engine.drain_mail(100).unwrap();
+        requests(&log).len() >= 40
+    });
+    let reqs = requests(&log);
+    assert_eq!(reqs.len(), 40);
+    let most = reqs.iter().map(|r| r["concurrent"].as_u64().unwrap()).max().unwrap();
+    assert_eq!(most, 2, "calls overlapped {most} at a time");
+}
+
 /// The documented WeChat example: its JSON body, rendered from traits and event properties
 /// (Chinese text and quotes included), arrives as valid JSON.
 #[test]

@@ -9,6 +9,7 @@ The path chooses the answer, so one receiver covers every case:
   /busy*   429 with `Retry-After: 2` to the first request with a given webhook-id, then 200
   /bad*    400 with the body `unknown recipient`, always
   /slow*   200 after 50 ms
+Each record also says how many requests were being handled when it arrived (`concurrent`).
   anything else: 200
 Usage: python3 webhook_receiver.py PORT LOG SECRET [CERT KEY]
   CERT KEY: serve HTTPS with this certificate.
@@ -27,6 +28,7 @@ PORT, LOG, SECRET = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 verifier = Webhook(SECRET)
 tries = Counter()
 lock = threading.Lock()
+in_flight = 0
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -44,10 +46,13 @@ class Handler(BaseHTTPRequestHandler):
             verified = True
         except WebhookVerificationError:
             verified = False
+        global in_flight
         key = (self.path, headers.get("webhook-id"))
         with lock:
             tries[key] += 1
             n = tries[key]
+            in_flight += 1
+            concurrent = in_flight
         status, extra, answer = 200, {}, b"ok"
         if self.path.startswith("/flaky") and n <= 2:
             status, answer = 500, b"try later"
@@ -57,6 +62,8 @@ class Handler(BaseHTTPRequestHandler):
             status, answer = 400, b"unknown recipient"
         elif self.path.startswith("/slow"):
             time.sleep(0.05)
+        with lock:
+            in_flight -= 1
         record = {
             "at": time.time(),
             "method": self.command,
@@ -65,6 +72,8 @@ class Handler(BaseHTTPRequestHandler):
             "body": body.decode("utf-8", "replace"),
             "verified": verified,
             "status": status,
+            # Requests being handled when this one arrived, itself included.
+            "concurrent": concurrent,
         }
         # Recorded before the answer leaves: a request the sender may count as delivered is
         # always in the log.
