@@ -2,7 +2,7 @@
 //! end to end with dead letters; two instances splitting an 8-partition topic; `kill -9` of one
 //! instance mid-run, after which the survivor's state and the sent message ids equal those of a
 //! single-instance run over the same events; a changelog with outbox keys of the earlier layout
-//! restores into a sendable outbox.
+//! restores into a sendable outbox; webhook calls made once each.
 
 mod common;
 
@@ -224,9 +224,17 @@ struct Instance {
 }
 
 fn start(broker: &Broker, group: &str, dir: &Path) -> Instance {
+    start_with(broker, group, dir, &shipped(), &[])
+}
+
+/// [`start`] with these workflows and extra environment.
+fn start_with(broker: &Broker, group: &str, dir: &Path, workflows: &Path, env: &[(&str, String)]) -> Instance {
     std::fs::create_dir_all(dir).unwrap();
     let port = free_port();
-    let (mut cmd, _) = common::run_command(&shipped(), &dir.join("data"), &dir.join("mail"), port);
+    let (mut cmd, _) = common::run_command(workflows, &dir.join("data"), &dir.join("mail"), port);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
     let child = cmd
         .env(
             "DRIPLINE__MAIL__SECRET",
@@ -807,6 +815,89 @@ fn an_erased_contact_is_gone_from_every_instance_and_from_a_replay_of_the_topic(
     drop(store);
     let left = common::files_containing(&rebuilt, &[ID, EMAIL]);
     assert!(left.is_empty(), "left in the rebuilt store: {left:?}");
+}
+
+/// Webhook calls on Kafka: made from the same outbox, once each, signed, with the results
+/// counted; the receiver (`tests/support/webhook_receiver.py`) checks every signature with the
+/// reference `standardwebhooks` package.
+#[test]
+fn webhook_calls_on_kafka_are_made_once_each() {
+    const CALLS: usize = 20;
+    let broker = Broker::start();
+    broker.topic("events", PARTITIONS);
+    broker.group_topics("hooks");
+    let tmp = tempfile::tempdir().unwrap();
+    let rport = free_port();
+    let log = tmp.path().join("requests.jsonl");
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let mut receiver = Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/support/webhook_receiver.py"
+        ))
+        .arg(rport.to_string())
+        .arg(&log)
+        .arg(secret)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("python3 with standardwebhooks (scripts/setup-test.sh installs it)");
+    wait_for(Duration::from_secs(15), || {
+        TcpStream::connect(("127.0.0.1", rport)).is_ok()
+    });
+    let wf = tmp.path().join("workflows");
+    std::fs::create_dir_all(&wf).unwrap();
+    std::fs::copy(shipped().join("dripline.yaml"), wf.join("dripline.yaml")).unwrap();
+    std::fs::write(
+        wf.join("calls.yaml"),
+        format!(
+            "id: calls\ntriggers:\n  - event: Call Requested\nsteps:\n  - id: call\n    webhook:\n      url: \"http://127.0.0.1:{rport}/ok\"\n      headers: {{ X-Contact: \"{{{{ contact.id }}}}\" }}\n"
+        ),
+    )
+    .unwrap();
+    let i = start_with(
+        &broker,
+        "hooks",
+        &tmp.path().join("i"),
+        &wf,
+        &[("DRIPLINE__WEBHOOK__SECRET", secret.to_owned())],
+    );
+    let events: Vec<String> = (0..CALLS)
+        .map(|n| format!(r#"{{"type":"track","userId":"k{n}","messageId":"k{n}","event":"Call Requested"}}"#))
+        .collect();
+    let (status, body) = http(
+        i.port,
+        "POST",
+        "/v1/batch",
+        &format!(r#"{{"batch":[{}]}}"#, events.join(",")),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let requests = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    wait_for(Duration::from_secs(60), || requests().len() >= CALLS);
+    settle(&broker, "hooks", &[&i]);
+    let reqs = requests();
+    let _ = receiver.kill();
+    let _ = receiver.wait();
+    assert_eq!(reqs.len(), CALLS, "each call once");
+    let contacts: BTreeSet<_> = reqs.iter().map(|r| r["headers"]["x-contact"].to_string()).collect();
+    let keys: BTreeSet<_> = reqs
+        .iter()
+        .map(|r| r["headers"]["idempotency-key"].to_string())
+        .collect();
+    assert_eq!((contacts.len(), keys.len()), (CALLS, CALLS));
+    assert!(reqs.iter().all(|r| r["verified"] == true));
+    assert_eq!(
+        i.metric("dripline_webhook_calls_total{result=\"delivered\"}"),
+        CALLS as f64
+    );
+    assert_eq!(i.metric("dripline_outbox_depth"), 0.0);
 }
 
 fn shipped() -> PathBuf {
