@@ -18,6 +18,8 @@ pub struct DemoReport {
     pub dead_letters: Vec<(usize, String)>,
     pub mails: Vec<DemoMail>,
     pub per_workflow: BTreeMap<String, usize>,
+    /// Webhook steps naming an endpoint the settings lack (see `sinks::webhook::unconfigured`).
+    pub unconfigured_webhooks: Vec<String>,
 }
 
 pub struct DemoMail {
@@ -76,6 +78,7 @@ pub fn run(settings: &Settings, events: &Path, out: &Path) -> anyhow::Result<Dem
     let pending = tables::outbox_page(&engine.store, usize::MAX)?;
     let mut mails: Vec<DemoMail> = pending
         .iter()
+        .filter(|(_, e)| !e.content.is_webhook())
         .map(|(id, e)| DemoMail {
             at: e.decided_at,
             to: e.to.to_string(),
@@ -97,5 +100,6 @@ pub fn run(settings: &Settings, events: &Path, out: &Path) -> anyhow::Result<Dem
         dead_letters: dead,
         mails,
         per_workflow,
+        unconfigured_webhooks: crate::sinks::webhook::unconfigured(&engine.reg, &s.webhooks),
     })
 }

@@ -259,6 +259,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             for path in &engine.keys.generated {
                 eprintln!("dripline: generated {} (mode 0600)", path.display());
             }
+            for w in dripline::sinks::webhook::unconfigured(&engine.reg, &settings.webhooks) {
+                eprintln!("dripline: warning: {w}");
+            }
             if engine.keys.ingest_is_open() {
                 eprintln!(
                     "dripline: WARNING: http.allow_unauthenticated is set: anyone who reaches {} can ingest",
@@ -607,6 +610,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     out.display(),
                     first.file.display()
                 );
+            }
+            if !report.unconfigured_webhooks.is_empty() {
+                println!("\nWebhooks:");
+                for w in &report.unconfigured_webhooks {
+                    println!("  {w}");
+                }
             }
             Ok(ExitCode::SUCCESS)
         }

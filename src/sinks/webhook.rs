@@ -139,28 +139,30 @@ impl Webhooks {
             runtime: std::sync::OnceLock::new(),
         })
     }
+}
 
-    /// The steps of loaded workflow versions that name an endpoint not configured: said at
-    /// start, since their calls fail (`Webhook Failed`) until it is.
-    pub fn unconfigured(&self, reg: &Registry) -> Vec<String> {
-        let mut found = vec![];
-        for wf in reg.all_versions() {
-            for s in &wf.steps {
-                if let StepKind::Webhook(call) = &s.kind
-                    && let WebhookTarget::Endpoint(name) = &call.target
-                    && !self.endpoints.contains_key(name)
-                {
-                    found.push(format!(
-                        "workflow {} version {} step {} calls webhook endpoint `{name}`, which is not \
-                         configured ([webhooks.{name}] url = ...): its calls fail until it is",
-                        wf.id, wf.version, s.id
-                    ));
-                }
+/// The steps of loaded workflow versions that name an endpoint `endpoints` lacks: said at start,
+/// since their calls fail (`Webhook Failed`) until it is configured.
+pub fn unconfigured(reg: &Registry, endpoints: &BTreeMap<String, WebhookEndpoint>) -> Vec<String> {
+    let mut found = vec![];
+    for wf in reg.all_versions() {
+        for s in &wf.steps {
+            if let StepKind::Webhook(call) = &s.kind
+                && let WebhookTarget::Endpoint(name) = &call.target
+                && !endpoints.contains_key(name)
+            {
+                found.push(format!(
+                    "workflow {} version {} step {} calls webhook endpoint `{name}`, which is not \
+                     configured ([webhooks.{name}] url = ...): its calls fail until it is",
+                    wf.id, wf.version, s.id
+                ));
             }
         }
-        found
     }
+    found
+}
 
+impl Webhooks {
     /// Requests worth having in flight at once across all hosts.
     pub fn concurrency(&self) -> usize {
         self.concurrency_per_host * 2

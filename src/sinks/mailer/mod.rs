@@ -233,9 +233,6 @@ impl Mailer {
     ) -> Result<Self, MailerError> {
         let settings = &all.mail;
         let webhooks = Webhooks::new(&all.webhook, &all.webhooks).map_err(MailerError::Config)?;
-        for w in webhooks.unconfigured(&reg) {
-            tracing::warn!("{w}");
-        }
         let timing = settings.timing().map_err(|e| MailerError::Config(e.to_string()))?;
         let from = settings
             .from
