@@ -682,6 +682,41 @@ fn the_segment_python_sdk_with_the_write_key_gets_its_events_processed() {
     assert!(metric(run.port, "dripline_http_unauthorized_total{access=\"ingest\"}") >= 1.0);
 }
 
+/// Segment's HTTP API for a screen and a group, each at its own endpoint without `type`: the
+/// group is the contact's `account` trait, the screen an activity of the contact.
+#[test]
+fn screen_and_group_have_endpoints_of_their_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = start(tmp.path(), &[]);
+    let post = |path: &str, body: &str| http(run.port, "POST", path, body).unwrap();
+    let (status, body) = post(
+        "/v1/group",
+        r#"{"userId":"gina","messageId":"g1","groupId":"acme-1","traits":{"name":"Acme"}}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = post("/v1/screen", r#"{"userId":"gina","messageId":"s1","name":"Settings"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        post("/v1/group", r#"{"userId":"gina","messageId":"g2"}"#).0,
+        400,
+        "no groupId"
+    );
+    wait_for(Duration::from_secs(10), || {
+        http(run.port, "GET", "/admin/v1/contacts/gina", "").unwrap().0 == 200
+    });
+    let (_, contact) = http(run.port, "GET", "/admin/v1/contacts/gina", "").unwrap();
+    assert_eq!(
+        json(&contact)["traits"]["account"],
+        serde_json::json!({"id": "acme-1", "name": "Acme"}),
+        "{contact}"
+    );
+    // The screen was processed as the contact's activity (a group call, like an identify, is not).
+    wait_for(Duration::from_secs(10), || {
+        let (_, c) = http(run.port, "GET", "/admin/v1/contacts/gina", "").unwrap();
+        !json(&c)["last_activity"].is_null()
+    });
+}
+
 /// Runs an SDK script of `tests/support` against the engine on `port`; its output.
 fn sdk_run(script: &str, port: u16, args: &[&str]) -> String {
     {

@@ -118,6 +118,23 @@ async fn identify(e: Data, b: web::Bytes) -> HttpResponse {
 async fn page(e: Data, b: web::Bytes) -> HttpResponse {
     ingest(e, b, Some(EventKind::Page), false, Origin::Client).await
 }
+/// `screen` and `group` have no event kind of their own to hint with: a body without `type`
+/// gets it (a body that is no object is left to be refused as usual).
+fn typed(body: web::Bytes, kind: &str) -> web::Bytes {
+    match serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&body) {
+        Ok(mut m) if !m.contains_key("type") => {
+            m.insert("type".into(), kind.into());
+            serde_json::to_vec(&m).map_or(body, Into::into)
+        }
+        _ => body,
+    }
+}
+async fn screen(e: Data, b: web::Bytes) -> HttpResponse {
+    ingest(e, typed(b, "screen"), None, false, Origin::Client).await
+}
+async fn group(e: Data, b: web::Bytes) -> HttpResponse {
+    ingest(e, typed(b, "group"), None, false, Origin::Client).await
+}
 async fn batch(e: Data, b: web::Bytes) -> HttpResponse {
     ingest(e, b, None, true, Origin::Client).await
 }
@@ -206,6 +223,8 @@ fn private_routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/track", web::post().to(track))
         .route("/v1/identify", web::post().to(identify))
         .route("/v1/page", web::post().to(page))
+        .route("/v1/screen", web::post().to(screen))
+        .route("/v1/group", web::post().to(group))
         .route("/v1/batch", web::post().to(batch))
         .route("/metrics", web::get().to(metrics))
         .route("/healthz", web::get().to(healthz))
