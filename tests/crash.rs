@@ -6,39 +6,25 @@
 
 mod common;
 
-use common::{free_port, http, wait_for};
+use common::{Proc, free_port, http, wait_for};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 const CONNECTIONS: usize = 4;
 /// What may be handed over again after one kill.
 const BOUND_PER_KILL: usize = 2 * CONNECTIONS;
 
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn smtp_server(port: u16, maildir: &Path) -> Proc {
-    let child = Command::new("python3")
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/smtp_server.py"))
-        .arg(port.to_string())
-        .arg(maildir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 with aiosmtpd (scripts/setup-test.sh installs it)");
-    wait_for(Duration::from_secs(15), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    Proc(child)
+    let port_arg = port.to_string();
+    common::support_server(
+        "smtp_server.py",
+        &[port_arg.as_ref(), maildir.as_os_str()],
+        port,
+        "aiosmtpd",
+    )
 }
 
 struct Setup {

@@ -830,21 +830,7 @@ fn webhook_calls_on_kafka_are_made_once_each() {
     let rport = free_port();
     let log = tmp.path().join("requests.jsonl");
     let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-    let mut receiver = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/webhook_receiver.py"
-        ))
-        .arg(rport.to_string())
-        .arg(&log)
-        .arg(secret)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 with standardwebhooks (scripts/setup-test.sh installs it)");
-    wait_for(Duration::from_secs(15), || {
-        TcpStream::connect(("127.0.0.1", rport)).is_ok()
-    });
+    let receiver = common::webhook_receiver(rport, &log, secret, &[]);
     let wf = tmp.path().join("workflows");
     std::fs::create_dir_all(&wf).unwrap();
     std::fs::copy(shipped().join("dripline.yaml"), wf.join("dripline.yaml")).unwrap();
@@ -873,18 +859,11 @@ fn webhook_calls_on_kafka_are_made_once_each() {
     )
     .unwrap();
     assert_eq!(status, 200, "{body}");
-    let requests = || -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    };
+    let requests = || common::webhook_requests(&log);
     wait_for(Duration::from_secs(60), || requests().len() >= CALLS);
     settle(&broker, "hooks", &[&i]);
     let reqs = requests();
-    let _ = receiver.kill();
-    let _ = receiver.wait();
+    drop(receiver);
     assert_eq!(reqs.len(), CALLS, "each call once");
     let contacts: BTreeSet<_> = reqs.iter().map(|r| r["headers"]["x-contact"].to_string()).collect();
     let keys: BTreeSet<_> = reqs

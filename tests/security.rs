@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{ADMIN_TOKEN, WRITE_KEY, files_containing, free_port, http, http_as, wait_for};
+use common::{ADMIN_TOKEN, WRITE_KEY, files_containing, free_port, http, http_as, metric, wait_for};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -133,14 +133,6 @@ fn replay_from_data(dir: &Path, data: &Path, into: &Path) {
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
-}
-
-fn metric(port: u16, line_start: &str) -> f64 {
-    let (_, body) = http(port, "GET", "/metrics", "").unwrap();
-    body.lines()
-        .filter(|l| l.starts_with(line_start))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Client records in the embedded log of a stopped engine's store (not the delivery results the

@@ -6,7 +6,7 @@
 mod common;
 
 use base64::Engine as _;
-use common::{free_port, http, settings, wait_for};
+use common::{Proc, free_port, http, settings, wait_for};
 use dripline::config::WebhookEndpoint;
 use dripline::runtime::Engine;
 use dripline::storage::tables;
@@ -14,17 +14,7 @@ use dripline::time::{DAY, parse_rfc3339};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A fresh Standard Webhooks secret, as an operator would make one.
 fn secret() -> String {
@@ -32,39 +22,30 @@ fn secret() -> String {
     format!("whsec_{}", base64::engine::general_purpose::STANDARD.encode(key))
 }
 
-fn receiver(port: u16, log: &Path, secret: &str) -> Proc {
-    receiver_with(port, log, secret, &[])
+/// A webhook receiver on a free port, recording into `dir/requests.jsonl` and verifying with a
+/// fresh secret; `extra`: a certificate and key for HTTPS.
+struct Receiver {
+    port: u16,
+    log: PathBuf,
+    secret: String,
+    _proc: Proc,
 }
 
-/// [`receiver`] with extra arguments (a certificate and key: HTTPS).
-fn receiver_with(port: u16, log: &Path, secret: &str, extra: &[&Path]) -> Proc {
-    let child = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/support/webhook_receiver.py"
-        ))
-        .arg(port.to_string())
-        .arg(log)
-        .arg(secret)
-        .args(extra)
-        .stdout(Stdio::null())
-        // A killed sender leaves broken pipes behind, which are no news.
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("python3 with standardwebhooks (scripts/setup-test.sh installs it)");
-    wait_for(Duration::from_secs(15), || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    Proc(child)
+impl Receiver {
+    fn start(dir: &Path, extra: &[&Path]) -> Receiver {
+        let (port, log, secret) = (free_port(), dir.join("requests.jsonl"), secret());
+        let proc = common::webhook_receiver(port, &log, &secret, extra);
+        Receiver {
+            port,
+            log,
+            secret,
+            _proc: proc,
+        }
+    }
 }
 
-/// Every request the receiver recorded, in order.
 fn requests(log: &Path) -> Vec<Value> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    common::webhook_requests(log)
 }
 
 /// Drains the engine's outbox until the receiver has a request, and that request, the only one.
@@ -197,19 +178,11 @@ fn track(user: &str, event: &str, props: Value) -> Value {
     json!({"type": "track", "userId": user, "messageId": format!("t-{user}-{event}"), "event": event, "properties": props})
 }
 
-fn metric(port: u16, line: &str) -> Option<f64> {
-    let (_, text) = http(port, "GET", "/metrics", "").unwrap();
-    text.lines()
-        .find_map(|l| l.strip_prefix(line).and_then(|v| v.trim().parse().ok()))
-}
-
 #[test]
 fn each_answer_is_settled_as_the_receiver_says() {
     let tmp = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let log = tmp.path().join("requests.jsonl");
-    let secret = secret();
-    let _receiver = receiver(rport, &log, &secret);
+    let r = Receiver::start(tmp.path(), &[]);
+    let (rport, log, secret) = (r.port, r.log.clone(), r.secret.clone());
     let run = Run {
         dir: tmp.path().into(),
         workflows: workflows(
@@ -313,14 +286,14 @@ fn each_answer_is_settled_as_the_receiver_says() {
     assert_eq!(form["Body"], "Hi Ann: code X1 & more");
 
     let m = |result: &str| {
-        metric(
+        common::metric(
             run.port,
             &format!("dripline_webhook_calls_total{{result=\"{result}\"}}"),
         )
     };
-    assert_eq!(m("delivered"), Some(4.0));
-    assert_eq!(m("retried"), Some(3.0));
-    assert_eq!(m("failed"), Some(1.0));
+    assert_eq!(m("delivered"), 4.0);
+    assert_eq!(m("retried"), 3.0);
+    assert_eq!(m("failed"), 1.0);
 }
 
 /// The shipped win-back workflow: a sleeper who never opened the mail and has a phone number
@@ -329,10 +302,8 @@ fn each_answer_is_settled_as_the_receiver_says() {
 #[test]
 fn the_win_back_sms_fallback_reaches_the_gateway() {
     let tmp = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let log = tmp.path().join("requests.jsonl");
-    let secret = secret();
-    let _receiver = receiver(rport, &log, &secret);
+    let r = Receiver::start(tmp.path(), &[]);
+    let (rport, log, secret) = (r.port, r.log.clone(), r.secret.clone());
     let mut s = settings(tmp.path());
     s.webhooks.insert(
         "sms".into(),
@@ -384,11 +355,9 @@ fn the_win_back_sms_fallback_reaches_the_gateway() {
 fn tls_with_a_private_ca_and_the_rate_per_host() {
     let tmp = tempfile::tempdir().unwrap();
     common::private_ca(tmp.path());
-    let rport = free_port();
-    let log = tmp.path().join("requests.jsonl");
-    let secret = secret();
     let (cert, key) = (tmp.path().join("server.pem"), tmp.path().join("server.key"));
-    let _receiver = receiver_with(rport, &log, &secret, &[&cert, &key]);
+    let r = Receiver::start(tmp.path(), &[&cert, &key]);
+    let (rport, log, secret) = (r.port, r.log.clone(), r.secret.clone());
     let calls = r#"id: calls
 name: Calls
 triggers:
@@ -454,10 +423,8 @@ steps:
 #[test]
 fn calls_to_one_host_overlap_at_most_the_concurrency_per_host() {
     let tmp = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let log = tmp.path().join("requests.jsonl");
-    let secret = secret();
-    let _receiver = receiver(rport, &log, &secret);
+    let r = Receiver::start(tmp.path(), &[]);
+    let (rport, log, secret) = (r.port, r.log.clone(), r.secret.clone());
     let mut s = settings(tmp.path());
     s.workflows.dir = workflows(tmp.path(), &[("calls.yaml", calls_workflow(rport))]);
     s.webhook.concurrency_per_host = 2;
@@ -484,10 +451,8 @@ fn calls_to_one_host_overlap_at_most_the_concurrency_per_host() {
 #[test]
 fn the_wechat_example_sends_a_template_message() {
     let tmp = tempfile::tempdir().unwrap();
-    let rport = free_port();
-    let log = tmp.path().join("requests.jsonl");
-    let secret = secret();
-    let _receiver = receiver(rport, &log, &secret);
+    let r = Receiver::start(tmp.path(), &[]);
+    let (rport, log, secret) = (r.port, r.log.clone(), r.secret.clone());
     let example = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/examples/workflows/wechat_order_shipped.yaml"
@@ -540,7 +505,7 @@ fn every_call_arrives_across_kills_and_a_receiver_restart() {
     let rport = free_port();
     let log = tmp.path().join("requests.jsonl");
     let secret = secret();
-    let mut recv = receiver(rport, &log, &secret);
+    let mut recv = common::webhook_receiver(rport, &log, &secret, &[]);
     let run = Run {
         dir: tmp.path().into(),
         workflows: workflows(tmp.path(), &[("calls.yaml", calls_workflow(rport))]),
@@ -576,7 +541,7 @@ fn every_call_arrives_across_kills_and_a_receiver_restart() {
     wait_for(Duration::from_secs(60), arrived(200));
     drop(recv);
     std::thread::sleep(Duration::from_millis(1500));
-    recv = receiver(rport, &log, &secret);
+    recv = common::webhook_receiver(rport, &log, &secret, &[]);
     let everyone = || {
         let reqs = requests(&log);
         let ok: BTreeSet<_> = reqs

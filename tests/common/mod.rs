@@ -242,3 +242,56 @@ pub fn spamassassin(eml: &Path) -> (f64, String) {
         .unwrap_or("");
     (value.parse().unwrap_or_else(|_| panic!("no score in {status}")), status)
 }
+
+/// A child process the test started (a server, an engine): killed and reaped when dropped.
+pub struct Proc(pub std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a server script of `tests/support` with `args` (its output discarded: a killed peer
+/// leaves broken pipes behind, which are no news) and waits until it listens on `port`.
+pub fn support_server(script: &str, args: &[&std::ffi::OsStr], port: u16, needs: &str) -> Proc {
+    let child = std::process::Command::new("python3")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support").join(script))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("python3 with {needs} (scripts/setup-test.sh installs it): {e}"));
+    wait_for(Duration::from_secs(15), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    Proc(child)
+}
+
+/// The webhook receiver (`tests/support/webhook_receiver.py`) on `port`, recording into `log`
+/// and verifying signatures with `secret`; `extra`: a certificate and key for HTTPS.
+pub fn webhook_receiver(port: u16, log: &Path, secret: &str, extra: &[&Path]) -> Proc {
+    let port_arg = port.to_string();
+    let mut args: Vec<&std::ffi::OsStr> = vec![port_arg.as_ref(), log.as_os_str(), secret.as_ref()];
+    args.extend(extra.iter().map(|p| p.as_os_str()));
+    support_server("webhook_receiver.py", &args, port, "standardwebhooks")
+}
+
+/// Every request the webhook receiver recorded in `log`, in order.
+pub fn webhook_requests(log: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+/// The sum of the `/metrics` samples on `port` whose line starts with `line_start`.
+pub fn metric(port: u16, line_start: &str) -> f64 {
+    let (_, body) = http(port, "GET", "/metrics", "").unwrap();
+    body.lines()
+        .filter(|l| l.starts_with(line_start))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
