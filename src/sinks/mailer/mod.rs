@@ -858,11 +858,14 @@ impl Mailer {
             && (track.opens || track.clicks)
             && let Some(h) = &html
         {
-            let pixel = (track.opens && tracking::pixel_fits(h, track.pixel_min_text))
-                .then(|| links.open_url(&e.contact, &e.workflow, &msg_id));
+            let open_url = track.opens.then(|| links.open_url(&e.contact, &e.workflow, &msg_id));
+            let pixel = open_url.as_deref().map(|url| tracking::Pixel {
+                url,
+                min_text: track.pixel_min_text,
+            });
             let click_fn: Option<&dyn Fn(&str) -> String> = if track.clicks { Some(&click) } else { None };
             html = Some(
-                tracking::rewrite_html(h, &self.settings.public_url, click_fn, pixel.as_deref())
+                tracking::rewrite_html(h, &self.settings.public_url, click_fn, pixel)
                     .map_err(|err| format!("cannot rewrite the HTML body: {err}"))?,
             );
         }
