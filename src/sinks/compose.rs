@@ -32,6 +32,13 @@ pub fn render_calendar(
     let Content::Template { template, .. } = &e.content else {
         return Ok(None);
     };
+    // Most templates have none: no context (and no signed link) is made for them.
+    if !reg
+        .get(&e.workflow, e.version)
+        .is_some_and(|wf| reg.has_calendar(wf, template))
+    {
+        return Ok(None);
+    }
     let (wf, ctx) = context(reg, links, id, e)?;
     reg.render_calendar(wf, template, &ctx).map_err(|err| {
         format!(

@@ -473,6 +473,13 @@ impl Registry {
         })
     }
 
+    /// Whether `template` has a calendar invite.
+    pub fn has_calendar(&self, wf: &Workflow, template: &str) -> bool {
+        self.templates
+            .get_template(&wf.template_name(template, TemplatePart::Calendar("start")))
+            .is_ok()
+    }
+
     /// Renders the calendar invite of `template`, if it has one.
     pub fn render_calendar(
         &self,
