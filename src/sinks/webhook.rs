@@ -379,8 +379,7 @@ impl Webhooks {
 }
 
 /// The event a call's result becomes in the contact's stream (`Webhook Delivered`, `Webhook
-/// Failed`), so a workflow can wait for it or branch on it; its messageId is derived from the
-/// send id, so a repeat is dropped as a duplicate.
+/// Failed`), so a workflow can wait for it or branch on it.
 pub fn event(e: &OutboxEntry, id: SendId, name: &str, status: Option<u16>, reason: Option<&str>) -> serde_json::Value {
     let mut props = serde_json::json!({
         "message_id": id.to_string(),
@@ -393,13 +392,7 @@ pub fn event(e: &OutboxEntry, id: SendId, name: &str, status: Option<u16>, reaso
     if let Some(r) = reason {
         props["reason"] = r.into();
     }
-    serde_json::json!({
-        "type": "track",
-        "userId": &*e.contact,
-        "messageId": format!("feedback:{id}:{name}"),
-        "event": name,
-        "properties": props,
-    })
+    super::mailer::result_event(&e.contact, id, name, props)
 }
 
 /// The `webhook-signature` value: `v1,` and the base64 HMAC-SHA256 of `id.timestamp.body`.

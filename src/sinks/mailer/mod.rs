@@ -210,12 +210,18 @@ pub fn feedback_event(
     if let Some(r) = reason {
         props["reason"] = r.into();
     }
+    result_event(contact, id, name, props)
+}
+
+/// A delivery result (of mail or of a webhook call) as the Segment track event `name` with
+/// `properties`; its messageId comes from the send id, so a repeat is dropped as a duplicate.
+pub fn result_event(contact: &str, id: SendId, name: &str, properties: serde_json::Value) -> serde_json::Value {
     serde_json::json!({
         "type": "track",
         "userId": contact,
         "messageId": format!("feedback:{id}:{name}"),
         "event": name,
-        "properties": props,
+        "properties": properties,
     })
 }
 
