@@ -127,7 +127,7 @@ pub struct RenderedCalendar {
 /// The tags to try for a contact's locale, most specific first: `zh_Hant_TW` gives `zh-hant-tw`,
 /// `zh-hant`, `zh`.
 pub fn locale_chain(locale: &str) -> Vec<String> {
-    let tag = locale.trim().replace('_', "-").to_ascii_lowercase();
+    let tag = normal_tag(locale);
     let mut chain = vec![];
     let mut cur = tag.as_str();
     while !cur.is_empty() {
@@ -135,6 +135,11 @@ pub fn locale_chain(locale: &str) -> Vec<String> {
         cur = cur.rfind('-').map_or("", |i| &cur[..i]);
     }
     chain
+}
+
+/// A locale tag as compared: lower case, `-` between its parts (`zh_Hant` is `zh-hant`).
+fn normal_tag(tag: &str) -> String {
+    tag.trim().replace('_', "-").to_ascii_lowercase()
 }
 
 /// The name a template's variant for `tag` is registered under.
@@ -641,7 +646,7 @@ fn add_templates(
         let mut tags = BTreeSet::new();
         for (tag, v) in &t.locales {
             let path = format!("templates.{tname}.locales.{tag}");
-            if !tags.insert(locale_chain(tag).first().cloned().unwrap_or_default()) {
+            if !tags.insert(normal_tag(tag)) {
                 found.push(LoadError {
                     file: file.into(),
                     path: path.clone(),
@@ -661,7 +666,7 @@ fn add_templates(
                 });
                 continue;
             }
-            let name = localized_name(tname, &locale_chain(tag)[0]);
+            let name = localized_name(tname, &normal_tag(tag));
             let parts = [
                 (TemplatePart::Subject, Some(&v.subject), "subject"),
                 (TemplatePart::Html, v.html.as_ref(), "html"),
@@ -700,7 +705,7 @@ fn add_templates(
             };
             let default = vars(tname);
             for tag in t.locales.keys() {
-                let own = vars(&localized_name(tname, &locale_chain(tag)[0]));
+                let own = vars(&localized_name(tname, &normal_tag(tag)));
                 let extra: Vec<_> = own.difference(&default).cloned().collect();
                 let missing: Vec<_> = default.difference(&own).cloned().collect();
                 if !extra.is_empty() || !missing.is_empty() {
